@@ -1,0 +1,100 @@
+{{/* Chart name, truncated to 63 characters (the DNS label limit). */}}
+{{- define "resnet-serve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, truncated to 63 characters. If the release name already
+contains the chart name, it is used as is.
+*/}}
+{{- define "resnet-serve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of a companion object: the full name with a suffix, within 63 characters. */}}
+{{- define "resnet-serve.componentName" -}}
+{{- $suffix := index . 1 }}
+{{- printf "%s-%s" (include "resnet-serve.fullname" (index . 0) | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix }}
+{{- end }}
+
+{{/* Chart name and version, as used by the helm.sh/chart label. */}}
+{{- define "resnet-serve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "resnet-serve.labels" -}}
+helm.sh/chart: {{ include "resnet-serve.chart" . }}
+{{ include "resnet-serve.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: resnet-serve
+{{- end }}
+
+{{/* Selector labels shared by every component of the release. */}}
+{{- define "resnet-serve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "resnet-serve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Selector labels of the model server. The component label keeps the server's selector
+from matching the in-chart Redis pods.
+*/}}
+{{- define "resnet-serve.serverSelectorLabels" -}}
+{{ include "resnet-serve.selectorLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/* Selector labels of the in-chart Redis. */}}
+{{- define "resnet-serve.redisSelectorLabels" -}}
+{{ include "resnet-serve.selectorLabels" . }}
+app.kubernetes.io/component: redis
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "resnet-serve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "resnet-serve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: digest wins over tag; an empty tag is appVersion (+ "-cpu" without GPUs). */}}
+{{- define "resnet-serve.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- $tag := .Values.image.tag | default (printf "%s%s" .Chart.AppVersion (ternary "" "-cpu" .Values.gpu.enabled)) }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Folder of the Keras cache ($KERAS_HOME) for the weights source. */}}
+{{- define "resnet-serve.kerasHome" -}}
+{{- if eq .Values.weights.source "image" }}/opt/keras{{ else }}/var/lib/resnet-serve/weights{{ end }}
+{{- end }}
+
+{{/* SERVE_WEIGHTS: a file under $KERAS_HOME, or the ImageNet weights from the Keras cache. */}}
+{{- define "resnet-serve.serveWeights" -}}
+{{- if .Values.weights.file }}
+{{- printf "%s/%s" (include "resnet-serve.kerasHome" .) (trimPrefix "/" .Values.weights.file) }}
+{{- else }}imagenet{{ end }}
+{{- end }}
+
+{{/* Name of the in-chart Redis objects. */}}
+{{- define "resnet-serve.redisName" -}}
+{{ include "resnet-serve.componentName" (list . "redis") }}
+{{- end }}
