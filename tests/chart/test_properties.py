@@ -258,7 +258,7 @@ def test_redis_modes():
     url = env_of(server_container(internal))["SERVE_REDIS_URL"]
     assert url == "redis://rel-resnet-serve-redis:6379/0"
     assert one(internal, "Service", "redis")["metadata"]["name"] == "rel-resnet-serve-redis"
-    assert redis["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 999
+    assert redis["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
     redis_policy = one(internal, "NetworkPolicy", "redis")
     (rule,) = redis_policy["spec"]["ingress"]
     assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "server"
