@@ -1,0 +1,44 @@
+"""``python -m service`` / ``resnet-serve``: run the service under uvicorn.
+
+Top-level imports stay light: spawned preprocessing workers import ``__main__`` again.
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    import logging
+
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure_logging
+    from .settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+            # Readiness turns false at once; uvicorn then stops accepting connections and
+            # waits up to SERVE_GRACEFUL_TIMEOUT_S for in-flight requests.
+            logging.getLogger("service").warning("signal %d: draining", sig)
+            app.state.pipeline.drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=int(settings.keepalive_timeout_s),
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        lifespan="on",
+    )
+    Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HTTP layer: request handlers only validate and enqueue; the pipeline does the work."""

@@ -1,0 +1,148 @@
+"""Reading and validating request bodies: raw image, multipart form, or JSON with base64.
+
+Limits are enforced while the body streams in, before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..settings import Settings
+from .errors import ApiError
+
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class B64Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(description="The encoded image file (JPEG, PNG, WebP, ...), base64.")
+
+
+class ClassifyJSON(BaseModel):
+    """JSON body of ``POST /v1/classify``."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[B64Image] = Field(min_length=1, description="Images, answered in this order.")
+    top_k: int | None = Field(None, ge=1, le=1000, description="Classes per image (default 5).")
+
+
+@dataclass
+class ImageBatch:
+    images: list[bytes]
+    top_k: int
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_content_length", "Content-Length is not a number") from None
+        if size > limit:
+            raise ApiError(
+                413, "payload_too_large", f"the body is {size} bytes; the limit is {limit}"
+            )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_top_k(value: object, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        k = int(str(value))
+    except ValueError:
+        raise ApiError(400, "invalid_top_k", f"top_k must be an integer, got {value!r}") from None
+    if not 1 <= k <= 1000:
+        raise ApiError(400, "invalid_top_k", f"top_k must be between 1 and 1000, got {k}")
+    return k
+
+
+def decode_b64(text: str, index: int) -> bytes:
+    if text.startswith("data:") and "," in text:  # data URLs from browsers
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"images[{index}].b64 is not valid base64") from None
+
+
+async def _replay(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def parse_images(request: Request, settings: Settings) -> ImageBatch:
+    """Extract the images and ``top_k`` of a classify-style request, or raise ``ApiError``."""
+    content_type = request.headers.get("content-type", "").lower()
+    query_k = request.query_params.get("top_k")
+    body = await read_body(request, settings.max_body_bytes)
+    images: list[bytes]
+    if content_type.startswith("multipart/form-data"):
+        parser = MultiPartParser(
+            request.headers,
+            _replay(body),
+            max_files=settings.max_images_per_request + 1,
+            max_fields=16,
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc.message}") from None
+        try:
+            uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            images = [await u.read() for u in uploads]
+            k = parse_top_k(form.get("top_k") or query_k, settings.default_top_k)
+        finally:
+            await form.close()
+    elif content_type.startswith("application/json"):
+        try:
+            raw = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        try:
+            parsed = ClassifyJSON.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
+        images = [decode_b64(img.b64, i) for i, img in enumerate(parsed.images)]
+        k = parse_top_k(parsed.top_k if parsed.top_k is not None else query_k, settings.default_top_k)
+    elif content_type.startswith(RAW_TYPES) or not content_type:
+        images = [body]
+        k = parse_top_k(query_k, settings.default_top_k)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type!r} is not supported; send an image (image/jpeg, "
+            "image/png, ...), multipart/form-data, or application/json",
+        )
+    if not images:
+        raise ApiError(400, "no_images", "the request contains no image")
+    if len(images) > settings.max_images_per_request:
+        raise ApiError(
+            400,
+            "too_many_images",
+            f"{len(images)} images in one request; the limit is {settings.max_images_per_request}",
+        )
+    for i, data in enumerate(images):
+        if not data:
+            raise ApiError(400, "empty", f"image {i}: the image is empty (zero bytes)")
+    return ImageBatch(images, k)

@@ -1,0 +1,127 @@
+"""The FastAPI application factory and its lifecycle.
+
+The server starts answering at once: ``/healthz`` is live while the model loads in the
+background, and ``/readyz`` turns 200 only after every batch bucket is warmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from . import __version__
+from .api import classify, errors, health
+from .api.inputs import B64Image, ClassifyJSON
+from .api.middleware import MetricsMiddleware
+from .metrics import Metrics
+from .model.architectures import ARCHITECTURES
+from .model.loader import LoadedModel, WeightsUnavailable, find_cached_imagenet_weights
+from .pipeline.pipeline import Pipeline
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTERS = [health.router, classify.router]
+
+
+def check_weights(settings: Settings) -> None:
+    """Strict mode: refuse to start before anything is loaded if the weights are not there."""
+    if not settings.strict:
+        return
+    if settings.weights == "random":
+        raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
+    if settings.weights == "imagenet":
+        if find_cached_imagenet_weights(ARCHITECTURES[settings.model]) is None:
+            raise WeightsUnavailable(
+                f"ImageNet weights for {settings.model} are not in the Keras cache and "
+                "SERVE_STRICT=true: refusing to start (nothing is downloaded at run time)"
+            )
+        return
+    import os
+
+    if not os.path.isfile(settings.weights):
+        raise WeightsUnavailable(f"weights file {settings.weights!r} does not exist (SERVE_STRICT=true)")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model_factory: Callable[[], LoadedModel] | None = None,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """Build the application.
+
+    Args:
+        settings: configuration; read from the environment when omitted.
+        model_factory: builds the model (tests pass a tiny one); default: ``SERVE_MODEL``.
+        metrics: metrics registry; a fresh one when omitted.
+    """
+    settings = settings or Settings()
+    metrics = metrics or Metrics()
+    pipeline = Pipeline(settings, metrics, model_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_weights(settings)
+        loading = asyncio.create_task(_load(pipeline), name="model-load")
+        app.state.loading = loading
+        try:
+            yield
+        finally:
+            pipeline.drain()
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            await pipeline.stop()
+
+    app = FastAPI(
+        title="resnet-serve",
+        version=__version__,
+        description="Keras ResNet image classification with pipelined preprocessing and "
+        "dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pipeline = pipeline
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _declare_body_schemas(app)
+    return app
+
+
+async def _load(pipeline: Pipeline) -> None:
+    try:
+        await pipeline.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # state is "failed": /healthz turns 503 and the kubelet restarts the pod
+        log.critical("model loading failed; /healthz now reports 503")
+
+
+def _declare_body_schemas(app: FastAPI) -> None:
+    """Add the JSON body models referenced by hand-written request bodies to the schema."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ClassifyJSON, B64Image):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in body.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components[model.__name__] = body
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,163 @@
+"""Prometheus metrics, named after what operators know from Triton.
+
+Mean batch size = ``serve_inference_count_total / serve_execution_count_total``.
+Runner busy fraction = ``rate(serve_runner_busy_seconds_total[1m])``, also exported directly as
+``serve_runner_busy_ratio`` over the last ``window_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# `_created` series double the output and no dashboard uses them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0
+)
+STAGE_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)
+
+
+class BusyWindow:
+    """Fraction of the last ``window_s`` seconds a stage spent working."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self._spans: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+        self._started: float | None = None
+
+    def begin(self) -> None:
+        with self._lock:
+            self._started = time.monotonic()
+
+    def end(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._started is not None:
+                self._spans.append((self._started, now))
+                self._started = None
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._spans and self._spans[0][1] < now - self.window_s:
+            self._spans.popleft()
+
+    def ratio(self) -> float:
+        now = time.monotonic()
+        start = now - self.window_s
+        with self._lock:
+            self._trim(now)
+            busy = sum(min(e, now) - max(s, start) for s, e in self._spans if e > start)
+            if self._started is not None:
+                busy += now - max(self._started, start)
+        return max(0.0, min(1.0, busy / self.window_s))
+
+
+class Metrics:
+    """All metrics of one service instance, in their own registry (tests build many apps)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, window_s: float = 10.0):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # -- requests (HTTP)
+        self.request_success = Counter(
+            "serve_request_success", "Requests answered 2xx.", ["route"], registry=r
+        )
+        self.request_failure = Counter(
+            "serve_request_failure",
+            "Requests that failed, by reason (error code).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "serve_request_duration_seconds",
+            "End-to-end request latency by route and status code.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending_requests = Gauge(
+            "serve_pending_requests", "Requests being handled right now.", registry=r
+        )
+        # -- pipeline
+        self.images_in_flight = Gauge(
+            "serve_images_in_flight",
+            "Images admitted into the pipeline and not yet answered (bounded by "
+            "SERVE_MAX_QUEUE_IMAGES).",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "serve_queue_depth", "Items waiting in front of a stage.", ["stage"], registry=r
+        )
+        self.stage_busy = Gauge(
+            "serve_stage_busy_ratio",
+            "Fraction of the last window a stage spent working.",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "serve_stage_duration_seconds",
+            "Time per item (CPU stages) or per batch (model stages).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            "serve_preprocess_duration_seconds",
+            "Decode and resize time per image, in the worker process.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "serve_queue_duration_seconds",
+            "Time an image waited in the batcher's queue before its batch started.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "serve_inference_duration_seconds",
+            "Model execution time per batch (compute).",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_count = Counter(
+            "serve_inference_count", "Images inferred (not counting padding).", registry=r
+        )
+        self.execution_count = Counter(
+            "serve_execution_count", "Model executions (batches).", registry=r
+        )
+        self.batch_size = Histogram(
+            "serve_batch_size",
+            "Images per executed batch, before padding.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.padded_slots = Counter(
+            "serve_padded_slots", "Batch slots filled with padding to reach a bucket.", registry=r
+        )
+        self.runner_busy_seconds = Counter(
+            "serve_runner_busy_seconds", "Seconds the model runner spent executing.", registry=r
+        )
+        self.runner_busy = BusyWindow(window_s)
+        self.runner_busy_ratio = Gauge(
+            "serve_runner_busy_ratio",
+            f"Fraction of the last {window_s:g} s the model runner was executing.",
+            registry=r,
+        )
+        self.runner_busy_ratio.set_function(self.runner_busy.ratio)
+        self.expired = Counter(
+            "serve_expired_items",
+            "Items dropped before the model because their deadline had passed.",
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "serve_preprocess_pool_restarts", "Times the preprocessing pool was rebuilt.", registry=r
+        )
+        self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)

@@ -1,0 +1,1 @@
+"""Model architectures, weights, labels. Modules here that build models import TensorFlow."""

@@ -1,0 +1,178 @@
+"""Build a Keras ResNet and load its weights, never downloading anything at run time."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..pipeline.preprocess import NormalizeMode
+from .architectures import ARCHITECTURES, Architecture
+
+log = logging.getLogger(__name__)
+
+
+class WeightsUnavailable(RuntimeError):
+    """The requested weights cannot be loaded and the service is in strict mode."""
+
+
+@dataclass
+class LoadedModel:
+    """A built Keras model and what the service needs to know about it.
+
+    Args:
+        model: the Keras model; its output is logits unless ``outputs_probabilities``.
+        arch: the architecture name (``resnet50`` ...) or ``custom`` for a ``.keras`` file.
+        normalize: the preprocessing mode its ``preprocess_input`` uses.
+        weights_source: where the weights came from (``imagenet:<path>``, a path, ``random``).
+        random_weights: True when the weights are random: predictions are meaningless.
+        outputs_probabilities: the model ends in a softmax already.
+    """
+
+    model: Any
+    arch: str
+    normalize: NormalizeMode
+    input_size: tuple[int, int]
+    num_classes: int
+    weights_source: str
+    random_weights: bool
+    outputs_probabilities: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def keras_cache_dirs() -> list[Path]:
+    """Where Keras keeps downloaded weights: ``$KERAS_HOME/models`` (default ``~/.keras``)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return [Path(home) / "models", Path("/tmp/.keras/models")]
+
+
+def find_cached_imagenet_weights(arch: Architecture, include_top: bool = True) -> Path | None:
+    for folder in keras_cache_dirs():
+        candidate = folder / arch.weights_file(include_top)
+        if candidate.is_file() and candidate.stat().st_size > 0:
+            return candidate
+    return None
+
+
+def configure_tensorflow(
+    *, intra_op_threads: int = 0, inter_op_threads: int = 0, mixed_precision: bool = False
+) -> None:
+    """Process-wide TensorFlow settings; call before any model is built."""
+    import keras
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:  # already initialised (tests build several models in one process)
+        log.debug("TensorFlow threads already configured")
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            log.debug("memory growth already set for %s", gpu.name)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+
+
+def build_architecture(
+    arch_name: str, *, include_top: bool = True, pooling: str | None = None, weights: Any = None
+) -> Any:
+    """A Keras ResNet with logits output (softmax is applied in postprocessing)."""
+    import keras
+
+    arch = ARCHITECTURES[arch_name]
+    constructor = getattr(keras.applications, arch.constructor)
+    kwargs: dict[str, Any] = {"weights": weights, "include_top": include_top}
+    if include_top:
+        kwargs["classifier_activation"] = None
+    else:
+        kwargs["pooling"] = pooling
+        kwargs["input_shape"] = (*arch.input_size, 3)
+    return constructor(**kwargs)
+
+
+def load_model(arch_name: str, weights: str, *, strict: bool = False) -> LoadedModel:
+    """Build ``arch_name`` with ``weights`` = ``imagenet`` | ``random`` | a file path.
+
+    ``imagenet`` reads the Keras cache only. When it is missing: in strict mode raise
+    :class:`WeightsUnavailable`; otherwise fall back to random weights and say so loudly.
+    A ``.keras`` file is a whole model and replaces the architecture.
+    """
+    arch = ARCHITECTURES[arch_name]
+    notes: list[str] = []
+    if weights == "imagenet":
+        path = find_cached_imagenet_weights(arch)
+        if path is None:
+            where = ", ".join(str(d) for d in keras_cache_dirs())
+            message = (
+                f"ImageNet weights for {arch_name} ({arch.weights_file()}) are not in the Keras "
+                f"cache ({where}); this service never downloads at run time. Run "
+                f"`python -m service.model.fetch_weights --model {arch_name}` where the network "
+                "is reachable, or bake them into the image."
+            )
+            if strict:
+                raise WeightsUnavailable(message + " SERVE_STRICT=true: refusing to start.")
+            notes.append(message + " Serving RANDOM weights: predictions are meaningless.")
+            return _random(arch, notes)
+        model = build_architecture(arch_name)
+        model.load_weights(str(path))
+        return _loaded(model, arch, f"imagenet:{path}", random=False, notes=notes)
+    if weights == "random":
+        notes.append("SERVE_WEIGHTS=random: predictions are meaningless (tests and benchmarks).")
+        if strict:
+            raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
+        return _random(arch, notes)
+    path = Path(weights)
+    if not path.is_file():
+        message = f"weights file {weights!r} does not exist"
+        if strict:
+            raise WeightsUnavailable(message + "; SERVE_STRICT=true: refusing to start.")
+        notes.append(message + ". Serving RANDOM weights: predictions are meaningless.")
+        return _random(arch, notes)
+    if path.suffix == ".keras":
+        import keras
+
+        model = keras.saving.load_model(str(path), compile=False)
+        # A whole model: its own input size; it expects the preprocessing of SERVE_MODEL's family.
+        return _loaded(model, arch, str(path), random=False, notes=notes, whole_model=True)
+    model = build_architecture(arch_name)
+    model.load_weights(str(path))
+    return _loaded(model, arch, str(path), random=False, notes=notes)
+
+
+def _random(arch: Architecture, notes: list[str]) -> LoadedModel:
+    for note in notes:
+        log.warning("!!! %s", note)
+    return _loaded(build_architecture(arch.name), arch, "random", random=True, notes=notes)
+
+
+def _loaded(
+    model: Any,
+    arch: Architecture,
+    source: str,
+    *,
+    random: bool,
+    notes: list[str],
+    whole_model: bool = False,
+) -> LoadedModel:
+    num_classes = int(model.output_shape[-1])
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    size = arch.input_size
+    if whole_model:
+        size = (int(model.input_shape[1]), int(model.input_shape[2]))
+    return LoadedModel(
+        model=model,
+        arch=arch.name,
+        normalize=arch.normalize,
+        input_size=size,
+        num_classes=num_classes,
+        weights_source=source,
+        random_weights=random,
+        outputs_probabilities=activation == "softmax",
+        warnings=notes,
+    )

@@ -1,0 +1,209 @@
+"""The dynamic batcher: gathers items from all concurrent requests into batches for one runner.
+
+Policy (it costs nothing at low load and fills batches under load):
+
+* When the runner is idle and items are waiting, they go to it at once, up to
+  ``max_batch_size``: a lone request never waits for company.
+* While the runner executes a batch, new items queue up; the moment it is done the next batch
+  takes everything waiting. Batches thus grow with the load by themselves.
+* ``max_batch_delay_ms`` > 0 (off by default) additionally holds a partial batch, with an idle
+  runner, until it is full or its oldest item has waited that long (Triton's
+  ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
+* Items whose deadline has passed are dropped before they reach the model.
+
+The batcher runs on the event loop; the runner's ``run`` executes in one dedicated thread
+(TensorFlow releases the GIL), and results are handed back through futures, so postprocessing
+happens in the requests' own coroutines, off the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[list[np.ndarray]], tuple[np.ndarray, int, float]]
+
+
+class DeadlineExceeded(TimeoutError):
+    """The item's deadline passed before it reached the model."""
+
+
+class QueueFull(RuntimeError):
+    """The batcher's queue is at its bound."""
+
+
+class ModelError(RuntimeError):
+    """The model raised while executing a batch."""
+
+
+@dataclass
+class BatchInfo:
+    """What happened to one item in the model stage, for the response's timing block."""
+
+    queue_s: float
+    compute_s: float
+    batch_size: int
+    padded_size: int
+
+
+@dataclass
+class _Item:
+    payload: np.ndarray
+    future: asyncio.Future
+    deadline: float
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Batches items for ``run_fn`` (see module docstring for the policy).
+
+    Args:
+        name: stage name, used in metrics labels and thread names.
+        run_fn: executes a list of items, returns (outputs, padded size, compute seconds).
+        max_batch_size: the most items in one batch.
+        max_delay_s: how long to hold a partial batch for an idle runner (0: never).
+        max_queue: bound of the queue; ``submit`` raises ``QueueFull`` past it.
+        metrics: the service's metrics.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_fn: RunFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float = 0.0,
+        max_queue: int = 1024,
+        metrics: Metrics,
+    ):
+        self.name = name
+        self._run_fn = run_fn
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._metrics = metrics
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}")
+        self._task: asyncio.Task | None = None
+        self.running_batch = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
+        """Queue one item; the future resolves to ``(output_row, BatchInfo)``."""
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull(f"the {self.name} queue is full ({self.max_queue} items)")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(payload, future, deadline))
+        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        self._wakeup.set()
+        return future
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled by its request (client went away, timeout)
+                continue
+            if item.deadline <= now:
+                self._metrics.expired.inc()
+                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            batch.append(item)
+        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        return batch
+
+    async def _hold_partial(self) -> None:
+        """With ``max_delay_s`` > 0, wait for a full batch or the oldest item's delay."""
+        while len(self._queue) < self.max_batch_size:
+            remaining = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        m = self._metrics
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay_s > 0:
+                await self._hold_partial()
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = time.monotonic()
+            payloads = [item.payload for item in batch]
+            self.running_batch = len(batch)
+            m.runner_busy.begin()
+            try:
+                outputs, padded, compute_s = await loop.run_in_executor(
+                    self._executor, self._run_fn, payloads
+                )
+            except asyncio.CancelledError:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("the service is shutting down"))
+                raise
+            except Exception as exc:  # the model failed: fail this batch only, keep serving
+                log.exception("%s: batch of %d failed", self.name, len(batch))
+                error = ModelError(f"{type(exc).__name__} while executing the batch")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            finally:
+                m.runner_busy.end()
+                self.running_batch = 0
+            elapsed = time.monotonic() - started
+            m.runner_busy_seconds.inc(elapsed)
+            m.execution_count.inc()
+            m.inference_count.inc(len(batch))
+            m.batch_size.observe(len(batch))
+            m.padded_slots.inc(padded - len(batch))
+            m.inference_duration.observe(compute_s)
+            m.stage_seconds.labels(self.name).observe(compute_s)
+            for i, item in enumerate(batch):
+                queue_s = started - item.enqueued
+                m.queue_duration.observe(queue_s)
+                if not item.future.done():
+                    item.future.set_result(
+                        (outputs[i], BatchInfo(queue_s, compute_s, len(batch), padded))
+                    )

@@ -1,0 +1,287 @@
+"""The default pipeline: decode/resize (process pool) -> batcher -> ResNet runner -> top-k.
+
+``Pipeline`` owns the stages and the admission bound; request handlers only validate input
+and call :meth:`Pipeline.classify` (encoded images) or :meth:`Pipeline.infer_pixels` (already
+decoded ``uint8`` pixels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..metrics import Metrics
+from ..model.labels import load_labels
+from ..model.loader import LoadedModel
+from ..settings import Settings
+from .batcher import BatchInfo, DynamicBatcher
+from .pool import PreprocessPool
+from .postprocess import Prediction, probabilities, top_k
+from .preprocess import ImageError, PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """Admitting this request would exceed ``SERVE_MAX_QUEUE_IMAGES``; retry later."""
+
+
+class NotReady(RuntimeError):
+    """The model is still loading or warming up, or the service is draining."""
+
+
+class InvalidImage(ValueError):
+    """Image ``index`` of the request is not usable."""
+
+    def __init__(self, index: int, error: ImageError):
+        super().__init__(f"image {index}: {error.message}")
+        self.index = index
+        self.code = error.code
+        self.message = f"image {index}: {error.message}"
+
+
+@dataclass
+class Timing:
+    """Per-request timing in milliseconds (maxima over the request's images)."""
+
+    preprocess_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "preprocess_ms": round(self.preprocess_ms, 3),
+            "queue_ms": round(self.queue_ms, 3),
+            "inference_ms": round(self.inference_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+            "batch_sizes": self.batch_sizes,
+        }
+
+
+@dataclass
+class ClassifyResult:
+    predictions: list[list[Prediction]]
+    probabilities: np.ndarray  # (n, classes) float32
+    timing: Timing
+
+
+def default_model_factory(settings: Settings) -> Callable[[], LoadedModel]:
+    def build() -> LoadedModel:
+        from ..model.loader import configure_tensorflow, load_model
+
+        configure_tensorflow(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            mixed_precision=settings.mixed_precision,
+        )
+        return load_model(settings.model, settings.weights, strict=settings.strict)
+
+    return build
+
+
+class Pipeline:
+    """The stages of the default classification pipeline and their lifecycle.
+
+    Args:
+        settings: service settings.
+        metrics: where the stages report.
+        model_factory: builds the model (blocking; run in a thread). Tests pass a tiny model.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        model_factory: Callable[[], LoadedModel] | None = None,
+    ):
+        self.settings = settings
+        self.metrics = metrics
+        self._model_factory = model_factory or default_model_factory(settings)
+        self.state = "created"  # created | loading | ready | draining | failed | stopped
+        self.error: str | None = None
+        self.loaded: LoadedModel | None = None
+        self.runner = None
+        self.batcher: DynamicBatcher | None = None
+        self.pool: PreprocessPool | None = None
+        self.labels: tuple[str, ...] = ()
+        self.warmup_s = 0.0
+        self._in_flight = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    async def start(self) -> None:
+        """Load the model, start the worker pool, warm every bucket; then mark ready."""
+        from .runner import ModelRunner  # imports TensorFlow
+
+        s = self.settings
+        self.state = "loading"
+        try:
+            loaded = await asyncio.to_thread(self._model_factory)
+            self.loaded = loaded
+            self.labels = load_labels(s.labels_file, loaded.num_classes)
+            cfg = PreprocessConfig(
+                size=loaded.input_size,
+                resize=s.resize,
+                crop_fraction=s.crop_fraction,
+                max_pixels=s.max_image_pixels,
+            )
+            self.pool = PreprocessPool(cfg, s.workers, on_restart=self.metrics.worker_restarts.inc)
+            pool_started = asyncio.create_task(asyncio.to_thread(self.pool.start))
+            runner = ModelRunner(loaded, s.batch_buckets, xla=s.xla)
+            self.warmup_s = await asyncio.to_thread(runner.warmup)
+            await pool_started
+            self.runner = runner
+            self.batcher = DynamicBatcher(
+                "model",
+                runner.run,
+                max_batch_size=runner.max_batch_size,
+                max_delay_s=s.max_batch_delay_ms / 1000.0,
+                max_queue=s.max_queue_images,
+                metrics=self.metrics,
+            )
+            self.batcher.start()
+            self.metrics.queue_depth.labels("preprocess").set_function(
+                lambda: float(self.pool.pending if self.pool else 0)
+            )
+        except Exception as exc:
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the model failed to load")
+            raise
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: %s, weights %s, buckets %s, %d preprocessing workers, device %s",
+            loaded.arch,
+            loaded.weights_source,
+            s.batch_buckets,
+            s.workers,
+            runner.device,
+        )
+
+    def drain(self) -> None:
+        """Stop admitting work; what is in flight finishes."""
+        if self.state == "ready":
+            self.state = "draining"
+        self.metrics.ready.set(0)
+
+    async def stop(self) -> None:
+        self.drain()
+        self.state = "stopped"
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
+
+    # -- requests --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admit(self, n: int) -> AsyncIterator[None]:
+        """Admit ``n`` images or refuse at once: the pipeline's memory stays bounded."""
+        self.check_ready()
+        if self._in_flight + n > self.settings.max_queue_images:
+            raise Overloaded(
+                f"{self._in_flight} images in flight; the limit is "
+                f"{self.settings.max_queue_images}"
+            )
+        self._in_flight += n
+        self.metrics.images_in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= n
+            self.metrics.images_in_flight.set(self._in_flight)
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise NotReady(self.state)
+
+    def deadline(self, timeout_s: float | None = None) -> float:
+        return time.monotonic() + (timeout_s or self.settings.request_timeout_s)
+
+    async def _one(self, index: int, data: bytes, deadline: float) -> tuple[np.ndarray, float, BatchInfo]:
+        assert self.pool is not None and self.batcher is not None
+        try:
+            pre = await self.pool.run(data)
+        except ImageError as exc:
+            raise InvalidImage(index, exc) from None
+        self.metrics.preprocess_duration.observe(pre.seconds)
+        self.metrics.stage_seconds.labels("preprocess").observe(pre.seconds)
+        row, info = await self.batcher.submit(pre.pixels, deadline)
+        return row, pre.seconds, info
+
+    async def classify(
+        self, images: list[bytes], k: int = 5, *, timeout_s: float | None = None
+    ) -> ClassifyResult:
+        """Classify encoded images; raises InvalidImage, Overloaded, NotReady, TimeoutError."""
+        start = time.perf_counter()
+        deadline = self.deadline(timeout_s)
+        async with self.admit(len(images)):
+            tasks = [asyncio.ensure_future(self._one(i, d, deadline)) for i, d in enumerate(images)]
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    done = await asyncio.gather(*tasks, return_exceptions=True)
+            except TimeoutError:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        for result in done:
+            if isinstance(result, InvalidImage):
+                raise result
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return self._result(done, start, k)  # type: ignore[arg-type]
+
+    async def infer_pixels(
+        self, pixels: np.ndarray, k: int = 5, *, timeout_s: float | None = None
+    ) -> ClassifyResult:
+        """Run already-decoded ``uint8`` images ``[N, H, W, 3]`` (skips the decode stage)."""
+        assert self.batcher is not None
+        start = time.perf_counter()
+        deadline = self.deadline(timeout_s)
+        async with self.admit(len(pixels)):
+            futures = [self.batcher.submit(p, deadline) for p in pixels]
+            try:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    rows = await asyncio.gather(*futures)
+            except TimeoutError:
+                for f in futures:
+                    f.cancel()
+                raise
+        return self._result([(row, 0.0, info) for row, info in rows], start, k)
+
+    def _result(
+        self, done: list[tuple[np.ndarray, float, BatchInfo]], start: float, k: int
+    ) -> ClassifyResult:
+        assert self.loaded is not None
+        outputs = np.stack([row for row, _, _ in done]) if done else np.zeros((0, 0), np.float32)
+        probs = probabilities(outputs, self.loaded.outputs_probabilities)
+        timing = Timing(
+            preprocess_ms=1000 * max((p for _, p, _ in done), default=0.0),
+            queue_ms=1000 * max((i.queue_s for _, _, i in done), default=0.0),
+            inference_ms=1000 * max((i.compute_s for _, _, i in done), default=0.0),
+            total_ms=1000 * (time.perf_counter() - start),
+            batch_sizes=[i.batch_size for _, _, i in done],
+        )
+        predictions = [top_k(row, k, self.labels) for row in probs]
+        return ClassifyResult(predictions, probs, timing)
+
+
+def _loop_time(deadline_monotonic: float) -> float:
+    """Convert a ``time.monotonic`` deadline to the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline_monotonic - time.monotonic())

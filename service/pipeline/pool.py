@@ -1,0 +1,134 @@
+"""The preprocessing stage: a pool of *spawned* worker processes running ``preprocess.decode``.
+
+Decoding and resizing are CPU-bound and hold the GIL; in worker processes they run in parallel
+with each other and with the model runner. A worker that dies (OOM kill, SIGKILL, a crash in a
+codec) breaks a ``ProcessPoolExecutor`` for everything in it; the pool is then rebuilt and the
+affected items are retried once, so only an image that kills workers twice fails (with 503).
+
+Imports nothing from TensorFlow: worker processes import this module to find their entry points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from .preprocess import PreprocessConfig, Preprocessed, decode
+
+log = logging.getLogger(__name__)
+
+_CONFIG: PreprocessConfig | None = None
+
+
+class WorkerLost(RuntimeError):
+    """A preprocessing worker died while holding this item, twice."""
+
+
+def _worker_init(cfg: PreprocessConfig) -> None:
+    global _CONFIG
+    _CONFIG = cfg
+    # One thread per worker for NumPy/Pillow: the pool is the parallelism.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _worker_decode(data: bytes) -> Preprocessed:
+    assert _CONFIG is not None, "worker not initialised"
+    return decode(data, _CONFIG)
+
+
+def _worker_ping() -> int:
+    return os.getpid()
+
+
+class PreprocessPool:
+    """Runs ``decode`` in ``workers`` spawned processes.
+
+    Args:
+        cfg: the preprocessing configuration, sent to each worker once.
+        workers: number of processes.
+        on_restart: called (with no arguments) each time the pool is rebuilt.
+    """
+
+    def __init__(self, cfg: PreprocessConfig, workers: int, on_restart=None):
+        self.cfg = cfg
+        self.workers = workers
+        self._on_restart = on_restart
+        self._executor: ProcessPoolExecutor | None = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn, never fork: the parent has TensorFlow loaded (TensorFlow issue 8220).
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.cfg,),
+        )
+
+    def start(self) -> None:
+        """Start the workers and wait until every one answers (blocking; call in a thread)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = self._new_executor()
+            executor = self._executor
+        pids = {f.result(timeout=120) for f in [executor.submit(_worker_ping) for _ in range(self.workers * 2)]}
+        log.info("preprocessing pool: %d worker processes %s", self.workers, sorted(pids))
+
+    def worker_pids(self) -> list[int]:
+        executor = self._executor
+        if executor is None:
+            return []
+        return [p.pid for p in getattr(executor, "_processes", {}).values() if p.pid]
+
+    def _submit(self) -> tuple[int, ProcessPoolExecutor]:
+        with self._lock:
+            if self._executor is None:
+                raise RuntimeError("preprocessing pool is not started")
+            return self._generation, self._executor
+
+    def _rebuild(self, broken_generation: int) -> None:
+        with self._lock:
+            if self._generation != broken_generation:
+                return  # someone else already rebuilt it
+            old = self._executor
+            self._executor = self._new_executor()
+            self._generation += 1
+        log.error("a preprocessing worker died; pool rebuilt (generation %d)", self._generation)
+        if self._on_restart:
+            self._on_restart()
+        if old is not None:
+            threading.Thread(target=old.shutdown, kwargs={"wait": False}, daemon=True).start()
+
+    async def run(self, data: bytes) -> Preprocessed:
+        """Decode one image in a worker. Raises ``ImageError`` for bad input."""
+        self.pending += 1
+        try:
+            for attempt in (1, 2):
+                generation, executor = self._submit()
+                try:
+                    fut: Future = executor.submit(_worker_decode, data)
+                except BrokenProcessPool:
+                    self._rebuild(generation)
+                    continue
+                try:
+                    return await asyncio.wrap_future(fut)
+                except BrokenProcessPool:
+                    self._rebuild(generation)
+                    if attempt == 2:
+                        break
+            raise WorkerLost("a preprocessing worker died while decoding this image")
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

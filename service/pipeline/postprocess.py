@@ -1,0 +1,39 @@
+"""The last stage: model outputs -> probabilities -> top-k labelled predictions.
+
+Runs in each request's coroutine after its items come back from the batcher, never on the
+model runner's thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    class_id: int
+    score: float
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, in float64 then back to float32."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def probabilities(outputs: np.ndarray, already_probabilities: bool) -> np.ndarray:
+    return outputs.astype(np.float32) if already_probabilities else softmax(outputs)
+
+
+def top_k(probs: np.ndarray, k: int, labels: tuple[str, ...]) -> list[Prediction]:
+    """The ``k`` most probable classes of one image, best first (ties by class id)."""
+    k = max(1, min(k, probs.shape[-1]))
+    idx = np.argpartition(-probs, k - 1)[:k]
+    idx = idx[np.lexsort((idx, -probs[idx]))]
+    return [Prediction(labels[i], int(i), float(probs[i])) for i in idx]

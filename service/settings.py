@@ -1,0 +1,101 @@
+"""Service configuration: every setting is an environment variable with the prefix ``SERVE_``."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ModelArch = Literal[
+    "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"
+]
+
+
+def default_workers() -> int:
+    """One preprocessing process per CPU this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """All settings of the service. See the README for the table of variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", extra="ignore")
+
+    # -- server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    graceful_timeout_s: float = Field(30.0, ge=0)
+    keepalive_timeout_s: float = Field(75.0, ge=1)
+
+    # -- model
+    model: ModelArch = "resnet50"
+    model_name: str = ""  # name in the API; defaults to `model`
+    weights: str = "imagenet"  # imagenet | random | path to .weights.h5 / .keras
+    strict: bool = False  # refuse to start instead of falling back to random weights
+    labels_file: str = ""  # one label per line; default: the ImageNet classes shipped in the package
+    mixed_precision: bool = False
+    xla: bool = False
+    intra_op_threads: int = Field(0, ge=0)  # 0: TensorFlow's default (all cores)
+    inter_op_threads: int = Field(0, ge=0)
+
+    # -- preprocessing
+    preprocess_workers: int = Field(0, ge=0)  # 0: one per CPU
+    resize: Literal["stretch", "crop"] = "stretch"
+    crop_fraction: float = Field(0.875, gt=0, le=1)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+
+    # -- batching
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    batch_buckets: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    max_batch_delay_ms: float = Field(0.0, ge=0)
+    max_queue_images: int = Field(512, ge=1)  # images admitted into the pipeline at once
+
+    # -- requests
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    default_top_k: int = Field(5, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    retry_after_s: int = Field(1, ge=1)
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [int(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_buckets(self) -> Settings:
+        buckets = sorted(set(self.batch_buckets))
+        if not buckets or buckets[0] < 1:
+            raise ValueError("batch_buckets must be positive integers")
+        buckets = [b for b in buckets if b < self.max_batch_size] + [self.max_batch_size]
+        self.batch_buckets = buckets
+        if not self.model_name:
+            self.model_name = self.model
+        return self
+
+    @cached_property
+    def workers(self) -> int:
+        return self.preprocess_workers or default_workers()
+
+    @classmethod
+    def env_names(cls) -> dict[str, object]:
+        """Environment variable name -> default, for documentation and tests."""
+        out: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+            out[f"SERVE_{name.upper()}"] = default
+        return out
