@@ -45,7 +45,9 @@ def check_weights(settings: Settings) -> None:
     import os
 
     if not os.path.isfile(settings.weights):
-        raise WeightsUnavailable(f"weights file {settings.weights!r} does not exist (SERVE_STRICT=true)")
+        raise WeightsUnavailable(
+            f"weights file {settings.weights!r} does not exist (SERVE_STRICT=true)"
+        )
 
 
 def create_app(

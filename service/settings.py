@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     model_name: str = ""  # name in the API; defaults to `model`
     weights: str = "imagenet"  # imagenet | random | path to .weights.h5 / .keras
     strict: bool = False  # refuse to start instead of falling back to random weights
-    labels_file: str = ""  # one label per line; default: the ImageNet classes shipped in the package
+    labels_file: str = (
+        ""  # one label per line; default: the ImageNet classes shipped in the package
+    )
     mixed_precision: bool = False
     xla: bool = False
     intra_op_threads: int = Field(0, ge=0)  # 0: TensorFlow's default (all cores)
@@ -55,7 +57,9 @@ class Settings(BaseSettings):
 
     # -- batching
     max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_buckets: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    batch_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32]
+    )
     max_batch_delay_ms: float = Field(0.0, ge=0)
     max_queue_images: int = Field(512, ge=1)  # images admitted into the pipeline at once
 

@@ -50,15 +50,16 @@ CLASSIFY_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
                         "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
                     },
                     "required": ["images"],
                 }
             },
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/ClassifyJSON"}
-            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyJSON"}},
         },
     },
     "parameters": [
@@ -97,7 +98,9 @@ def model_warnings(pipeline) -> list[str]:
     responses=ERRORS,  # type: ignore[arg-type]
     summary="Classify one or more images",
 )
-async def classify(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> ClassifyResponse:
+async def classify(
+    request: Request, pipeline: PipelineDep, settings: SettingsDep
+) -> ClassifyResponse:
     """Top-k ImageNet classes for each image of the request, in request order."""
     with pipeline_errors(settings.retry_after_s):
         pipeline.check_ready()  # before reading a large body

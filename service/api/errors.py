@@ -80,15 +80,14 @@ def install(app: FastAPI) -> None:
         ]
         first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return error_response(
-            422, "invalid_request", f"{where}: {first['msg']}", details=problems
-        )
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}", details=problems)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = uuid.uuid4().hex[:12]
-        log.error("internal error %s on %s %s", error_id, request.method, request.url.path,
-                  exc_info=exc)
+        log.error(
+            "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
+        )
         return error_response(
             500, "internal_error", f"internal error; quote error id {error_id}", error_id=error_id
         )

@@ -38,7 +38,9 @@ async def readyz(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
 class ModelInfo(BaseModel):
     name: str
     architecture: str
-    weights: str = Field(description="Where the weights came from: imagenet:<path>, a file, or random.")
+    weights: str = Field(
+        description="Where the weights came from: imagenet:<path>, a file, or random."
+    )
     random_weights: bool = Field(description="True: predictions are meaningless.")
     warnings: list[str]
     state: str
@@ -99,8 +101,11 @@ async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelList:
 async def model(name: str, pipeline: PipelineDep, settings: SettingsDep):
     """Metadata of the model called ``name``; 404 for any other name."""
     if name != settings.model_name:
-        return error_response(404, "model_not_found", f"no model named {name!r}; "
-                              f"this service serves {settings.model_name!r}")
+        return error_response(
+            404,
+            "model_not_found",
+            f"no model named {name!r}; this service serves {settings.model_name!r}",
+        )
     return model_info(pipeline, settings)
 
 

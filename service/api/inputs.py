@@ -104,7 +104,9 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
         try:
             form = await parser.parse()
         except MultiPartException as exc:
-            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc.message}") from None
+            raise ApiError(
+                400, "invalid_multipart", f"malformed multipart body: {exc.message}"
+            ) from None
         try:
             uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
             images = [await u.read() for u in uploads]
@@ -123,7 +125,9 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
         images = [decode_b64(img.b64, i) for i, img in enumerate(parsed.images)]
-        k = parse_top_k(parsed.top_k if parsed.top_k is not None else query_k, settings.default_top_k)
+        k = parse_top_k(
+            parsed.top_k if parsed.top_k is not None else query_k, settings.default_top_k
+        )
     elif content_type.startswith(RAW_TYPES) or not content_type:
         images = [body]
         k = parse_top_k(query_k, settings.default_top_k)

@@ -24,7 +24,9 @@ def pipeline_errors(retry_after_s: int) -> Iterator[None]:
     except InvalidImage as exc:
         raise ApiError(400, exc.code, exc.message) from None
     except (Overloaded, QueueFull) as exc:
-        raise ApiError(503, "overloaded", f"the service is at capacity ({exc}); retry", retry) from None
+        raise ApiError(
+            503, "overloaded", f"the service is at capacity ({exc}); retry", retry
+        ) from None
     except NotReady as exc:
         state = str(exc)
         what = "draining" if state in ("draining", "stopped") else f"not ready ({state})"
@@ -32,8 +34,12 @@ def pipeline_errors(retry_after_s: int) -> Iterator[None]:
     except WorkerLost as exc:
         raise ApiError(503, "worker_lost", f"{exc}; retry", retry) from None
     except (TimeoutError, DeadlineExceeded):
-        raise ApiError(504, "deadline_exceeded", "the request did not finish before its deadline") from None
+        raise ApiError(
+            504, "deadline_exceeded", "the request did not finish before its deadline"
+        ) from None
     except ModelError as exc:
         error_id = uuid.uuid4().hex[:12]
         log.error("model error %s: %s", error_id, exc)
-        raise ApiError(500, "model_error", f"the model failed on this batch; error id {error_id}") from None
+        raise ApiError(
+            500, "model_error", f"the model failed on this batch; error id {error_id}"
+        ) from None

@@ -35,7 +35,9 @@ def load_labels(path: str, num_classes: int) -> tuple[str, ...]:
     if path:
         labels = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
         if len(labels) != num_classes:
-            raise ValueError(f"{path} has {len(labels)} labels but the model has {num_classes} outputs")
+            raise ValueError(
+                f"{path} has {len(labels)} labels but the model has {num_classes} outputs"
+            )
         return labels
     if num_classes == 1000:
         return imagenet_labels()

@@ -103,7 +103,9 @@ class DynamicBatcher:
         return len(self._queue)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"batcher-{self.name}"
+        )
 
     async def stop(self) -> None:
         if self._task is not None:

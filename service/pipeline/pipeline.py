@@ -193,8 +193,7 @@ class Pipeline:
         self.check_ready()
         if self._in_flight + n > self.settings.max_queue_images:
             raise Overloaded(
-                f"{self._in_flight} images in flight; the limit is "
-                f"{self.settings.max_queue_images}"
+                f"{self._in_flight} images in flight; the limit is {self.settings.max_queue_images}"
             )
         self._in_flight += n
         self.metrics.images_in_flight.set(self._in_flight)
@@ -211,7 +210,9 @@ class Pipeline:
     def deadline(self, timeout_s: float | None = None) -> float:
         return time.monotonic() + (timeout_s or self.settings.request_timeout_s)
 
-    async def _one(self, index: int, data: bytes, deadline: float) -> tuple[np.ndarray, float, BatchInfo]:
+    async def _one(
+        self, index: int, data: bytes, deadline: float
+    ) -> tuple[np.ndarray, float, BatchInfo]:
         assert self.pool is not None and self.batcher is not None
         try:
             pre = await self.pool.run(data)

@@ -78,7 +78,10 @@ class PreprocessPool:
             if self._executor is None:
                 self._executor = self._new_executor()
             executor = self._executor
-        pids = {f.result(timeout=120) for f in [executor.submit(_worker_ping) for _ in range(self.workers * 2)]}
+        pids = {
+            f.result(timeout=120)
+            for f in [executor.submit(_worker_ping) for _ in range(self.workers * 2)]
+        }
         log.info("preprocessing pool: %d worker processes %s", self.workers, sorted(pids))
 
     def worker_pids(self) -> list[int]:

@@ -102,5 +102,10 @@ class ModelRunner:
             for _ in range(2):
                 self.run(np.zeros((size, *self.input_shape), np.uint8))
         seconds = time.perf_counter() - start
-        log.info("warmed buckets %s in %.1f s (traced %d time)", self.buckets, seconds, self.tracing_count)
+        log.info(
+            "warmed buckets %s in %.1f s (traced %d time)",
+            self.buckets,
+            seconds,
+            self.tracing_count,
+        )
         return seconds

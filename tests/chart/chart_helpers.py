@@ -52,20 +52,33 @@ def value_args(values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
     return args
 
 
-def lint(values: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def lint(
+    values: tuple[str, ...] = (), sets: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return helm("lint", "--strict", str(CHART), *value_args(values, sets), check=False)
 
 
-@functools.lru_cache(maxsize=None)
-def render_text(values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel") -> str:
-    out = helm("template", release, str(CHART), "--namespace", "serving",
-               *value_args(values, sets), check=False)
+@functools.cache
+def render_text(
+    values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel"
+) -> str:
+    out = helm(
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        "serving",
+        *value_args(values, sets),
+        check=False,
+    )
     if out.returncode != 0:
         raise AssertionError(f"helm template failed for {values} {sets}:\n{out.stderr}")
     return out.stdout
 
 
-def render(values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel") -> list[dict]:
+def render(
+    values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel"
+) -> list[dict]:
     """Rendered objects (fresh copies: tests may not share mutations)."""
     return [d for d in yaml.safe_load_all(render_text(values, sets, release)) if d]
 
@@ -74,7 +87,8 @@ def find(objs: list[dict], kind: str, component: str | None = None) -> list[dict
     found = [o for o in objs if o["kind"] == kind]
     if component is not None:
         found = [
-            o for o in found
+            o
+            for o in found
             if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
         ]
     return found
@@ -106,16 +120,20 @@ def pod_specs(objs: list[dict]) -> list[tuple[str, dict]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(version: str, api_version: str, kind: str) -> jsonschema.Draft202012Validator:
     """The strict schema of one kind, as kubernetes_validate.validate builds it, cached."""
-    schema_version = [v for v in kv.all_versions() if kv.major_minor(v) <= kv.major_minor(version)][-1]
+    schema_version = [v for v in kv.all_versions() if kv.major_minor(v) <= kv.major_minor(version)][
+        -1
+    ]
     schema_dir = f"v{schema_version}-local-strict"
     group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     schema = kv.schema_contents(
         f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group}.json", version
     )
-    definitions = kv.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", version)
+    definitions = kv.schema_contents(
+        f"kubernetes-json-schema/{schema_dir}/_definitions.json", version
+    )
     registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
@@ -125,7 +143,8 @@ def validation_errors(obj: dict, version: str) -> list[str]:
         validator = _validator(version, obj["apiVersion"], obj["kind"])
     except FileNotFoundError:
         return [f"no schema for {obj['apiVersion']} {obj['kind']} in Kubernetes {version}"]
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
     return [
-        f"{obj['kind']}/{obj['metadata']['name']} @ {'.'.join(map(str, e.absolute_path))}: {e.message}"
+        f"{name} @ {'.'.join(map(str, e.absolute_path))}: {e.message}"
         for e in validator.iter_errors(obj)
     ]

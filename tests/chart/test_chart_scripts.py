@@ -31,8 +31,9 @@ def serve(handler_cls):
 
 
 def run(script, *args, timeout=60):
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 PAYLOAD = b"\x89HDF\r\n" + bytes(range(256)) * 64
@@ -55,8 +56,15 @@ class WeightsHandler(http.server.BaseHTTPRequestHandler):
 def test_fetch_writes_the_file_and_checks_its_hash(tmp_path):
     dest = tmp_path / "models" / "w.h5"
     with serve(WeightsHandler) as base:
-        out = run(FETCH, "--url", f"{base}/w.h5", "--dest", str(dest),
-                  "--sha256", hashlib.sha256(PAYLOAD).hexdigest().upper())
+        out = run(
+            FETCH,
+            "--url",
+            f"{base}/w.h5",
+            "--dest",
+            str(dest),
+            "--sha256",
+            hashlib.sha256(PAYLOAD).hexdigest().upper(),
+        )
     assert out.returncode == 0, out.stderr
     assert dest.read_bytes() == PAYLOAD
     assert not (tmp_path / "models" / "w.h5.part").exists()
@@ -72,7 +80,9 @@ def test_fetch_refuses_a_hash_mismatch_and_leaves_nothing(tmp_path):
 
 def test_fetch_fails_after_its_retries_on_404(tmp_path):
     with serve(WeightsHandler) as base:
-        out = run(FETCH, "--url", f"{base}/missing", "--dest", str(tmp_path / "w"), "--attempts", "1")
+        out = run(
+            FETCH, "--url", f"{base}/missing", "--dest", str(tmp_path / "w"), "--attempts", "1"
+        )
     assert out.returncode != 0 and "404" in out.stderr
 
 
@@ -96,7 +106,9 @@ def fake_service(ready_after: int, predictions, random_weights=False):
                     return self.reply(200, {"status": "ready"})
                 return self.reply(503, {"error": {"code": "not_ready", "message": "loading"}})
             if self.path == "/v1/models":
-                return self.reply(200, {"models": [{"name": "resnet50", "random_weights": random_weights}]})
+                return self.reply(
+                    200, {"models": [{"name": "resnet50", "random_weights": random_weights}]}
+                )
             self.reply(404, {})
 
         def do_POST(self):  # noqa: N802
@@ -110,9 +122,13 @@ def fake_service(ready_after: int, predictions, random_weights=False):
     return Handler, calls
 
 
-GOOD = [[{"label": "tabby", "class_id": 281, "score": 0.5},
-         {"label": "tiger cat", "class_id": 282, "score": 0.2},
-         {"label": "lynx", "class_id": 287, "score": 0.1}]]
+GOOD = [
+    [
+        {"label": "tabby", "class_id": 281, "score": 0.5},
+        {"label": "tiger cat", "class_id": 282, "score": 0.2},
+        {"label": "lynx", "class_id": 287, "score": 0.1},
+    ]
+]
 
 
 def test_helm_test_waits_for_readiness_then_classifies_a_png():
@@ -128,8 +144,10 @@ def test_helm_test_waits_for_readiness_then_classifies_a_png():
 
 
 def test_helm_test_png_decodes_to_the_expected_image():
+    import importlib.util  # noqa: E401
+    import io
+
     from PIL import Image
-    import importlib.util, io  # noqa: E401
 
     spec = importlib.util.spec_from_file_location("helm_test", HELM_TEST)
     module = importlib.util.module_from_spec(spec)
@@ -141,10 +159,12 @@ def test_helm_test_png_decodes_to_the_expected_image():
 
 @pytest.mark.parametrize(
     "predictions, random_weights, message",
-    [(GOOD, True, "serves random weights"),
-     ([GOOD[0][:2]], False, "expected 1 image x 3 classes"),
-     ([list(reversed(GOOD[0]))], False, "descending order"),
-     ([[dict(p, label="") for p in GOOD[0]]], False, "no label")],
+    [
+        (GOOD, True, "serves random weights"),
+        ([GOOD[0][:2]], False, "expected 1 image x 3 classes"),
+        ([list(reversed(GOOD[0]))], False, "descending order"),
+        ([[dict(p, label="") for p in GOOD[0]]], False, "no label"),
+    ],
     ids=["random-weights", "too-few-classes", "unsorted", "no-label"],
 )
 def test_helm_test_fails_on_a_bad_service(predictions, random_weights, message):

@@ -11,32 +11,48 @@ from chart_helpers import CHECKOV, CI_VALUES, PLATFORM_VALUES, ROOT, render_text
 
 # (check, kind) -> why the chart deliberately does not do what the check asks.
 EXPLAINED = {
-    ("CKV_K8S_11", "Deployment"):
-        "no CPU limit on the model server by default: CFS throttling stalls the preprocessing "
-        "pool and the batcher under load; a CPU request is set (and resources.limits.cpu can be)",
-    ("CKV_K8S_15", "Deployment"):
-        "imagePullPolicy IfNotPresent: the GPU image is several GB and tags are immutable "
-        "releases; pin image.digest for stronger guarantees",
-    ("CKV_K8S_15", "Pod"):
-        "the helm test pod reuses the server image already on the node (IfNotPresent)",
-    ("CKV_K8S_43", "Deployment"):
-        "the chart cannot know the digest of the user's build: image.digest is supported and "
-        "ci/servicemonitor-values.yaml renders it; the default is the release tag",
+    (
+        "CKV_K8S_11",
+        "Deployment",
+    ): "no CPU limit on the model server by default: CFS throttling stalls the preprocessing "
+    "pool and the batcher under load; a CPU request is set (and resources.limits.cpu can be)",
+    (
+        "CKV_K8S_15",
+        "Deployment",
+    ): "imagePullPolicy IfNotPresent: the GPU image is several GB and tags are immutable "
+    "releases; pin image.digest for stronger guarantees",
+    (
+        "CKV_K8S_15",
+        "Pod",
+    ): "the helm test pod reuses the server image already on the node (IfNotPresent)",
+    (
+        "CKV_K8S_43",
+        "Deployment",
+    ): "the chart cannot know the digest of the user's build: image.digest is supported and "
+    "ci/servicemonitor-values.yaml renders it; the default is the release tag",
     ("CKV_K8S_43", "Pod"): "as for the Deployment: the test pod uses the same image reference",
     ("CKV_K8S_8", "Pod"): "the helm test pod is a one-shot client that exits; probes do not apply",
     ("CKV_K8S_9", "Pod"): "the helm test pod is a one-shot client that exits; probes do not apply",
-    ("CKV2_K8S_6", "Pod"):
-        "NetworkPolicy is opt-in (networkPolicy.enabled) since it needs a CNI that enforces it; "
-        "when on, the server's policy admits the test pod by its labels",
-    ("CKV_K8S_35", "Deployment"):
-        "the Redis URL comes from a Secret as an environment variable because every service "
-        "setting is an environment variable (SERVE_*, service/settings.py)",
+    (
+        "CKV2_K8S_6",
+        "Pod",
+    ): "NetworkPolicy is opt-in (networkPolicy.enabled) since it needs a CNI that enforces it; "
+    "when on, the server's policy admits the test pod by its labels",
+    (
+        "CKV_K8S_35",
+        "Deployment",
+    ): "the Redis URL comes from a Secret as an environment variable because every service "
+    "setting is an environment variable (SERVE_*, service/settings.py)",
 }
 
 
 def run_checkov(*args: str) -> list[dict]:
-    out = subprocess.run([str(require(CHECKOV)), *args, "--skip-download", "--compact",
-                          "-o", "json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(require(CHECKOV)), *args, "--skip-download", "--compact", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode in (0, 1), out.stderr[-2000:]
     data = json.loads(out.stdout)
     return data if isinstance(data, list) else [data]
@@ -47,8 +63,11 @@ def test_checkov_on_rendered_manifests(tmp_path):
         name = (values or "defaults").replace("/", "_")
         (tmp_path / name).write_text(render_text((values,) if values else ()))
     reports = run_checkov("-d", str(tmp_path), "--framework", "kubernetes")
-    failed = {(f["check_id"], f["resource"].split(".")[0]) for r in reports
-              for f in r["results"]["failed_checks"]}
+    failed = {
+        (f["check_id"], f["resource"].split(".")[0])
+        for r in reports
+        for f in r["results"]["failed_checks"]
+    }
     passed = sum(r["summary"]["passed"] for r in reports)
     assert passed > 1000, "checkov checked almost nothing"
     unexplained = failed - EXPLAINED.keys()

@@ -19,8 +19,13 @@ from chart_helpers import (
 )
 
 ALL_VALUES = [(), *[(v,) for v in PLATFORM_VALUES + CI_VALUES]]
-STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
-                   "app.kubernetes.io/managed-by", "helm.sh/chart")
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
 IDS = lambda v: v[0] if v else "defaults"  # noqa: E731
 
 
@@ -38,7 +43,10 @@ def test_gpu_files_request_gpus_and_tolerate_the_pool_taint(values_file):
     assert pod["tolerations"] == values["tolerations"] and pod["tolerations"]
     assert any(t["effect"] == "NoSchedule" for t in pod["tolerations"])
     assert pod["nodeSelector"] == values["nodeSelector"] and pod["nodeSelector"]
-    assert one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == "resnet-serve:0.1.0"
+    assert (
+        one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "resnet-serve:0.1.0"
+    )
 
 
 def test_platform_files_match_each_providers_gpu_conventions():
@@ -72,13 +80,18 @@ def test_cpu_only_file_has_no_gpu_no_tolerations_and_the_cpu_image():
 def test_image_tag_and_digest():
     assert server_container(render(sets=("image.tag=1.2.3",)))["image"] == "resnet-serve:1.2.3"
     digest = "sha256:" + "a" * 64
-    assert server_container(render(sets=(f"image.digest={digest}",)))["image"] == f"resnet-serve@{digest}"
+    assert (
+        server_container(render(sets=(f"image.digest={digest}",)))["image"]
+        == f"resnet-serve@{digest}"
+    )
 
 
 @pytest.mark.parametrize("values", ALL_VALUES, ids=IDS)
 def test_probes_fit_a_slow_model_load(values):
     container = server_container(render(values))
-    startup, ready, live = (container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+    startup, ready, live = (
+        container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+    )
     assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
     assert ready["httpGet"] == {"path": "/readyz", "port": "http"}
     assert live["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -105,8 +118,16 @@ def test_rollouts_and_shutdowns_never_drop_requests(values):
 
 
 def test_drain_budget_fails_to_render_when_it_cannot_fit():
-    out = helm("template", "rel", str(CHART), "--set", "terminationGracePeriodSeconds=12",
-               "--set", "preStopSleepSeconds=10", check=False)
+    out = helm(
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "terminationGracePeriodSeconds=12",
+        "--set",
+        "preStopSleepSeconds=10",
+        check=False,
+    )
     assert out.returncode != 0 and "must exceed preStopSleepSeconds" in out.stderr
 
 
@@ -118,8 +139,15 @@ def test_replicas_are_left_to_the_autoscaler():
 
 def test_hpa_scales_on_cpu_or_the_in_flight_gauge():
     hpa = one(render(("ci/hpa-cpu-values.yaml",)), "HorizontalPodAutoscaler")
-    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
-        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70},
+            },
+        }
+    ]
     hpa = one(render(("ci/hpa-custom-metric-values.yaml",)), "HorizontalPodAutoscaler")
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
@@ -128,13 +156,18 @@ def test_hpa_scales_on_cpu_or_the_in_flight_gauge():
 
 
 def test_the_in_flight_gauge_the_autoscalers_use_exists_in_the_service():
-    from service.metrics import Metrics
     from prometheus_client import generate_latest
+
+    from service.metrics import Metrics
 
     exposed = generate_latest(Metrics().registry).decode()
     assert "\nserve_images_in_flight " in exposed or exposed.startswith("serve_images_in_flight")
-    assert "serve_images_in_flight" in one(render(("ci/keda-values.yaml",)), "ScaledObject", None)[
-        "spec"]["triggers"][0]["metadata"]["query"]
+    assert (
+        "serve_images_in_flight"
+        in one(render(("ci/keda-values.yaml",)), "ScaledObject", None)["spec"]["triggers"][0][
+            "metadata"
+        ]["query"]
+    )
 
 
 @pytest.mark.parametrize("values", ALL_VALUES, ids=IDS)
@@ -197,14 +230,18 @@ def test_selectors_agree_between_deployment_service_pdb_hpa_and_policies(values)
     for other in objs:
         if other is deployment or other["kind"] not in ("Deployment", "Pod"):
             continue
-        labels = (other["spec"].get("template", {}).get("metadata", {}).get("labels")
-                  or other["metadata"]["labels"])
+        labels = (
+            other["spec"].get("template", {}).get("metadata", {}).get("labels")
+            or other["metadata"]["labels"]
+        )
         assert not selector.items() <= labels.items(), other["metadata"]["name"]
 
 
 def test_pdb_lets_one_pod_go_at_a_time():
     assert one(render(), "PodDisruptionBudget")["spec"] == {
-        "maxUnavailable": 1, "selector": {"matchLabels": one(render(), "Deployment")["spec"]["selector"]["matchLabels"]}}
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": one(render(), "Deployment")["spec"]["selector"]["matchLabels"]},
+    }
 
 
 def test_pods_spread_across_nodes():
@@ -214,10 +251,15 @@ def test_pods_spread_across_nodes():
 
 @pytest.mark.parametrize(
     "values, keras_home, weights",
-    [((), "/opt/keras", "imagenet"),
-     (("ci/weights-pvc-values.yaml",), "/var/lib/resnet-serve/weights", "imagenet"),
-     (("ci/weights-url-values.yaml",), "/var/lib/resnet-serve/weights",
-      "/var/lib/resnet-serve/weights/models/custom.weights.h5")],
+    [
+        ((), "/opt/keras", "imagenet"),
+        (("ci/weights-pvc-values.yaml",), "/var/lib/resnet-serve/weights", "imagenet"),
+        (
+            ("ci/weights-url-values.yaml",),
+            "/var/lib/resnet-serve/weights",
+            "/var/lib/resnet-serve/weights/models/custom.weights.h5",
+        ),
+    ],
     ids=["image", "pvc", "url"],
 )
 def test_weights_sources(values, keras_home, weights):
@@ -234,16 +276,22 @@ def test_weights_sources(values, keras_home, weights):
         return
     assert mounts["weights"]["mountPath"] == keras_home and mounts["weights"]["readOnly"] is True
     if "pvc" in values[0]:
-        assert volumes["weights"]["persistentVolumeClaim"] == {"claimName": "resnet-weights", "readOnly": True}
+        assert volumes["weights"]["persistentVolumeClaim"] == {
+            "claimName": "resnet-weights",
+            "readOnly": True,
+        }
         assert mounts["weights"]["subPath"] == "keras"
     else:
         (init,) = pod["initContainers"]
         assert volumes["weights"]["emptyDir"] == {"sizeLimit": "2Gi"}
-        args = dict(zip(init["args"][::2], init["args"][1::2]))
+        args = dict(zip(init["args"][::2], init["args"][1::2], strict=True))
         assert args["--dest"] == weights and args["--url"].startswith("https://")
         assert len(args["--sha256"]) == 64
         assert init["command"][-1] == "/opt/resnet-serve/scripts/fetch_weights_url.py"
-        assert {m["mountPath"] for m in init["volumeMounts"]} >= {keras_home, "/opt/resnet-serve/scripts"}
+        assert {m["mountPath"] for m in init["volumeMounts"]} >= {
+            keras_home,
+            "/opt/resnet-serve/scripts",
+        }
 
 
 @pytest.mark.parametrize("source", ["pvc", "url"])
@@ -265,7 +313,8 @@ def test_redis_modes():
 
     external = render(("ci/redis-external-values.yaml",))
     assert env_of(server_container(external))["SERVE_REDIS_URL"] == {
-        "secretKeyRef": {"name": "resnet-redis", "key": "url"}}
+        "secretKeyRef": {"name": "resnet-redis", "key": "url"}
+    }
     assert not find(external, "Deployment", "redis")
     env_from = server_container(external)["envFrom"]
     assert {"secretRef": {"name": "resnet-serve-secrets"}} in env_from
@@ -287,11 +336,18 @@ def test_network_policy_lets_in_only_the_port_and_the_test_pod():
 def test_settings_configmap_feeds_the_server_and_rolls_it_on_change():
     objs = render()
     cm = one(objs, "ConfigMap")
-    assert cm["data"] == {"SERVE_LOG_FORMAT": "json", "SERVE_MAX_BATCH_SIZE": "32", "SERVE_MAX_BATCH_DELAY_MS": "2"}
+    assert cm["data"] == {
+        "SERVE_LOG_FORMAT": "json",
+        "SERVE_MAX_BATCH_SIZE": "32",
+        "SERVE_MAX_BATCH_DELAY_MS": "2",
+    }
     assert {"configMapRef": {"name": cm["metadata"]["name"]}} in server_container(objs)["envFrom"]
-    before = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-    after = one(render(sets=("settings.SERVE_MAX_BATCH_SIZE=16",)), "Deployment")["spec"]["template"][
-        "metadata"]["annotations"]["checksum/config"]
+    before = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+        "checksum/config"
+    ]
+    after = one(render(sets=("settings.SERVE_MAX_BATCH_SIZE=16",)), "Deployment")["spec"][
+        "template"
+    ]["metadata"]["annotations"]["checksum/config"]
     assert before != after
 
 
@@ -301,7 +357,7 @@ def test_helm_test_hook_waits_for_readiness_and_classifies():
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     (container,) = pod["spec"]["containers"]
     assert container["command"] == ["python3", "/opt/resnet-serve/scripts/helm_test.py"]
-    args = dict(zip(container["args"][::2], container["args"][1::2]))
+    args = dict(zip(container["args"][::2], container["args"][1::2], strict=True))
     assert args["--url"] == "http://rel-resnet-serve:80" and args["--ready-timeout"] == "600"
     scripts = next(o for o in objs if o["metadata"]["name"] == "rel-resnet-serve-scripts")
     assert scripts["data"]["helm_test.py"] == (CHART / "files" / "helm_test.py").read_text()

@@ -9,7 +9,9 @@ from chart_helpers import CHART, ROOT
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("chart_readme", ROOT / "scripts" / "chart_readme.py")
+    spec = importlib.util.spec_from_file_location(
+        "chart_readme", ROOT / "scripts" / "chart_readme.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,7 +36,8 @@ def test_readme_table_is_in_sync():
     gen = load_generator()
     readme = (CHART / "README.md").read_text()
     assert readme == gen.render_readme(readme, (CHART / "values.yaml").read_text()), (
-        "charts/resnet-serve/README.md is out of date: run `make chart-readme`")
+        "charts/resnet-serve/README.md is out of date: run `make chart-readme`"
+    )
     for key, _ in gen.documented_keys((CHART / "values.yaml").read_text()):
         assert f"| `{key}` |" in readme
-    assert "| `gpu.resourceName` | `\"nvidia.com/gpu\"` |" in readme
+    assert '| `gpu.resourceName` | `"nvidia.com/gpu"` |' in readme

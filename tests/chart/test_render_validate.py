@@ -24,8 +24,12 @@ DIMENSIONS = {
     "autoscaling": [
         ("autoscaling.enabled=false",),
         ("autoscaling.enabled=true", "autoscaling.kind=hpa"),
-        ("autoscaling.enabled=true", "autoscaling.kind=hpa", "autoscaling.podsMetric.enabled=false",
-         "autoscaling.targetCPUUtilizationPercentage=60"),
+        (
+            "autoscaling.enabled=true",
+            "autoscaling.kind=hpa",
+            "autoscaling.podsMetric.enabled=false",
+            "autoscaling.targetCPUUtilizationPercentage=60",
+        ),
         ("autoscaling.enabled=true", "autoscaling.kind=keda"),
     ],
     "ingress": [("ingress.enabled=false",), ("ingress.enabled=true", "ingress.className=nginx")],
@@ -49,7 +53,9 @@ def matrix() -> list[tuple[str, ...]]:
     names = list(DIMENSIONS)
     combos: set[tuple[int, ...]] = set()
     for a, b in itertools.combinations(range(len(names)), 2):
-        for va, vb in itertools.product(range(len(DIMENSIONS[names[a]])), range(len(DIMENSIONS[names[b]]))):
+        for va, vb in itertools.product(
+            range(len(DIMENSIONS[names[a]])), range(len(DIMENSIONS[names[b]]))
+        ):
             pick = [(va + vb + i) % len(DIMENSIONS[n]) for i, n in enumerate(names)]
             pick[a], pick[b] = va, vb
             combos.add(tuple(pick))
@@ -117,8 +123,11 @@ def test_custom_resources_have_the_fields_their_operators_need():
     objs = render(("ci/keda-values.yaml",))
     scaled = next(o for o in objs if o["kind"] == "ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                "name": "rel-resnet-serve"}
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "rel-resnet-serve",
+    }
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     assert set(trigger["metadata"]) == {"serverAddress", "query", "threshold"}

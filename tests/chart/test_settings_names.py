@@ -55,8 +55,11 @@ def test_documented_settings_example_keys_are_real():
 
 
 @pytest.mark.xfail(
-    not HAS_REDIS_SETTING, strict=True,
+    not HAS_REDIS_SETTING,
+    strict=True,
     reason="service/settings.py has no Redis setting yet (issue 4); runs for real once it has one",
 )
 def test_redis_url_variable_is_a_real_setting():
-    assert REDIS_URL_VAR in SETTINGS, f"{REDIS_URL_VAR} vs {sorted(s for s in SETTINGS if 'REDIS' in s)}"
+    assert REDIS_URL_VAR in SETTINGS, (
+        f"{REDIS_URL_VAR} vs {sorted(s for s in SETTINGS if 'REDIS' in s)}"
+    )

@@ -25,7 +25,10 @@ BAD_VALUES = {
     "bad pull policy": ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     "unknown security context field": ("securityContext.runAsRoot=true", "runAsRoot"),
     "port out of range": ("containerPort=70000", "/containerPort"),
-    "percent pdb of zero": ("podDisruptionBudget.maxUnavailable=0", "/podDisruptionBudget/maxUnavailable"),
+    "percent pdb of zero": (
+        "podDisruptionBudget.maxUnavailable=0",
+        "/podDisruptionBudget/maxUnavailable",
+    ),
 }
 
 
@@ -77,7 +80,13 @@ def test_schema_declares_every_default_value():
 
 
 def test_good_values_still_pass():
-    result = lint(sets=("replicaCount=3", "podDisruptionBudget.maxUnavailable=50%",
-                        "settings.SERVE_XLA=true", "weights.file=models/a.keras"))
+    result = lint(
+        sets=(
+            "replicaCount=3",
+            "podDisruptionBudget.maxUnavailable=50%",
+            "settings.SERVE_XLA=true",
+            "weights.file=models/a.keras",
+        )
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert render(sets=("settings.SERVE_XLA=true",))

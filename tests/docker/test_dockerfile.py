@@ -73,7 +73,9 @@ def last(word: str, steps=RUNTIME) -> str:
 
 
 def arg_default(name: str) -> str:
-    return next(rest.split("=", 1)[1] for w, rest in STEPS if w == "ARG" and rest.startswith(name + "="))
+    return next(
+        rest.split("=", 1)[1] for w, rest in STEPS if w == "ARG" and rest.startswith(name + "=")
+    )
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
@@ -89,7 +91,9 @@ def test_hadolint_passes():
 
 def test_hadolint_would_catch_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM ubuntu:latest\nRUN apt-get install curl\nRUN cd /tmp && pip install requests\n")
+    bad.write_text(
+        "FROM ubuntu:latest\nRUN apt-get install curl\nRUN cd /tmp && pip install requests\n"
+    )
     out = hadolint(bad)
     assert out.returncode != 0
     for rule in ("DL3007", "DL3015", "DL3013"):
@@ -101,8 +105,10 @@ def test_every_hadolint_ignore_is_explained():
     for i, line in enumerate(lines):
         if "hadolint ignore=" in line:
             rule = line.split("=", 1)[1].strip()
-            context = "\n".join(lines[max(0, i - 4):i])
-            assert rule in context and len(context) > 60, f"no reason given for {rule} at line {i + 1}"
+            context = "\n".join(lines[max(0, i - 4) : i])
+            assert rule in context and len(context) > 60, (
+                f"no reason given for {rule} at line {i + 1}"
+            )
 
 
 def test_entrypoint_is_the_declared_console_script():
@@ -136,13 +142,18 @@ def test_image_matches_the_chart():
     env = env_of(RUNTIME)
     user = last("USER")
     assert user == "10001:10001"
-    assert values["podSecurityContext"]["runAsUser"] == 10001 == values["securityContext"]["runAsUser"]
+    assert (
+        values["podSecurityContext"]["runAsUser"] == 10001 == values["securityContext"]["runAsUser"]
+    )
     assert values["podSecurityContext"]["runAsGroup"] == 10001
     assert last("EXPOSE") == env["SERVE_PORT"] == str(values["containerPort"])
     # The chart's KERAS_HOME for weights.source=image is the folder baked into the image.
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     assert f'"image" }}}}{env["KERAS_HOME"]}{{{{' in helpers
-    assert any(w == "COPY" and rest.endswith(f"{env['KERAS_HOME']} {env['KERAS_HOME']}") for w, rest in RUNTIME)
+    assert any(
+        w == "COPY" and rest.endswith(f"{env['KERAS_HOME']} {env['KERAS_HOME']}")
+        for w, rest in RUNTIME
+    )
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == PYPROJECT["project"]["version"] == arg_default("VERSION")
 
@@ -154,7 +165,15 @@ def test_graceful_stop():
 
 def test_runtime_stage_is_lean_and_unprivileged():
     runs = " ".join(rest for w, rest in RUNTIME if w == "RUN")
-    for banned in ("build-essential", "gcc", "g++", "python3-dev", "python3-pip", "python3-venv", "curl"):
+    for banned in (
+        "build-essential",
+        "gcc",
+        "g++",
+        "python3-dev",
+        "python3-pip",
+        "python3-venv",
+        "curl",
+    ):
         assert not re.search(rf"(?<![\w-]){re.escape(banned)}(?![\w-])", runs), banned
     assert "rm -rf /var/lib/apt/lists/*" in runs and "--no-install-recommends" in runs
     build_runs = " ".join(rest for w, rest in stages()["build"] if w == "RUN")
@@ -177,12 +196,18 @@ def test_weights_are_baked_unless_the_build_argument_says_no():
 
 
 @pytest.mark.xfail(
-    importlib.util.find_spec("service.model.fetch_weights") is None, strict=True,
+    importlib.util.find_spec("service.model.fetch_weights") is None,
+    strict=True,
     reason="service.model.fetch_weights (issue 2) does not exist yet; runs for real once it does",
 )
 def test_the_weights_fetch_command_of_the_build_exists():
-    out = subprocess.run([sys.executable, "-m", "service.model.fetch_weights", "--help"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "service.model.fetch_weights", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "--model" in out.stdout
 
@@ -191,9 +216,21 @@ def test_gpu_base_image_matches_the_cuda_tensorflow_was_built_for():
     base = arg_default("BASE_IMAGE")
     match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu(\d+\.\d+)", base)
     assert match, base
-    info = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json, tensorflow as tf; print(json.dumps(tf.sysconfig.get_build_info()))"],
-        capture_output=True, text=True, timeout=300, check=True).stdout.strip().splitlines()[-1])
+    info = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import json, tensorflow as tf; print(json.dumps(tf.sysconfig.get_build_info()))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert info["is_cuda_build"] is True
     assert match.group(1, 2, 3) == tuple(info["cuda_version"].split("."))
     # nvidia/cuda 12.x "-cudnn-" tags carry cuDNN 9 since CUDA 12.4.
@@ -211,11 +248,18 @@ def test_cpu_variant_uses_the_same_os_without_cuda():
 
 
 def test_dockerignore_sends_only_the_package():
-    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line and not line.startswith("#")]
+    lines = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert allowed == {"pyproject.toml", "README.md", "service"}
-    copied = {part.rstrip("*/") for w, rest in stages()["build"] if w == "COPY"
-              for part in rest.split()[:-1]}
+    copied = {
+        part.rstrip("*/")
+        for w, rest in stages()["build"]
+        if w == "COPY"
+        for part in rest.split()[:-1]
+    }
     assert copied <= allowed | {"README.md"}, copied

@@ -20,10 +20,18 @@ def test_preflight_stops_without_kind(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "env", "seq", "sleep"):
-        os.symlink(f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else f"/bin/{tool}",
-                   bin_dir / tool)
-    out = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=30,
-                         env={"PATH": str(bin_dir), "HELM": "helm", "KUBECTL": "kubectl"})
+        os.symlink(
+            f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else f"/bin/{tool}",
+            bin_dir / tool,
+        )
+    out = subprocess.run(
+        ["bash", str(SCRIPT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": str(bin_dir), "HELM": "helm", "KUBECTL": "kubectl"},
+    )
     assert out.returncode == 2
     assert "e2e-kind needs docker on PATH" in out.stderr
     assert "kind delete" not in out.stdout + out.stderr

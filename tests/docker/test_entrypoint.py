@@ -30,11 +30,19 @@ def image_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
     image = env_of(RUNTIME)
     for key, value in image.items():
-        if key.startswith("SERVE_") or key in ("KERAS_HOME", "PYTHONUNBUFFERED", "TF_CPP_MIN_LOG_LEVEL"):
+        if key.startswith("SERVE_") or key in (
+            "KERAS_HOME",
+            "PYTHONUNBUFFERED",
+            "TF_CPP_MIN_LOG_LEVEL",
+        ):
             env[key] = value.replace("${MODEL}", arg_default("MODEL"))
-    env |= {"KERAS_HOME": str(tmp_path / "keras"), "HOME": str(tmp_path),
-            # 0.0.0.0 in the image; loopback only here.
-            "SERVE_HOST": "127.0.0.1", "SERVE_PORT": str(free_port())}
+    env |= {
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "HOME": str(tmp_path),
+        # 0.0.0.0 in the image; loopback only here.
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_PORT": str(free_port()),
+    }
     env |= overrides
     return env
 
@@ -54,15 +62,32 @@ def test_image_settings_refuse_to_start_without_weights(tmp_path):
 def test_entrypoint_serves_passes_the_helm_test_and_stops_on_sigterm(tmp_path):
     """The chart's helm test script against the real service (random weights, allowed
     explicitly here), then the image's STOPSIGNAL."""
-    env = image_env(tmp_path, SERVE_WEIGHTS="random", SERVE_STRICT="false", SERVE_MAX_BATCH_SIZE="1",
-                    SERVE_BATCH_BUCKETS="1", SERVE_PREPROCESS_WORKERS="1")
-    server = subprocess.Popen([str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    env = image_env(
+        tmp_path,
+        SERVE_WEIGHTS="random",
+        SERVE_STRICT="false",
+        SERVE_MAX_BATCH_SIZE="1",
+        SERVE_BATCH_BUCKETS="1",
+        SERVE_PREPROCESS_WORKERS="1",
+    )
+    server = subprocess.Popen(
+        [str(ENTRYPOINT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         out = subprocess.run(
-            [sys.executable, str(HELM_TEST), "--url", f"http://127.0.0.1:{env['SERVE_PORT']}",
-             "--ready-timeout", "180", "--allow-random-weights"],
-            capture_output=True, text=True, timeout=240)
+            [
+                sys.executable,
+                str(HELM_TEST),
+                "--url",
+                f"http://127.0.0.1:{env['SERVE_PORT']}",
+                "--ready-timeout",
+                "180",
+                "--allow-random-weights",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "PASS: classified the test image" in out.stdout
         stop_signal = getattr(signal, [r for w, r in RUNTIME if w == "STOPSIGNAL"][-1])

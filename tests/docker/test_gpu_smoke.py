@@ -17,8 +17,13 @@ CPU_ONLY = {"CUDA_VISIBLE_DEVICES": "-1"}
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=280, env=os.environ | CPU_ONLY)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=os.environ | CPU_ONLY,
+    )
 
 
 def test_no_gpu_fails_with_a_reason():
