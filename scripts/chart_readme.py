@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     values_text = (CHART / "values.yaml").read_text()
-    missing = undocumented(yaml.safe_load(values_text), {k for k, _ in documented_keys(values_text)})
+    missing = undocumented(
+        yaml.safe_load(values_text), {k for k, _ in documented_keys(values_text)}
+    )
     if missing:
-        print(f"values without a `# --` comment: {missing}", file=sys.stderr)
+        print(f"values without a `# --` comment: {missing}", file=sys.stderr)  # noqa: T201
         return 1
     readme_path = CHART / "README.md"
     current = readme_path.read_text()
@@ -105,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         readme_path.write_text(wanted)
         return 0
     if current != wanted:
-        print("charts/resnet-serve/README.md is out of date: run `make chart-readme`", file=sys.stderr)
+        print(
+            "charts/resnet-serve/README.md is out of date: run `make chart-readme`", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -48,7 +48,9 @@ def measure(arch: str, batch: int, iters: int, warmup: int, mixed: bool, xla: bo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", default="resnet50", choices=["resnet50", "resnet101", "resnet152"])
+    parser.add_argument(
+        "--arch", default="resnet50", choices=["resnet50", "resnet101", "resnet152"]
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
@@ -61,15 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     gpus = tf.config.list_physical_devices("GPU")
     report: dict = {
         "tensorflow": tf.__version__,
-        "build": {k: v for k, v in tf.sysconfig.get_build_info().items()
-                  if k in ("cuda_version", "cudnn_version")},
-        "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus],
+        "build": {
+            k: v
+            for k, v in tf.sysconfig.get_build_info().items()
+            if k in ("cuda_version", "cudnn_version")
+        },
+        "gpus": [
+            tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus
+        ],
         "arch": args.arch,
         "xla": not args.no_xla,
     }
     if not gpus and not args.allow_cpu:
         report["error"] = "TensorFlow sees no GPU (driver, device plugin or CUDA libraries missing)"
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))  # noqa: T201
         return 2
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     fp32, mixed = (r["images_per_s"] for r in report["results"])
     report["mixed_over_fp32"] = round(mixed / fp32, 2) if fp32 else None
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))  # noqa: T201
     return 0
 
 

