@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         readme_path.write_text(wanted)
         return 0
     if current != wanted:
-        print(
-            "charts/resnet-serve/README.md is out of date: run `make chart-readme`", file=sys.stderr
-        )
+        sys.stderr.write("charts/resnet-serve/README.md is out of date: run `make chart-readme`\n")
         return 1
     return 0
 
