@@ -8,6 +8,7 @@ from __future__ import annotations
 
 def main() -> None:
     import logging
+    import signal
 
     import uvicorn
 
@@ -23,9 +24,14 @@ def main() -> None:
         def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
             # Readiness turns false at once; uvicorn then stops accepting connections and
             # waits up to SERVE_GRACEFUL_TIMEOUT_S for in-flight requests.
+            # Unlike uvicorn's own handler, the signal is not re-raised after shutdown: a drained
+            # SIGTERM is a clean exit (status 0). A second SIGINT forces the exit.
             logging.getLogger("service").warning("signal %d: draining", sig)
             app.state.pipeline.drain()
-            super().handle_exit(sig, frame)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
 
     config = uvicorn.Config(
         app,

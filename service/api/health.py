@@ -93,20 +93,11 @@ def model_info(pipeline, settings) -> ModelInfo:
 
 @router.get("/v1/models", response_model=ModelList, summary="Model metadata")
 async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelList:
-    """The served model: name, weights source, input shape, batch buckets, device."""
+    """The served model: name, weights source, input shape, batch buckets, device.
+
+    ``GET /v1/models/{name}`` is TensorFlow Serving's model status (``api/tfserving.py``).
+    """
     return ModelList(models=[model_info(pipeline, settings)])
-
-
-@router.get("/v1/models/{name}", response_model=ModelInfo, summary="One model's metadata")
-async def model(name: str, pipeline: PipelineDep, settings: SettingsDep):
-    """Metadata of the model called ``name``; 404 for any other name."""
-    if name != settings.model_name:
-        return error_response(
-            404,
-            "model_not_found",
-            f"no model named {name!r}; this service serves {settings.model_name!r}",
-        )
-    return model_info(pipeline, settings)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -41,7 +42,8 @@ def _worker_decode(data: bytes) -> Preprocessed:
     return decode(data, _CONFIG)
 
 
-def _worker_ping() -> int:
+def _worker_ping(hold_s: float) -> int:
+    time.sleep(hold_s)  # keeps this worker busy so the next ping starts another process
     return os.getpid()
 
 
@@ -80,7 +82,7 @@ class PreprocessPool:
             executor = self._executor
         pids = {
             f.result(timeout=120)
-            for f in [executor.submit(_worker_ping) for _ in range(self.workers * 2)]
+            for f in [executor.submit(_worker_ping, 0.05) for _ in range(self.workers * 2)]
         }
         log.info("preprocessing pool: %d worker processes %s", self.workers, sorted(pids))
 

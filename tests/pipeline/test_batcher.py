@@ -1,0 +1,156 @@
+"""The dynamic batcher: immediate dispatch when idle, batches that grow under load."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.metrics import Metrics
+from service.pipeline.batcher import DeadlineExceeded, DynamicBatcher, ModelError, QueueFull
+
+
+class SlowRunner:
+    """Stands in for a model: a fixed cost per batch that releases the GIL."""
+
+    def __init__(self, seconds: float = 0.05, fail_on: int | None = None):
+        self.seconds = seconds
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, payloads):
+        self.gate.wait(5)
+        self.batches.append(len(payloads))
+        if self.fail_on is not None and len(self.batches) == self.fail_on:
+            raise RuntimeError("boom")
+        time.sleep(self.seconds)
+        out = np.stack([p.astype(np.float32) * 2 for p in payloads])
+        return out, len(payloads), self.seconds
+
+
+def make(runner, **kwargs):
+    kwargs.setdefault("max_batch_size", 8)
+    return DynamicBatcher("model", runner, metrics=Metrics(), **kwargs)
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def _with(batcher, coro):
+    batcher.start()
+    try:
+        return await coro
+    finally:
+        await batcher.stop()
+
+
+def test_a_lone_item_runs_at_once_alone():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_delay_s=0.0)
+
+    async def go():
+        row, info = await batcher.submit(np.array([1.0]), far())
+        return row, info
+
+    row, info = asyncio.run(_with(batcher, go()))
+    assert row.tolist() == [2.0]
+    assert runner.batches == [1]
+    assert info.batch_size == 1
+    assert info.queue_s < 0.5  # dispatched at once, not after any delay
+
+
+def test_items_arriving_while_the_runner_is_busy_form_one_batch():
+    runner = SlowRunner(0.05)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()  # hold the first batch in the runner
+        first = batcher.submit(np.array([0.0]), far())
+        await asyncio.sleep(0.05)
+        rest = [batcher.submit(np.array([float(i)]), far()) for i in range(1, 7)]
+        runner.gate.set()
+        results = await asyncio.gather(first, *rest)
+        return [r[0].tolist() for r in results]
+
+    rows = asyncio.run(_with(batcher, go()))
+    assert rows == [[2.0 * i] for i in range(7)]  # every item gets its own answer
+    assert runner.batches == [1, 6]
+
+
+def test_batches_never_exceed_the_maximum():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, max_batch_size=4)
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(10)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(_with(batcher, go()))
+    assert max(runner.batches) == 4 and sum(runner.batches) == 10
+
+
+def test_max_delay_holds_a_partial_batch_for_an_idle_runner():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_delay_s=0.3)
+
+    async def go():
+        a = batcher.submit(np.array([1.0]), far())
+        await asyncio.sleep(0.05)
+        b = batcher.submit(np.array([2.0]), far())
+        await asyncio.gather(a, b)
+
+    asyncio.run(_with(batcher, go()))
+    assert runner.batches == [2]
+
+
+def test_expired_items_never_reach_the_model():
+    runner = SlowRunner(0.0)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()
+        busy = batcher.submit(np.array([0.0]), far())
+        await asyncio.sleep(0.02)
+        late = batcher.submit(np.array([1.0]), time.monotonic() + 0.01)
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await busy
+        with pytest.raises(DeadlineExceeded):
+            await late
+
+    asyncio.run(_with(batcher, go()))
+    assert runner.batches == [1]
+
+
+def test_a_model_error_fails_only_its_batch():
+    runner = SlowRunner(0.0, fail_on=1)
+    batcher = make(runner)
+
+    async def go():
+        with pytest.raises(ModelError):
+            await batcher.submit(np.array([1.0]), far())
+        row, _ = await batcher.submit(np.array([3.0]), far())
+        return row
+
+    assert asyncio.run(_with(batcher, go())).tolist() == [6.0]
+
+
+def test_the_queue_is_bounded():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_queue=2)
+
+    async def go():
+        runner.gate.clear()
+        batcher.submit(np.array([1.0]), far())
+        batcher.submit(np.array([1.0]), far())
+        with pytest.raises(QueueFull):
+            batcher.submit(np.array([1.0]), far())
+        runner.gate.set()
+
+    asyncio.run(_with(batcher, go()))
