@@ -122,7 +122,10 @@ def load_model(arch_name: str, weights: str, *, strict: bool = False) -> LoadedM
         model.load_weights(str(path))
         return _loaded(model, arch, f"imagenet:{path}", random=False, notes=notes)
     if weights == "random":
-        notes.append("SERVE_WEIGHTS=random: predictions are meaningless (tests and benchmarks).")
+        notes.append(
+            "SERVE_WEIGHTS=random: serving RANDOM weights, predictions are meaningless "
+            "(tests and benchmarks)."
+        )
         if strict:
             raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
         return _random(arch, notes)
