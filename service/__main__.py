@@ -13,6 +13,7 @@ def main() -> None:
     import uvicorn
 
     from .app import create_app
+    from .http_protocol import JsonErrorH11Protocol
     from .logs import configure_logging
     from .settings import Settings
 
@@ -39,7 +40,12 @@ def main() -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # Longer than the idle timeout of the proxies in front (commonly 60 s), so the server
+        # never closes a connection just as a proxy reuses it (docs/RELIABILITY.md).
         timeout_keep_alive=int(settings.keepalive_timeout_s),
+        # h11 bounds the request head (httptools does not); malformed requests get JSON errors.
+        http=JsonErrorH11Protocol,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         lifespan="on",
     )

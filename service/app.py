@@ -12,11 +12,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from . import __version__
 from .api import classify, errors, health
-from .api.inputs import B64Image, ClassifyJSON
+from .api.auth import AuthMiddleware, load_tokens
+from .api.inputs import TIMEOUT_HEADER, B64Image, ClassifyJSON
 from .api.middleware import MetricsMiddleware
 from .metrics import Metrics
 from .model.architectures import ARCHITECTURES
@@ -94,7 +96,26 @@ def create_app(
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost last: CORS (answers preflights) > metrics and request id > authentication.
+    tokens = load_tokens(settings)
+    if tokens:
+        app.add_middleware(AuthMiddleware, tokens=tokens, exempt_paths=settings.auth_exempt_paths)
+        log.info("authentication on: %d token(s)", len(tokens))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, access_log=settings.access_log)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Request-Id",
+                TIMEOUT_HEADER,
+            ],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
     _declare_body_schemas(app)
     return app
 

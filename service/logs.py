@@ -5,6 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextvars import ContextVar
+
+# The id of the request being handled (set by the metrics middleware); added to every log
+# record emitted while handling it, including from tasks the request starts.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on each record as ``request_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "route", "status", "duration_ms"):
+        for key in ("request_id", "method", "route", "status", "duration_ms"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:
@@ -26,6 +41,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

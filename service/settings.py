@@ -7,7 +7,7 @@ import os
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ModelArch = Literal[
@@ -67,8 +67,33 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_images_per_request: int = Field(64, ge=1)
     default_top_k: int = Field(5, ge=1)
+    # Deadline of a request; a client may shorten its own with X-Request-Timeout-Ms (never
+    # lengthen it). Work whose deadline passed is dropped before the model.
     request_timeout_s: float = Field(30.0, gt=0)
     retry_after_s: int = Field(1, ge=1)
+
+    # -- HTTP limits (enforced while the request streams in)
+    # The whole request head (request line + headers) at most this many bytes: larger ones get
+    # 431 from the h11 parser (uvicorn's httptools parser has no such limit, so h11 is used).
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    # multipart/form-data: non-file fields per request, and bytes per non-file field.
+    max_form_fields: int = Field(16, ge=1)
+    max_form_field_bytes: int = Field(64 * 1024, ge=1)
+
+    # -- security (docs/SECURITY.md)
+    # API keys / bearer tokens, comma-separated (from a Kubernetes Secret via envFrom). Empty
+    # together with auth_tokens_file: no authentication.
+    auth_tokens: SecretStr = SecretStr("")
+    # A file of tokens, one per line ('#' comments), e.g. a mounted Secret; read at start.
+    auth_tokens_file: str = ""
+    # Paths answered without a token (probes and Prometheus scrape), comma-separated.
+    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"]
+    )
+    # Origins allowed by CORS, comma-separated ("*" for any); empty: CORS is off (no headers).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # One JSON/text log line per request (request id, route, status, duration); off by default.
+    access_log: bool = False
 
     @field_validator("batch_buckets", mode="before")
     @classmethod
@@ -79,6 +104,13 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [int(part) for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("auth_exempt_paths", "cors_origins", mode="before")
+    @classmethod
+    def _parse_csv(cls, value: object) -> object:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return json.loads(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_buckets(self) -> Settings:

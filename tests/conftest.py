@@ -173,3 +173,28 @@ def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
     srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, log_path)
     yield srv
     stop_server(srv)
+
+
+HARDENED_TOKEN = "hardened-test-token"
+
+
+@pytest.fixture(scope="session")
+def hardened_server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
+    """A real server with the production protections on and small limits, for the reliability
+    and security tests: bearer tokens, JSON logs with access lines, 1 s keep-alive, 1 MB body,
+    4 KB request head. Requests need ``Authorization: Bearer HARDENED_TOKEN``."""
+    log_path = tmp_path_factory.mktemp("hardened") / "server.log"
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_AUTH_TOKENS": f"{HARDENED_TOKEN},second-token",
+            "SERVE_LOG_FORMAT": "json",
+            "SERVE_ACCESS_LOG": "true",
+            "SERVE_KEEPALIVE_TIMEOUT_S": "1",
+            "SERVE_MAX_BODY_BYTES": str(1024 * 1024),
+            "SERVE_MAX_HEADER_BYTES": "4096",
+        },
+        log_path,
+    )
+    yield srv
+    stop_server(srv)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from .deps import PipelineDep, SettingsDep
-from .inputs import ClassifyJSON, parse_images
+from .inputs import ClassifyJSON, parse_images, request_timeout_s
 from .pipeline_errors import pipeline_errors
 
 router = APIRouter(tags=["classify"])
@@ -64,6 +64,14 @@ CLASSIFY_BODY = {
     },
     "parameters": [
         {
+            "name": "X-Request-Timeout-Ms",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "number", "exclusiveMinimum": 0},
+            "description": "The client's deadline in milliseconds, capped by "
+            "SERVE_REQUEST_TIMEOUT_S; work still queued when it passes is dropped (504).",
+        },
+        {
             "name": "top_k",
             "in": "query",
             "required": False,
@@ -75,6 +83,7 @@ CLASSIFY_BODY = {
 
 ERRORS = {
     400: {"description": "Bad input: not an image, corrupt, empty, too many pixels or images."},
+    401: {"description": "Authentication is on and no valid token was sent."},
     413: {"description": "Body over SERVE_MAX_BODY_BYTES."},
     415: {"description": "Unsupported Content-Type."},
     503: {"description": "Not ready, draining, or at capacity; see Retry-After."},
@@ -104,9 +113,10 @@ async def classify(
     """Top-k ImageNet classes for each image of the request, in request order."""
     with pipeline_errors(settings.retry_after_s):
         pipeline.check_ready()  # before reading a large body
+    timeout_s = request_timeout_s(request, settings)
     batch = await parse_images(request, settings)
     with pipeline_errors(settings.retry_after_s):
-        result = await pipeline.classify(batch.images, batch.top_k)
+        result = await pipeline.classify(batch.images, batch.top_k, timeout_s=timeout_s)
     return ClassifyResponse(
         model=settings.model_name,
         predictions=[[PredictionOut(**p.__dict__) for p in row] for row in result.predictions],

@@ -20,6 +20,8 @@ from ..settings import Settings
 from .errors import ApiError
 
 RAW_TYPES = ("image/", "application/octet-stream")
+# The client's deadline in milliseconds, capped by SERVE_REQUEST_TIMEOUT_S.
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 
 class B64Image(BaseModel):
@@ -63,13 +65,32 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def request_timeout_s(request: Request, settings: Settings) -> float:
+    """The request's deadline in seconds: the client's header, capped by the server's setting."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None or not raw.strip():
+        return settings.request_timeout_s
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = float("nan")
+    if not ms > 0 or ms == float("inf"):
+        raise ApiError(
+            400,
+            "invalid_timeout",
+            f"{TIMEOUT_HEADER} must be a positive number of milliseconds",
+        )
+    return min(ms / 1000.0, settings.request_timeout_s)
+
+
 def parse_top_k(value: object, default: int) -> int:
     if value is None or value == "":
         return default
     try:
         k = int(str(value))
     except ValueError:
-        raise ApiError(400, "invalid_top_k", f"top_k must be an integer, got {value!r}") from None
+        shown = str(value)[:32]  # never echo a large field back
+        raise ApiError(400, "invalid_top_k", f"top_k must be an integer, got {shown!r}") from None
     if not 1 <= k <= 1000:
         raise ApiError(400, "invalid_top_k", f"top_k must be between 1 and 1000, got {k}")
     return k
@@ -99,7 +120,8 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
             request.headers,
             _replay(body),
             max_files=settings.max_images_per_request + 1,
-            max_fields=16,
+            max_fields=settings.max_form_fields,
+            max_part_size=settings.max_form_field_bytes,
         )
         try:
             form = await parser.parse()

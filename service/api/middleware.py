@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import request_id as current_request_id
 from ..metrics import Metrics
+
+access = logging.getLogger("service.access")
 
 UNMATCHED = "unmatched"
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request by route template and status; adds ``X-Request-Id``."""
+    """Counts every HTTP request by route template and status; adds ``X-Request-Id``.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    The request id is also put on every log record emitted while the request is handled;
+    with ``access_log`` one line per request is logged (id, method, route, status, duration).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False):
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,13 +51,30 @@ class MetricsMiddleware:
             await send(message)
 
         m.pending_requests.inc()
+        # Not reset at the end: each request runs in a task of its own, and Starlette's
+        # outermost error handler logs unexpected exceptions after this returns.
+        current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             m.pending_requests.dec()
             route = scope.get("route")
             path = getattr(route, "path", UNMATCHED)
-            m.request_duration.labels(path, str(status)).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            m.request_duration.labels(path, str(status)).observe(elapsed)
+            if self.access_log:
+                access.info(
+                    "%s %s %d",
+                    scope["method"],
+                    path,
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "route": path,
+                        "status": status,
+                        "duration_ms": round(1000 * elapsed, 3),
+                    },
+                )
             if status < 400:
                 m.request_success.labels(path).inc()
             else:

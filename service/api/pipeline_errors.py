@@ -38,7 +38,7 @@ def pipeline_errors(retry_after_s: int) -> Iterator[None]:
             504, "deadline_exceeded", "the request did not finish before its deadline"
         ) from None
     except ModelError as exc:
-        error_id = uuid.uuid4().hex[:12]
+        error_id = exc.error_id or uuid.uuid4().hex[:12]
         log.error("model error %s: %s", error_id, exc)
         raise ApiError(
             500, "model_error", f"the model failed on this batch; error id {error_id}"

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +45,9 @@ class QueueFull(RuntimeError):
 
 
 class ModelError(RuntimeError):
-    """The model raised while executing a batch."""
+    """The model raised while executing a batch; ``error_id`` names it in the log."""
+
+    error_id: str = ""
 
 
 @dataclass
@@ -136,7 +139,10 @@ class DynamicBatcher:
         now = time.monotonic()
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
-            if item.future.done():  # cancelled by its request (client went away, timeout)
+            if item.future.done():
+                # Cancelled by its request when the request's deadline passed (the pipeline's
+                # timeout cancels what it still waits for): dropped before the model too.
+                self._metrics.expired.inc()
                 continue
             if item.deadline <= now:
                 self._metrics.expired.inc()
@@ -185,8 +191,12 @@ class DynamicBatcher:
                         item.future.set_exception(RuntimeError("the service is shutting down"))
                 raise
             except Exception as exc:  # the model failed: fail this batch only, keep serving
-                log.exception("%s: batch of %d failed", self.name, len(batch))
+                error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
+                log.exception(
+                    "%s: batch of %d failed, error id %s", self.name, len(batch), error_id
+                )
                 error = ModelError(f"{type(exc).__name__} while executing the batch")
+                error.error_id = error_id
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(error)

@@ -1,0 +1,102 @@
+"""Optional authentication: API keys or bearer tokens, checked before the request body is read.
+
+Tokens come from ``SERVE_AUTH_TOKENS`` (comma-separated, from a Kubernetes Secret through
+``envFrom``) and/or ``SERVE_AUTH_TOKENS_FILE`` (one per line, a mounted Secret). With neither,
+authentication is off. A client sends ``Authorization: Bearer <token>`` or ``X-API-Key: <token>``.
+Paths in ``SERVE_AUTH_EXEMPT_PATHS`` (probes, metrics) pass without one; CORS preflights
+are answered by the CORS middleware, outside this one.
+
+Comparison is constant-time (``hmac.compare_digest``) against every configured token, so the
+answer's timing does not tell which token, or how much of one, matched. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..settings import Settings
+from .errors import error_response
+
+log = logging.getLogger(__name__)
+
+
+def load_tokens(settings: Settings) -> list[bytes]:
+    """The configured tokens; an empty list means authentication is off.
+
+    Raises:
+        ValueError: ``auth_tokens_file`` is set but cannot be read or holds no token.
+    """
+    tokens = [t.strip() for t in settings.auth_tokens.get_secret_value().split(",")]
+    if settings.auth_tokens_file:
+        try:
+            text = Path(settings.auth_tokens_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"SERVE_AUTH_TOKENS_FILE {settings.auth_tokens_file!r}: {exc.strerror}"
+            ) from None
+        from_file = [line.strip() for line in text.splitlines()]
+        from_file = [t for t in from_file if t and not t.startswith("#")]
+        if not from_file:
+            raise ValueError(f"SERVE_AUTH_TOKENS_FILE {settings.auth_tokens_file!r} has no token")
+        tokens += from_file
+    return [t.encode("utf-8") for t in tokens if t]
+
+
+def presented_token(scope: Scope) -> bytes | None:
+    """The token of ``Authorization: Bearer`` or ``X-API-Key``, if the request carries one."""
+    for key, value in scope.get("headers", []):
+        name = key.lower()
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+        elif name == b"x-api-key" and value.strip():
+            return value.strip()
+    return None
+
+
+def token_matches(presented: bytes, tokens: list[bytes]) -> bool:
+    """Constant-time: every token is compared, whatever matched before."""
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(presented, token)
+    return matched
+
+
+class AuthMiddleware:
+    """Answers 401 (JSON, ``WWW-Authenticate: Bearer``) to requests without a valid token.
+
+    Args:
+        app: the wrapped application.
+        tokens: accepted tokens (non-empty).
+        exempt_paths: paths served without a token.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: list[bytes], exempt_paths: list[str]):
+        if not tokens:
+            raise ValueError("AuthMiddleware needs at least one token")
+        self.app = app
+        self.tokens = tokens
+        self.exempt = frozenset(exempt_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        presented = presented_token(scope)
+        if presented is not None and token_matches(presented, self.tokens):
+            await self.app(scope, receive, send)
+            return
+        code = "unauthorized" if presented is None else "invalid_token"
+        message = (
+            "authentication required: send Authorization: Bearer <token> or X-API-Key"
+            if presented is None
+            else "the token is not valid"
+        )
+        log.warning("refused %s %s: %s", scope["method"], scope["path"], code)
+        response = error_response(401, code, message, {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
