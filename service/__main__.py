@@ -8,7 +8,10 @@ from __future__ import annotations
 
 def main() -> None:
     import logging
+    import os
     import signal
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines drown ours
 
     import uvicorn
 

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     # -- preprocessing
     preprocess_workers: int = Field(0, ge=0)  # 0: one per CPU
+    preprocess_nice: int = Field(10, ge=0, le=19)  # worker processes yield the CPU to the model
     resize: Literal["stretch", "crop"] = "stretch"
     crop_fraction: float = Field(0.875, gt=0, le=1)
     max_image_pixels: int = Field(50_000_000, ge=1)
@@ -62,6 +63,36 @@ class Settings(BaseSettings):
     )
     max_batch_delay_ms: float = Field(0.0, ge=0)
     max_queue_images: int = Field(512, ge=1)  # images admitted into the pipeline at once
+
+    # -- pipelines (docs/ARCHITECTURE.md, "Pipelines and the response manager")
+    # A YAML file of named pipelines (decode -> model stage(s) -> top-k); empty: only `default`,
+    # which is SERVE_MODEL with SERVE_WEIGHTS.
+    pipelines_file: str = ""
+    # The pipeline a request gets when it names none.
+    pipeline: str = "default"
+
+    # -- asynchronous jobs (docs/JOBS.md)
+    # Redis URL (redis://host:6379/0): jobs go through a Redis Stream shared by the replicas;
+    # empty: an in-memory store (one replica; jobs die with the process).
+    redis_url: str = ""
+    # Jobs kept in memory at once (in-memory store), queued and finished together.
+    max_jobs: int = Field(10_000, ge=1)
+    # Finished jobs (and their results) expire this long after they end.
+    job_ttl_s: float = Field(3600.0, gt=0)
+    # Images and bytes one job may carry (its body; stored in Redis until the job ends).
+    max_images_per_job: int = Field(512, ge=1)
+    max_job_bytes: int = Field(128 * 1024 * 1024, ge=1)
+    # Jobs this replica works on at once.
+    job_concurrency: int = Field(2, ge=1)
+    # Redis: a job whose replica has not renewed its claim for this long is taken over.
+    job_claim_idle_s: float = Field(30.0, gt=0)
+    # Callbacks: hosts (host or host:port) that callback_url may name; empty: no callbacks.
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Key of the HMAC-SHA256 signature header of callbacks (from a Secret).
+    callback_secret: SecretStr = SecretStr("")
+    callback_timeout_s: float = Field(10.0, gt=0)
+    callback_attempts: int = Field(5, ge=1)
+    callback_backoff_s: float = Field(1.0, gt=0)  # doubles after each failed attempt
 
     # -- requests
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
@@ -126,6 +157,15 @@ class Settings(BaseSettings):
     @cached_property
     def workers(self) -> int:
         return self.preprocess_workers or default_workers()
+
+    @field_validator("callback_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     @classmethod
     def env_names(cls) -> dict[str, object]:

@@ -33,6 +33,14 @@ class WorkerLost(RuntimeError):
 def _worker_init(cfg: PreprocessConfig) -> None:
     global _CONFIG
     _CONFIG = cfg
+    from ..settings import Settings
+
+    # Preprocessing yields the CPU to the model runner's threads: on a CPU node both compete,
+    # and a decode that preempts one of TensorFlow's intra-op threads stalls the whole op.
+    # On a GPU node the runner mostly waits on the device, so the workers get the CPU anyway.
+    niceness = Settings().preprocess_nice
+    if niceness:
+        os.nice(niceness)
     # One thread per worker for NumPy/Pillow: the pool is the parallelism.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -1,0 +1,326 @@
+"""`make bench`: the model's ceiling vs the service vs the naive design, on one machine.
+
+1. ceiling: the compiled ResNet50 alone on preprocessed batches, best bucket, images/s;
+2. service: `python -m service` over HTTP, 640x480 JPEGs from N concurrent clients;
+3. naive: the original tutorial's design (decode in the handler, one model.predict per request);
+4. one client alone: service p50 vs the compiled model's single-image time plus decode.
+
+Run by hand (minutes), never in CI. Prints a table and the ratios; `--json` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def photo(seed: int, height: int = 480, width: int = 640) -> bytes:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(x / (11 + seed)),
+            128 + 100 * np.cos(y / (13 + seed)),
+            128 + 60 * np.sin((x + y) / 29),
+        ],
+        axis=-1,
+    )
+    pixels = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, path: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not ready in {timeout}s")
+
+
+def ceiling(buckets: list[int], seconds: float) -> dict:
+    """Images/s of the compiled model alone, per bucket, on already-decoded batches."""
+    from service.model.loader import load_model
+    from service.pipeline.runner import ModelRunner
+
+    loaded = load_model("resnet50", "random")
+    runner = ModelRunner(loaded, buckets)
+    runner.warmup()
+    rng = np.random.default_rng(0)
+    per_bucket = {}
+    for size in buckets:
+        batch = rng.integers(0, 255, (size, 224, 224, 3), dtype=np.uint8)
+        runner.run(batch)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 2:
+            runner.run(batch)
+            n += 1
+        per_bucket[size] = n * size / (time.perf_counter() - start)
+    single = []
+    one = rng.integers(0, 255, (1, 224, 224, 3), dtype=np.uint8)
+    for _ in range(15):
+        t = time.perf_counter()
+        runner.run(one)
+        single.append(time.perf_counter() - t)
+    best = max(per_bucket, key=per_bucket.get)
+    return {
+        "per_bucket_images_per_s": {str(k): round(v, 2) for k, v in per_bucket.items()},
+        "best_bucket": best,
+        "images_per_s": per_bucket[best],
+        "single_image_ms": 1000 * statistics.median(single),
+    }
+
+
+def decode_ms(image: bytes) -> float:
+    from service.pipeline.preprocess import PreprocessConfig, decode
+
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        decode(image, PreprocessConfig())
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def load(url: str, images: list[bytes], clients: int, seconds: float, warmup: float) -> dict:
+    """Closed loop: ``clients`` threads posting JPEGs back to back; stats after ``warmup``.
+
+    Requests still running when the window ends are abandoned (their threads finish them).
+    """
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    start = time.monotonic()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    def worker(i: int) -> None:
+        nonlocal errors
+        with httpx.Client(timeout=120) as client:
+            k = i
+            while time.monotonic() < stop_at:
+                body = images[k % len(images)]
+                k += clients
+                t0 = time.monotonic()
+                try:
+                    r = client.post(
+                        url + "/v1/classify", content=body, headers={"content-type": "image/jpeg"}
+                    )
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                t1 = time.monotonic()
+                # Count what completes inside the window, whenever it started: a slow server
+                # whose requests outlast the window still gets its throughput measured.
+                if measure_from <= t1 <= stop_at:
+                    with lock:
+                        if ok:
+                            latencies.append(t1 - t0)
+                        else:
+                            errors += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return (
+            1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+            if latencies
+            else float("nan")
+        )
+
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(latencies),
+        "errors": errors,
+        "images_per_s": len(latencies) / seconds,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+    }
+
+
+def scrape_batches(url: str) -> dict:
+    text = httpx.get(url + "/metrics").text
+    values = {}
+    for line in text.splitlines():
+        for name in (
+            "serve_inference_count_total",
+            "serve_execution_count_total",
+            "serve_padded_slots_total",
+        ):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[-1])
+    inf, ex = (
+        values.get("serve_inference_count_total", 0),
+        values.get("serve_execution_count_total", 0),
+    )
+    return {"mean_batch_size": inf / ex if ex else 0.0, **values}
+
+
+def run_service(env_extra: dict, fn):
+    port = free_port()
+    env = {
+        **os.environ,
+        "SERVE_PORT": str(port),
+        "SERVE_MODEL": "resnet50",
+        "SERVE_WEIGHTS": "random",
+        **env_extra,
+    }
+    log = open(ROOT / ".cache" / f"bench-service-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, "/readyz", proc)
+        return fn(url)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def run_naive(fn):
+    port = free_port()
+    log = open(ROOT / ".cache" / f"bench-naive-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "loadtest.naive_app:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, "/docs", proc)
+        return fn(url)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--ceiling-seconds", type=float, default=8)
+    parser.add_argument("--buckets", default="1,2,4,8,16,32")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args(argv)
+    (ROOT / ".cache").mkdir(exist_ok=True)
+    buckets = [int(b) for b in args.buckets.split(",")]
+    images = [photo(seed) for seed in range(8)]
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
+    )
+    ceil = ceiling(buckets, args.ceiling_seconds)
+    dec = decode_ms(images[0])
+    print(
+        f"1. ceiling: {ceil['images_per_s']:.2f} images/s (bucket {ceil['best_bucket']}); per bucket {ceil['per_bucket_images_per_s']}"
+    )
+    print(
+        f"   single image: {ceil['single_image_ms']:.1f} ms model + {dec:.1f} ms decode (640x480 JPEG)"
+    )
+
+    service_env = {"SERVE_BATCH_BUCKETS": args.buckets, "SERVE_MAX_BATCH_SIZE": str(max(buckets))}
+
+    def service_runs(url: str) -> dict:
+        single = load(url, images, 1, min(args.seconds, 30), args.warmup / 2)
+        before = scrape_batches(url)
+        many = load(url, images, args.clients, args.seconds, args.warmup)
+        after = scrape_batches(url)
+        inf = after["serve_inference_count_total"] - before["serve_inference_count_total"]
+        ex = after["serve_execution_count_total"] - before["serve_execution_count_total"]
+        many["mean_batch_size"] = inf / ex if ex else 0.0
+        return {"single": single, "loaded": many}
+
+    svc = run_service(service_env, service_runs)
+    print(
+        f"2. service: {svc['loaded']['images_per_s']:.2f} images/s, p50 {svc['loaded']['p50_ms']:.0f} ms, "
+        f"p99 {svc['loaded']['p99_ms']:.0f} ms, errors {svc['loaded']['errors']}, mean batch {svc['loaded']['mean_batch_size']:.1f}"
+    )
+    naive = None
+    if not args.skip_naive:
+        naive = run_naive(lambda url: load(url, images, args.clients, args.seconds, args.warmup))
+        print(
+            f"3. naive: {naive['images_per_s']:.2f} images/s, p50 {naive['p50_ms']:.0f} ms, "
+            f"p99 {naive['p99_ms']:.0f} ms, errors {naive['errors']}"
+        )
+    single_target = ceil["single_image_ms"] + dec
+    print(
+        f"4. one client: service p50 {svc['single']['p50_ms']:.1f} ms vs model+decode {single_target:.1f} ms"
+    )
+    ratios = {
+        "service_over_ceiling": svc["loaded"]["images_per_s"] / ceil["images_per_s"],
+        "service_over_naive": (svc["loaded"]["images_per_s"] / naive["images_per_s"])
+        if naive
+        else None,
+        "single_p50_over_model_plus_decode": svc["single"]["p50_ms"] / single_target,
+    }
+    print("ratios (targets: >= 0.90, >= 3, <= 1.15):")
+    for key, value in ratios.items():
+        print(f"   {key}: {value:.3f}" if value is not None else f"   {key}: skipped")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "ceiling": ceil,
+                    "decode_ms": dec,
+                    "service": svc,
+                    "naive": naive,
+                    "ratios": ratios,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
