@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from . import __version__
-from .api import classify, errors, health
+from .api import classify, errors, health, tfserving, v2
 from .api.auth import AuthMiddleware, load_tokens
 from .api.inputs import TIMEOUT_HEADER, B64Image, ClassifyJSON
 from .api.middleware import MetricsMiddleware
@@ -28,7 +28,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = [health.router, classify.router]
+ROUTERS = [health.router, classify.router, v2.router, tfserving.router]
 
 
 def check_weights(settings: Settings) -> None:

@@ -467,8 +467,8 @@ def _respond(
 async def not_found(path: str, request: Request) -> Response:
     """Unknown V2 paths and methods answer in the protocol's error shape."""
     scope = {**request.scope, "method": request.method}
-    for route in request.app.router.routes:
-        if getattr(route, "endpoint", None) is not_found or not hasattr(route, "matches"):
+    for route in router.routes:
+        if getattr(route, "endpoint", None) is not_found:
             continue
         match, _ = route.matches(scope)
         if match == Match.PARTIAL:
