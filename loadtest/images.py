@@ -112,13 +112,13 @@ def plan(count: int, profile: str, seed: int) -> list[tuple[str, str]]:
     shares = PROFILES[profile]
     raw = {c: shares[c] * count for c in shares}
     counts = {c: int(raw[c]) for c in shares}
-    if count >= len(shares):  # every class at least once
-        counts = {c: max(1, n) for c, n in counts.items()}
+    floor = 1 if count >= len(shares) else 0  # every class at least once when possible
+    counts = {c: max(floor, n) for c, n in counts.items()}
     while sum(counts.values()) < count:  # largest remainder first
         c = max(shares, key=lambda c: raw[c] - counts[c])
         counts[c] += 1
     while sum(counts.values()) > count:
-        c = max(shares, key=lambda c: counts[c] - raw[c])
+        c = max((c for c in shares if counts[c] > floor), key=lambda c: counts[c] - raw[c])
         counts[c] -= 1
     import numpy as np
 

@@ -48,27 +48,7 @@ import locust.stats  # noqa: E402
 locust.stats.CSV_STATS_INTERVAL_SEC = 1
 
 IMAGES: list[tuple[str, bytes, str]] = []
-
-
-def seconds(text: str) -> float:
-    """``90``, ``90s``, ``2m``, ``1h30m`` -> seconds."""
-    text = str(text).strip().lower()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    total, number = 0.0, ""
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in "hms" and number:
-            total += float(number) * {"h": 3600, "m": 60, "s": 1}[ch]
-            number = ""
-        else:
-            raise ValueError(f"not a duration: {text!r}")
-    if number:
-        raise ValueError(f"not a duration (unit missing at the end): {text!r}")
-    return total
+JSON = {"Content-Type": "application/json"}
 
 
 @events.init_command_line_parser.add_listener
@@ -76,12 +56,12 @@ def _options(parser) -> None:
     add = parser.add_argument
     add("--shape", choices=shapes.SHAPES, default="constant", help="load shape")
     add("--step-users", type=int, default=2, help="step: users added per step")
-    add("--step-time", type=seconds, default=30.0, help="step: seconds per step")
+    add("--step-time", type=shapes.seconds, default=30.0, help="step: seconds per step")
     add("--steps", type=int, default=5, help="step: number of steps")
     add("--spike-users", type=int, default=16, help="spike: users during the spike")
-    add("--spike-at", type=seconds, default=20.0, help="spike: seconds before it")
-    add("--spike-duration", type=seconds, default=10.0, help="spike: its length")
-    add("--ramp-time", type=seconds, default=60.0, help="soak: ramp-up seconds")
+    add("--spike-at", type=shapes.seconds, default=20.0, help="spike: seconds before it")
+    add("--spike-duration", type=shapes.seconds, default=10.0, help="spike: its length")
+    add("--ramp-time", type=shapes.seconds, default=60.0, help="soak: ramp-up seconds")
     add("--arrival-rate", type=float, default=0.0, help="open loop: requests/s (0: closed)")
     add("--max-in-flight", type=int, default=64, help="open loop: cap per user")
     add("--think-time", type=float, default=0.0, help="closed loop: seconds between requests")
@@ -228,6 +208,14 @@ class ApiUser(FastHttpUser):
     def images(self, n: int) -> list[tuple[str, bytes, str]]:
         return [self.rng.choice(IMAGES) for _ in range(n)]
 
+    def b64(self, n: int) -> list[str]:
+        return [base64.b64encode(data).decode() for _, data, _ in self.images(n)]
+
+    def post_json(self, path: str, body: dict, name: str):
+        return self.client.post(
+            path, data=json.dumps(body), headers=JSON, name=name, catch_response=True
+        )
+
     def fire(self, send) -> None:
         """Closed loop: send now. Open loop: wait for the next Poisson arrival, send without
         waiting for the answer (up to ``--max-in-flight`` at once; beyond that the arrival is
@@ -351,17 +339,8 @@ class ClassifyB64User(ApiUser):
 
     def send(self) -> None:
         n, k = self.o.images_per_request, self.o.top_k
-        body = {
-            "images": [{"b64": base64.b64encode(d).decode()} for _, d, _ in self.images(n)],
-            "top_k": k,
-        }
-        with self.client.post(
-            "/v1/classify",
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            name="/v1/classify [b64]",
-            catch_response=True,
-        ) as r:
+        body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
+        with self.post_json("/v1/classify", body, "/v1/classify [b64]") as r:
             self.check(r, lambda b: checks.classify(b, n, k))
 
 
@@ -384,18 +363,12 @@ class V2InferUser(ApiUser):
                     "name": "image",
                     "shape": [n],
                     "datatype": "BYTES",
-                    "data": [base64.b64encode(d).decode() for _, d, _ in self.images(n)],
+                    "data": self.b64(n),
                 }
             ],
             "parameters": {"top_k": self.o.top_k},
         }
-        with self.client.post(
-            f"/v2/models/{self.model}/infer",
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            name="/v2/models/{name}/infer",
-            catch_response=True,
-        ) as r:
+        with self.post_json(f"/v2/models/{self.model}/infer", body, "/v2/models/{name}/infer") as r:
             self.check(r, lambda b: checks.v2_infer(b, self.model))
 
 
@@ -412,14 +385,9 @@ class TFServingUser(ApiUser):
 
     def send(self) -> None:
         n = self.o.images_per_request
-        body = {"instances": [{"b64": base64.b64encode(d).decode()} for _, d, _ in self.images(n)]}
-        with self.client.post(
-            f"/v1/models/{self.model}:predict",
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            name="/v1/models/{name}:predict",
-            catch_response=True,
-        ) as r:
+        body = {"instances": [{"b64": b} for b in self.b64(n)]}
+        path = f"/v1/models/{self.model}:predict"
+        with self.post_json(path, body, "/v1/models/{name}:predict") as r:
             self.check(r, lambda b: checks.tfserving_predict(b, n))
 
 
@@ -434,18 +402,9 @@ class JobsUser(ApiUser):
 
     def send(self) -> None:
         n, k = self.o.images_per_request, self.o.top_k
-        body = {
-            "images": [{"b64": base64.b64encode(d).decode()} for _, d, _ in self.images(n)],
-            "top_k": k,
-        }
+        body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
         start = time.perf_counter()
-        with self.client.post(
-            "/v1/jobs",
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            name="/v1/jobs",
-            catch_response=True,
-        ) as r:
+        with self.post_json("/v1/jobs", body, "/v1/jobs") as r:
             jid = checks.job_id(r.json()) if r.status_code in (200, 201, 202) else None
             if jid is None:
                 r.failure(f"HTTP {r.status_code}: no job id in the answer")

@@ -330,8 +330,9 @@ def build(
     hist = read_history(out)
     reqs = read_requests(out)
     server_rows = scrape.read_rows(out / "server_metrics.csv")
-    starts = [h["time"] for h in hist if h["users"] > 0] + [r[0] for r in reqs[:1]]
-    t0 = meta.get("locust_started") or (min(starts) if starts else 0.0)
+    # Time 0: the first request ends (Locust's start-up before it is not part of the test).
+    starts = [r[0] for r in reqs[:1]] or [h["time"] for h in hist if h["users"] > 0][:1]
+    t0 = starts[0] if starts else meta.get("locust_started", 0.0)
     if reqs:
         levels = levels_from_requests(reqs, t0, settle, server_rows)
     else:

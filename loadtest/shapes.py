@@ -114,3 +114,24 @@ def windows(stages: list[Stage]) -> list[tuple[float, float, int]]:
         out.append((start, start + s.duration, s.users))
         start += s.duration
     return out
+
+
+def seconds(text: str) -> float:
+    """``90``, ``90s``, ``2m``, ``1h30m`` -> seconds."""
+    text = str(text).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    for ch in text:
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in "hms" and number:
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[ch]
+            number = ""
+        else:
+            raise ValueError(f"not a duration: {text!r}")
+    if number:
+        raise ValueError(f"not a duration (unit missing at the end): {text!r}")
+    return total

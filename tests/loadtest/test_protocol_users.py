@@ -1,0 +1,137 @@
+"""The V2, TF Serving and jobs users against a stand-in server on loopback that speaks the
+documented protocols (the service's own routes for them are being built separately): the
+users send well-formed requests, accept well-formed answers and fail malformed ones."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from loadtest import runner, shapes
+
+
+class Fake(BaseHTTPRequestHandler):
+    broken = False
+    seen: list[tuple[str, str, dict]] = []
+    polls: dict[str, int] = {}
+    images: dict[str, int] = {}
+    ids = itertools.count()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def reply(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/readyz":
+            return self.reply(200, {"status": "ready"})
+        if self.path == "/metrics":
+            return self.reply(200, {})  # not Prometheus text: the scraper must cope
+        if self.path == "/v1/models":
+            return self.reply(200, {"models": [{"name": "tiny"}]})
+        if self.path.startswith("/v1/jobs/"):
+            jid = self.path.rsplit("/", 1)[1]
+            self.polls[jid] = self.polls.get(jid, 0) + 1
+            if self.polls[jid] < 2:
+                return self.reply(200, {"id": jid, "status": "running"})
+            preds = [[{"label": "a", "class_id": 0, "score": 0.9}] * 5] * self.images[jid]
+            result = {"model": "tiny", "predictions": [] if self.broken else preds}
+            return self.reply(200, {"id": jid, "status": "succeeded", "result": result})
+        self.reply(404, {"error": {"code": "not_found", "message": self.path}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.path, self.headers.get("Content-Type", ""), body))
+        if self.path == "/v2/models/tiny/infer":
+            (inp,) = body["inputs"]
+            n = inp["shape"][0]
+            out = {"name": "scores", "datatype": "FP32", "shape": [n, 2], "data": [0.5] * 2 * n}
+            if self.broken:
+                out["data"] = out["data"][:-1]
+            return self.reply(200, {"model_name": "tiny", "outputs": [out]})
+        if self.path == "/v1/models/tiny:predict":
+            preds = [{"scores": [0.5, 0.5]} for _ in body["instances"]]
+            return self.reply(200, {"predictions": preds[1:] if self.broken else preds})
+        if self.path == "/v1/jobs":
+            jid = f"j{next(self.ids)}"
+            self.images[jid] = len(body["images"])
+            return self.reply(202, {"id": jid, "status": "queued"})
+        self.reply(404, {"error": {"code": "not_found", "message": self.path}})
+
+
+@pytest.fixture
+def fake():
+    Fake.seen, Fake.polls, Fake.broken = [], {}, False
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def run(url, out):
+    cfg = runner.RunConfig(
+        host=url,
+        out=out,
+        params=shapes.ShapeParams(users=3, spawn_rate=10, run_time=3),
+        tags=["protocols"],
+        images_per_request=2,
+        think_time=0.05,
+    )
+    return runner.run(cfg, ready_timeout=10)
+
+
+def decodes(b64: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+        im.load()
+        return im.size
+
+
+def test_protocol_users_send_documented_requests_and_accept_good_answers(fake, tmp_path):
+    summary = run(fake, tmp_path)
+    names = set(summary["endpoints"])
+    assert {
+        "/v2/models/{name}/infer",
+        "/v1/models/{name}:predict",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "job (submit to result)",
+    } <= names
+    assert summary["totals"]["failures"] == 0, summary["endpoints"]
+    paths = {p for p, _, _ in Fake.seen}
+    assert paths == {"/v2/models/tiny/infer", "/v1/models/tiny:predict", "/v1/jobs"}
+    for path, ctype, body in Fake.seen:
+        assert ctype == "application/json"
+        if path.startswith("/v2/"):
+            (inp,) = body["inputs"]
+            assert inp["datatype"] == "BYTES" and inp["shape"] == [2] and len(inp["data"]) == 2
+            assert all(decodes(d) for d in inp["data"])
+        elif path.endswith(":predict"):
+            assert len(body["instances"]) == 2 and all(decodes(i["b64"]) for i in body["instances"])
+        else:
+            assert len(body["images"]) == 2 and body["top_k"] == 5
+    assert all(n >= 2 for n in Fake.polls.values())  # polled until done
+
+
+def test_malformed_protocol_answers_count_as_failures(fake, tmp_path):
+    Fake.broken = True
+    summary = run(fake, tmp_path)
+    e = summary["endpoints"]
+    for name in ("/v2/models/{name}/infer", "/v1/models/{name}:predict", "job (submit to result)"):
+        assert e[name]["requests"] > 0 and e[name]["failures"] == e[name]["requests"], name
+    failures = (tmp_path / "locust_failures.csv").read_text()
+    assert "needs 4" in failures and "expected 2 predictions" in failures
+    assert summary["run"]["locust_exit_code"] == 1

@@ -1,0 +1,172 @@
+"""Short headless runs of the suite against the tiny-model service on loopback (seconds each),
+and the report each one writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from loadtest import report, runner, shapes
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(server, out, **kw):
+    report_args = {k: kw.pop(k) for k in ("slo_p99_ms", "target_rps") if k in kw}
+    cfg = runner.RunConfig(host=server.url, out=out, **kw)
+    return runner.run(cfg, ready_timeout=30, **report_args)
+
+
+@pytest.fixture(scope="module")
+def constant_run(server, tmp_path_factory):
+    out = tmp_path_factory.mktemp("constant")
+    params = shapes.ShapeParams(users=3, spawn_rate=10, run_time=5)
+    summary = run(
+        server,
+        out,
+        params=params,
+        tags=["classify"],
+        images_per_request=2,
+        top_k=3,
+    )
+    return out, summary
+
+
+def test_report_folder_has_every_file(constant_run):
+    out, _ = constant_run
+    for name in (
+        "locust_stats.csv",
+        "locust_stats_history.csv",
+        "locust_failures.csv",
+        "locust.html",
+        "requests.csv",
+        "server_metrics.csv",
+        "run.json",
+        "summary.json",
+        "summary.md",
+        *report.PLOTS,
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert "<html" in (out / "locust.html").read_text().lower()
+
+
+def test_plots_are_real_pngs(constant_run):
+    out, _ = constant_run
+    for name in report.PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.width >= 600 and im.height >= 300
+
+
+def test_every_classify_api_ran_and_every_answer_was_well_formed(constant_run):
+    out, summary = constant_run
+    assert set(summary["endpoints"]) == {
+        "/v1/classify [raw]",
+        "/v1/classify [multipart]",
+        "/v1/classify [b64]",
+    }
+    for name, e in summary["endpoints"].items():
+        assert e["requests"] > 0 and e["failures"] == 0, name
+    assert json.loads((out / "run.json").read_text())["locust_exit_code"] == 0
+
+
+def test_summary_totals_are_locusts_numbers(constant_run):
+    out, summary = constant_run
+    with (out / "locust_stats.csv").open() as f:
+        agg = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+    t = summary["totals"]
+    assert t["requests"] == int(agg["Request Count"]) > 0
+    assert t["failures"] == int(agg["Failure Count"])
+    assert t["p99_ms"] == float(agg["99%"]) and t["p50_ms"] == float(agg["50%"])
+    assert t["rps"] == pytest.approx(float(agg["Requests/s"]))
+    assert sum(e["requests"] for e in summary["endpoints"].values()) == t["requests"]
+    # The request log saw every request Locust counted (and at most the few in flight at stop).
+    logged = summary["files"]["requests_logged"]
+    assert t["requests"] <= logged <= t["requests"] + 3
+
+
+def test_levels_agree_with_the_request_log(constant_run):
+    out, summary = constant_run
+    (lv,) = summary["levels"]  # one constant level
+    assert lv["users"] == 3
+    assert lv["rps"] * (lv["end"] - lv["start"]) == pytest.approx(lv["requests"], rel=1e-3)
+    assert lv["p50_ms"] <= lv["p95_ms"] <= lv["p99_ms"]
+    assert 0 < lv["requests"] <= summary["files"]["requests_logged"]
+
+
+def test_server_side_metrics_were_scraped(constant_run):
+    out, summary = constant_run
+    srv = summary["server"]
+    # multipart and b64 requests carry 2 images, so batches hold at least 1 image on average
+    assert srv["mean_batch_size"] >= 1.0
+    assert 0.0 < srv["runner_busy"] <= 1.0
+    assert {"queue_depth_preprocess", "queue_depth_model"} <= set(srv)
+    assert "mean batch size" in (out / "summary.md").read_text()
+
+
+def test_report_rebuilds_from_locust_history_alone(constant_run, tmp_path):
+    out, summary = constant_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for f in copy.glob("requests*.csv"):
+        f.unlink()
+    for f in (*copy.glob("*.png"), copy / "summary.json"):
+        f.unlink()
+    rebuilt = report.build(copy)
+    assert rebuilt["totals"] == summary["totals"]
+    assert rebuilt["files"]["requests_logged"] == 0
+    (lv,) = rebuilt["levels"]
+    assert lv["users"] == 3 and lv["requests"] > 0
+    assert all((copy / p).read_bytes()[:8] == PNG_MAGIC for p in report.PLOTS)
+
+
+def test_step_run_finds_levels_and_a_capacity(server, tmp_path):
+    params = shapes.ShapeParams(step_users=1, step_time=3, steps=3, spawn_rate=50)
+    summary = run(
+        server,
+        tmp_path,
+        shape="step",
+        params=params,
+        tags=["classify-raw"],
+        slo_p99_ms=10_000,
+        target_rps=1000,
+    )
+    assert [lv["users"] for lv in summary["levels"]] == [1, 2, 3]
+    c = summary["capacity"]
+    best = max(summary["levels"], key=lambda lv: lv["ok_rps"])
+    # A generous objective on loopback: no level breaks it, so the best level is the capacity.
+    assert c["per_replica_rps"] == pytest.approx(best["ok_rps"], abs=1e-3)
+    assert not c["limit_reached"]
+    assert c["replicas"] == -(-1000 // (c["per_replica_rps"] * 0.8))
+    assert c["hpa_target_average_value"] >= 1
+    assert "## Capacity" in (tmp_path / "summary.md").read_text()
+
+
+def test_open_loop_sends_at_the_offered_rate_not_as_fast_as_possible(server, tmp_path):
+    # 10 req/s offered for 4 s: Poisson counts beyond 3x the mean are practically impossible,
+    # while a closed loop on loopback does hundreds in that time.
+    params = shapes.ShapeParams(users=2, spawn_rate=10, run_time=4)
+    summary = run(server, tmp_path, params=params, arrival_rate=10.0)
+    assert summary["run"]["arrival_rate"] == 10.0
+    assert 0 < summary["totals"]["requests"] <= 120
+    assert summary["totals"]["failures"] == 0
+
+
+def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
+    cmd = [sys.executable, "-m", "loadtest", "run", "--host", server.url, "--out", str(tmp_path)]
+    bad = subprocess.run(
+        [*cmd, "--shape", "spike", "--users", "4", "--spike-users", "2"],
+        capture_output=True,
+        text=True,
+        cwd=runner.LOCUSTFILE.parent.parent,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "spike_users must exceed" in bad.stderr
+    assert not (tmp_path / "summary.json").exists()
