@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
+from helpers import encode, photo_like
 
 
 def test_raw_jpeg_body(client, jpeg_bytes):

@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from conftest import start_server, stop_server
+from helpers import start_server, stop_server
 from tiny import tiny_loaded
 
 

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
+from helpers import encode, photo_like
 from PIL import Image
 
 from service.pipeline.preprocess import ImageError, PreprocessConfig, decode, normalize

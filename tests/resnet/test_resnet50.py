@@ -4,7 +4,7 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
+from helpers import encode, photo_like
 
 from service.model.architectures import ARCHITECTURES
 from service.model.labels import imagenet_labels
