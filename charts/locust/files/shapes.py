@@ -1,0 +1,1 @@
+../../../loadtest/shapes.py
