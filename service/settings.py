@@ -29,40 +29,63 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="ignore")
 
     # -- server
+    # Address to listen on; containers set 0.0.0.0.
     host: str = "127.0.0.1"
+    # TCP port to listen on.
     port: int = Field(8000, ge=1, le=65535)
+    # debug | info | warning | error.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text for people, json (one object per line) for log pipelines.
     log_format: Literal["text", "json"] = "text"
+    # After SIGTERM, in-flight requests get this long to finish before the process exits.
     graceful_timeout_s: float = Field(30.0, ge=0)
+    # Idle keep-alive connections are closed after this long: keep it above the idle timeout of
+    # the proxies and load balancers in front (commonly 60 s).
     keepalive_timeout_s: float = Field(75.0, ge=1)
 
     # -- model
+    # resnet50 | resnet101 | resnet152 | resnet50v2 | resnet101v2 | resnet152v2.
     model: ModelArch = "resnet50"
-    model_name: str = ""  # name in the API; defaults to `model`
-    weights: str = "imagenet"  # imagenet | random | path to .weights.h5 / .keras
-    strict: bool = False  # refuse to start instead of falling back to random weights
-    labels_file: str = (
-        ""  # one label per line; default: the ImageNet classes shipped in the package
-    )
+    # Name of the model in the APIs; empty: the value of SERVE_MODEL.
+    model_name: str = ""
+    # imagenet (the Keras cache, never downloaded) | random | a .weights.h5/.h5 or .keras file.
+    weights: str = "imagenet"
+    # Refuse to start when the weights cannot be loaded, instead of serving random weights.
+    strict: bool = False
+    # Labels, one per line, for a model whose head is not ImageNet's; empty: ImageNet's 1000.
+    labels_file: str = ""
+    # float16 compute with float32 outputs (GPU nodes with tensor cores).
     mixed_precision: bool = False
+    # Compile the model function with XLA, one executable per batch bucket (GPU nodes).
     xla: bool = False
-    intra_op_threads: int = Field(0, ge=0)  # 0: TensorFlow's default (all cores)
+    # TensorFlow's intra-op pool (threads inside one op); 0: TensorFlow's default.
+    intra_op_threads: int = Field(0, ge=0)
+    # TensorFlow's inter-op pool (independent ops in parallel); 0: TensorFlow's default.
     inter_op_threads: int = Field(0, ge=0)
 
     # -- preprocessing
-    preprocess_workers: int = Field(0, ge=0)  # 0: one per CPU
-    preprocess_nice: int = Field(10, ge=0, le=19)  # worker processes yield the CPU to the model
+    # Decode/resize worker processes; 0: one per CPU this process may use.
+    preprocess_workers: int = Field(0, ge=0)
+    # CPU niceness of the workers: they yield the CPU to the model runner (0: same priority).
+    preprocess_nice: int = Field(10, ge=0, le=19)
+    # stretch: resize to the input size (the Keras examples); crop: shorter side, center crop.
     resize: Literal["stretch", "crop"] = "stretch"
+    # crop: the fraction of the resized shorter side kept (0.875: 256 -> 224).
     crop_fraction: float = Field(0.875, gt=0, le=1)
+    # Images with more pixels are refused before decoding (decompression bombs).
     max_image_pixels: int = Field(50_000_000, ge=1)
 
     # -- batching
+    # The most images in one model execution.
     max_batch_size: int = Field(32, ge=1, le=1024)
+    # Batch sizes batches are padded to, comma-separated; each is warmed before ready.
     batch_buckets: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16, 32]
     )
+    # Hold a partial batch for an idle runner this long (0: never; batches form under load).
     max_batch_delay_ms: float = Field(0.0, ge=0)
-    max_queue_images: int = Field(512, ge=1)  # images admitted into the pipeline at once
+    # Images admitted into the pipeline at once, all stages together; past it: 503.
+    max_queue_images: int = Field(512, ge=1)
 
     # -- pipelines (docs/ARCHITECTURE.md, "Pipelines and the response manager")
     # A YAML file of named pipelines (decode -> model stage(s) -> top-k); empty: only `default`,
@@ -79,8 +102,9 @@ class Settings(BaseSettings):
     max_jobs: int = Field(10_000, ge=1)
     # Finished jobs (and their results) expire this long after they end.
     job_ttl_s: float = Field(3600.0, gt=0)
-    # Images and bytes one job may carry (its body; stored in Redis until the job ends).
+    # Images one job may carry (its body is stored in Redis until the job ends).
     max_images_per_job: int = Field(512, ge=1)
+    # Bytes one job's body may carry.
     max_job_bytes: int = Field(128 * 1024 * 1024, ge=1)
     # Jobs this replica works on at once.
     job_concurrency: int = Field(2, ge=1)
@@ -90,25 +114,33 @@ class Settings(BaseSettings):
     callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Key of the HMAC-SHA256 signature header of callbacks (from a Secret).
     callback_secret: SecretStr = SecretStr("")
+    # Seconds one callback attempt may take.
     callback_timeout_s: float = Field(10.0, gt=0)
+    # Attempts per callback before it is given up (logged; the job result stays pollable).
     callback_attempts: int = Field(5, ge=1)
-    callback_backoff_s: float = Field(1.0, gt=0)  # doubles after each failed attempt
+    # Wait before the second callback attempt; doubles after each failed attempt.
+    callback_backoff_s: float = Field(1.0, gt=0)
 
     # -- requests
+    # Largest request body, enforced while it streams in (413 past it).
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    # Most images in one classify request.
     max_images_per_request: int = Field(64, ge=1)
+    # Classes per image when the request does not say.
     default_top_k: int = Field(5, ge=1)
     # Deadline of a request; a client may shorten its own with X-Request-Timeout-Ms (never
     # lengthen it). Work whose deadline passed is dropped before the model.
     request_timeout_s: float = Field(30.0, gt=0)
+    # Retry-After seconds on 503 answers (overload, not ready, draining).
     retry_after_s: int = Field(1, ge=1)
 
     # -- HTTP limits (enforced while the request streams in)
     # The whole request head (request line + headers) at most this many bytes: larger ones get
     # 431 from the h11 parser (uvicorn's httptools parser has no such limit, so h11 is used).
     max_header_bytes: int = Field(16 * 1024, ge=1024)
-    # multipart/form-data: non-file fields per request, and bytes per non-file field.
+    # multipart/form-data: non-file fields per request.
     max_form_fields: int = Field(16, ge=1)
+    # multipart/form-data: bytes per non-file field.
     max_form_field_bytes: int = Field(64 * 1024, ge=1)
 
     # -- security (docs/SECURITY.md)
