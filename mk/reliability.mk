@@ -1,4 +1,5 @@
-# Reliability and security: the long runs (docs/RELIABILITY.md). Quick versions run in `make test`.
+# Reliability and security: the long runs (docs/RELIABILITY.md). Quick versions run in `make test`;
+# the long ones live in tests/reliability/long/long_*.py, a name pytest does not collect by itself.
 
 EXTRAS += reliability
 
@@ -14,6 +15,6 @@ RELIABILITY_ARGS ?=
 
 .PHONY: reliability
 reliability: venv ## Long runs: 10x overload for a minute, ten-minute soak, full fuzz (figures in reports/reliability/)
-	RELIABILITY_LONG=1 OVERLOAD_FACTOR=$(OVERLOAD_FACTOR) OVERLOAD_S=$(OVERLOAD_S) \
+	OVERLOAD_FACTOR=$(OVERLOAD_FACTOR) OVERLOAD_S=$(OVERLOAD_S) \
 	  SOAK_S=$(SOAK_S) SOAK_RSS_PCT=$(SOAK_RSS_PCT) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
-	  $(BIN)/pytest -p no:cacheprovider -s -o timeout=0 tests/reliability/long $(RELIABILITY_ARGS)
+	  $(BIN)/pytest -s -o timeout=0 $(RELIABILITY_ARGS) $(sort $(wildcard tests/reliability/long/long_*.py))

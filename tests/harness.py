@@ -174,13 +174,27 @@ def _decode_outcome(data: bytes, max_pixels: int) -> str:
     return "ok"
 
 
+def hang_forever(data: bytes, max_pixels: int) -> str:
+    """A stand-in for a decoder that never returns (tests of the sandbox itself)."""
+    time.sleep(3600)
+    return "ok"
+
+
+def die(data: bytes, max_pixels: int) -> str:
+    """A stand-in for a decoder that kills its process (a segfault in a codec)."""
+    import os
+
+    os._exit(139)
+
+
 class DecodeSandbox:
     """``preprocess.decode`` in a spawned process, with a timeout: a hang or a crash in a codec
     is reported as such instead of taking the test run down with it."""
 
-    def __init__(self, timeout_s: float = 20.0, max_pixels: int = 50_000_000):
+    def __init__(self, timeout_s: float = 20.0, max_pixels: int = 50_000_000, fn=None):
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels
+        self.fn = fn or _decode_outcome
         self._pool = self._new()
 
     @staticmethod
@@ -188,7 +202,7 @@ class DecodeSandbox:
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
     def outcome(self, data: bytes) -> str:
-        future = self._pool.submit(_decode_outcome, data, self.max_pixels)
+        future = self._pool.submit(self.fn, data, self.max_pixels)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:

@@ -9,7 +9,7 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from conftest import HARDENED_TOKEN
+from helpers import HARDENED_TOKEN
 
 from service.settings import Settings
 

@@ -14,8 +14,8 @@ import threading
 import time
 
 import httpx
-from conftest import HARDENED_TOKEN, start_server, stop_server
 from harness import closed_loop, slow_png, worker_processes
+from helpers import HARDENED_TOKEN, start_server, stop_server
 from test_deadlines import GatedRunner
 
 AUTH = {"Authorization": f"Bearer {HARDENED_TOKEN}"}
