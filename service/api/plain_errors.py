@@ -47,7 +47,8 @@ class PlainErrorRoute(APIRoute):
                 where = ".".join(str(p) for p in first.get("loc", ()))
                 return plain_error(400, f"{where}: {first.get('msg', 'invalid request')}")
             except StarletteHTTPException as exc:
-                return plain_error(exc.status_code, str(exc.detail), headers=exc.headers)
+                headers = dict(exc.headers or {})
+                return plain_error(exc.status_code, str(exc.detail), headers=headers)
             except Exception as exc:
                 error_id = uuid.uuid4().hex[:12]
                 log.error("internal error %s on %s", error_id, request.url.path, exc_info=exc)

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 
 from .deps import PipelineDep, SettingsDep
 from .errors import ApiError
-from .inputs import decode_b64, read_body
+from .inputs import decode_b64, read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
 from .plain_errors import PlainErrorRoute
 
@@ -166,12 +166,14 @@ async def predict(
             "too_many_images",
         )
     images, pixels = _split(items, row)
+    timeout_s = request_timeout_s(request, settings)
     with pipeline_errors(settings.retry_after_s):
         if images is not None:
-            result = await pipeline.classify(images, 1)
+            result = await pipeline.classify(images, 1, timeout_s=timeout_s)
         else:
             assert pixels is not None and pipeline.loaded is not None
-            result = await pipeline.infer_pixels(_pixel_array(pixels, pipeline.loaded), 1)
+            array = _pixel_array(pixels, pipeline.loaded)
+            result = await pipeline.infer_pixels(array, 1, timeout_s=timeout_s)
     values = result.probabilities.tolist()
     return {"predictions": values} if row else {"outputs": values}
 

@@ -35,7 +35,7 @@ from starlette.routing import Match
 from .. import __version__
 from .deps import PipelineDep, SettingsDep
 from .errors import ApiError
-from .inputs import read_body
+from .inputs import read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
 from .plain_errors import PlainErrorRoute, plain_error
 
@@ -45,7 +45,7 @@ VERSION = "1"
 INPUT_IMAGES = "images"
 INPUT_PIXELS = "pixels"
 OUTPUT = "probabilities"
-PIXEL_TYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
+PIXEL_TYPES: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
@@ -190,12 +190,23 @@ async def infer(
     header, binary = await _read_request(request, settings.max_body_bytes)
     kind, data = _parse_inputs(header, binary, pipeline, settings)
     outputs = _parse_outputs(header)
+    timeout_s = _timeout_s(header, request_timeout_s(request, settings))
     with pipeline_errors(settings.retry_after_s):
         if kind == INPUT_IMAGES:
-            result = await pipeline.classify(data, 1)
+            result = await pipeline.classify(data, 1, timeout_s=timeout_s)
         else:
-            result = await pipeline.infer_pixels(data, 1)
+            result = await pipeline.infer_pixels(data, 1, timeout_s=timeout_s)
     return _respond(name, header.get("id"), result.probabilities, outputs, pipeline.labels)
+
+
+def _timeout_s(header: dict[str, Any], cap_s: float) -> float:
+    """Triton's ``timeout`` request parameter (microseconds), capped like the deadline header."""
+    timeout_us = _parameters(header, "request").get("timeout")
+    if timeout_us is None:
+        return cap_s
+    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
+        raise _bad("the 'timeout' parameter must be a positive number of microseconds")
+    return min(timeout_us / 1e6, cap_s)
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

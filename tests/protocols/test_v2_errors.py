@@ -237,3 +237,24 @@ def test_while_loading_v2_health_says_not_ready_and_infer_is_503(make_client):
     assert client.get(f"/v1/models/{name}").json()["model_version_status"][0]["state"] == (
         "AVAILABLE"
     )
+
+
+def test_triton_timeout_parameter_is_a_deadline(triton, model_name, pixels):
+    tensor = httpclient.InferInput("pixels", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    with pytest.raises(InferenceServerException) as exc:
+        triton.infer(model_name, [tensor], timeout=1)  # microseconds
+    assert exc.value.status() == "504" and "deadline" in exc.value.message()
+    assert triton.infer(model_name, [tensor], timeout=30_000_000).as_numpy(
+        "probabilities"
+    ).shape == (
+        2,
+        10,
+    )
+
+
+def test_deadline_header_applies_to_tf_serving_predict(server, model_name, pixels):
+    body = {"instances": pixels.tolist()}
+    url = f"{server.url}/v1/models/{model_name}:predict"
+    r = httpx.post(url, json=body, headers={"X-Request-Timeout-Ms": "0.001"})
+    assert "deadline" in v2_error(r, 504)
