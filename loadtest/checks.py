@@ -50,8 +50,9 @@ def classify(body: Any, images: int, top_k: int) -> str | None:
     return None
 
 
-def v2_infer(body: Any, model: str | None = None) -> str | None:
-    """KServe V2 ``POST /v2/models/{name}/infer`` answer: named, typed, shaped outputs."""
+def v2_infer(body: Any, model: str | None = None, shape: list[int] | None = None) -> str | None:
+    """KServe V2 ``POST /v2/models/{name}/infer`` answer: named, typed, shaped outputs (the
+    first of ``shape`` when given)."""
     if not isinstance(body, dict):
         return "the body is not a JSON object"
     if not isinstance(body.get("model_name"), str):
@@ -66,16 +67,18 @@ def v2_infer(body: Any, model: str | None = None) -> str | None:
             return f"outputs[{i}] has no name"
         if out.get("datatype") not in V2_TYPES:
             return f"outputs[{i}].datatype {out.get('datatype')!r} is not a V2 type"
-        shape = out.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        dims = out.get("shape")
+        if not isinstance(dims, list) or not all(isinstance(d, int) and d >= 0 for d in dims):
             return f"outputs[{i}].shape is not a list of sizes"
+        if i == 0 and shape is not None and dims != shape:
+            return f"outputs[0].shape is {dims}, expected {shape}"
         data = out.get("data")
         if not isinstance(data, list):
             return f"outputs[{i}].data is not a list"
         flat = _flatten(data)
-        if len(flat) != math.prod(shape):
-            need = math.prod(shape)
-            return f"outputs[{i}] holds {len(flat)} elements; its shape {shape} needs {need}"
+        need = math.prod(dims)
+        if len(flat) != need:
+            return f"outputs[{i}] holds {len(flat)} elements; its shape {dims} needs {need}"
     return None
 
 

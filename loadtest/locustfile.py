@@ -345,7 +345,8 @@ class ClassifyB64User(ApiUser):
 
 
 class V2InferUser(ApiUser):
-    """KServe V2 ``POST /v2/models/{name}/infer``: a BYTES input of base64-encoded images."""
+    """KServe V2 ``POST /v2/models/{name}/infer`` (docs/PROTOCOLS.md): the ``images`` BYTES
+    input in base64, the top k of ``probabilities`` through the classification extension."""
 
     def on_start(self) -> None:
         self.model = self.model_name()
@@ -357,19 +358,15 @@ class V2InferUser(ApiUser):
 
     def send(self) -> None:
         n = self.o.images_per_request
+        n, k = self.o.images_per_request, self.o.top_k
         body = {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [n],
-                    "datatype": "BYTES",
-                    "data": self.b64(n),
-                }
-            ],
-            "parameters": {"top_k": self.o.top_k},
+            "inputs": [{"name": "images", "shape": [n], "datatype": "BYTES", "data": self.b64(n)}],
+            # Triton's classification extension: the top k as "score:index:label" strings.
+            "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
         }
-        with self.post_json(f"/v2/models/{self.model}/infer", body, "/v2/models/{name}/infer") as r:
-            self.check(r, lambda b: checks.v2_infer(b, self.model))
+        path = f"/v2/models/{self.model}/infer"
+        with self.post_json(path, body, "/v2/models/{name}/infer") as r:
+            self.check(r, lambda b: checks.v2_infer(b, self.model, shape=[n, k]))
 
 
 class TFServingUser(ApiUser):

@@ -57,8 +57,13 @@ class Fake(BaseHTTPRequestHandler):
         self.seen.append((self.path, self.headers.get("Content-Type", ""), body))
         if self.path == "/v2/models/tiny/infer":
             (inp,) = body["inputs"]
-            n = inp["shape"][0]
-            out = {"name": "scores", "datatype": "FP32", "shape": [n, 2], "data": [0.5] * 2 * n}
+            n, k = inp["shape"][0], body["outputs"][0]["parameters"]["classification"]
+            out = {
+                "name": "probabilities",
+                "datatype": "BYTES",
+                "shape": [n, k],
+                "data": ["0.5:1:cat"] * n * k,
+            }
             if self.broken:
                 out["data"] = out["data"][:-1]
             return self.reply(200, {"model_name": "tiny", "outputs": [out]})
@@ -117,7 +122,11 @@ def test_protocol_users_send_documented_requests_and_accept_good_answers(fake, t
         assert ctype == "application/json"
         if path.startswith("/v2/"):
             (inp,) = body["inputs"]
-            assert inp["datatype"] == "BYTES" and inp["shape"] == [2] and len(inp["data"]) == 2
+            assert inp["name"] == "images" and inp["datatype"] == "BYTES"
+            assert inp["shape"] == [2] and len(inp["data"]) == 2
+            assert body["outputs"] == [
+                {"name": "probabilities", "parameters": {"classification": 5}}
+            ]
             assert all(decodes(d) for d in inp["data"])
         elif path.endswith(":predict"):
             assert len(body["instances"]) == 2 and all(decodes(i["b64"]) for i in body["instances"])
@@ -133,5 +142,5 @@ def test_malformed_protocol_answers_count_as_failures(fake, tmp_path):
     for name in ("/v2/models/{name}/infer", "/v1/models/{name}:predict", "job (submit to result)"):
         assert e[name]["requests"] > 0 and e[name]["failures"] == e[name]["requests"], name
     failures = (tmp_path / "locust_failures.csv").read_text()
-    assert "needs 4" in failures and "expected 2 predictions" in failures
+    assert "needs 10" in failures and "expected 2 predictions" in failures
     assert summary["run"]["locust_exit_code"] == 1

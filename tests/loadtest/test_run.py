@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -170,3 +171,24 @@ def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
     )
     assert bad.returncode != 0 and "spike_users must exceed" in bad.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_v2_and_tfserving_users_against_the_service(server, tmp_path):
+    params = shapes.ShapeParams(users=2, spawn_rate=10, run_time=3)
+    summary = run(
+        server, tmp_path, params=params, tags=["v2", "tfserving"], images_per_request=2, top_k=3
+    )
+    e = summary["endpoints"]
+    for name in ("/v2/models/{name}/infer", "/v1/models/{name}:predict"):
+        assert e[name]["requests"] > 0 and e[name]["failures"] == 0, (name, e)
+    assert e["/v1/models"]["failures"] == 0  # the model name came from /v1/models
+
+
+def test_jobs_user_against_the_service(server, tmp_path):
+    if "/v1/jobs" not in httpx.get(server.url + "/openapi.json", timeout=30).json()["paths"]:
+        pytest.skip("this build of the service has no /v1/jobs")
+    params = shapes.ShapeParams(users=2, spawn_rate=10, run_time=3)
+    summary = run(server, tmp_path, params=params, tags=["jobs"])
+    e = summary["endpoints"]
+    assert e["job (submit to result)"]["requests"] > 0
+    assert summary["totals"]["failures"] == 0, e

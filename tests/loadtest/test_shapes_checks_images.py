@@ -100,6 +100,7 @@ def test_v2_check():
     bad = {**out, "shape": [2, 3]}
     assert "needs 6" in checks.v2_infer({"model_name": "m", "outputs": [bad]})
     assert "datatype" in checks.v2_infer({"model_name": "m", "outputs": [{**out, "datatype": "F"}]})
+    assert "expected [2, 3]" in checks.v2_infer({"model_name": "m", "outputs": [out]}, shape=[2, 3])
     nested = {**out, "data": [[0.1, 0.2, 0.7]]}
     assert checks.v2_infer({"model_name": "m", "outputs": [nested]}) is None
 
