@@ -17,18 +17,28 @@ from fastapi.openapi.utils import get_openapi
 
 from . import __version__
 from .api import classify, errors, health, tfserving, v2
+from .api import jobs as jobs_api
+from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware, load_tokens
 from .api.inputs import TIMEOUT_HEADER, B64Image, ClassifyJSON
 from .api.middleware import MetricsMiddleware
+from .jobs.manager import ResponseManager, make_store
 from .metrics import Metrics
 from .model.architectures import ARCHITECTURES
 from .model.loader import LoadedModel, WeightsUnavailable, find_cached_imagenet_weights
-from .pipeline.pipeline import Pipeline
+from .pipeline.registry import Pipelines
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = [health.router, classify.router, v2.router, tfserving.router]
+ROUTERS = [
+    health.router,
+    classify.router,
+    pipelines_api.router,
+    jobs_api.router,
+    v2.router,
+    tfserving.router,
+]
 
 
 def check_weights(settings: Settings) -> None:
@@ -67,21 +77,25 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    pipeline = Pipeline(settings, metrics, model_factory)
+    pipelines = Pipelines(settings, metrics, model_factory)
+    pipeline = pipelines.default
+    jobs = ResponseManager(make_store(settings), pipelines, settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         check_weights(settings)
-        loading = asyncio.create_task(_load(pipeline), name="model-load")
+        await jobs.start()
+        loading = asyncio.create_task(_load(pipelines), name="model-load")
         app.state.loading = loading
         try:
             yield
         finally:
-            pipeline.drain()
+            pipelines.drain()
+            await jobs.stop()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
-            await pipeline.stop()
+            await pipelines.stop()
 
     app = FastAPI(
         title="resnet-serve",
@@ -93,6 +107,8 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.pipeline = pipeline
+    app.state.pipelines = pipelines
+    app.state.jobs = jobs
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -120,9 +136,9 @@ def create_app(
     return app
 
 
-async def _load(pipeline: Pipeline) -> None:
+async def _load(pipelines: Pipelines) -> None:
     try:
-        await pipeline.start()
+        await pipelines.start()
     except asyncio.CancelledError:
         raise
     except Exception:  # state is "failed": /healthz turns 503 and the kubelet restarts the pod

@@ -88,6 +88,31 @@ class BusyWindow:
         return max(0.0, min(1.0, busy / self.window_s))
 
 
+class WorkWindow:
+    """Busy fraction of a stage with ``capacity`` parallel workers over the last ``window_s``:
+    the work seconds reported with :meth:`add` divided by ``capacity * window_s``."""
+
+    def __init__(self, capacity: int = 1, window_s: float = 10.0):
+        self.capacity = max(1, capacity)
+        self.window_s = window_s
+        self._work: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._work.append((now, seconds))
+            while self._work and self._work[0][0] < now - self.window_s:
+                self._work.popleft()
+
+    def ratio(self) -> float:
+        start = time.monotonic() - self.window_s
+        with self._lock:
+            # Work that ended inside the window, clipped to the window's length.
+            busy = sum(min(s, t - start) for t, s in self._work if t > start)
+        return max(0.0, min(1.0, busy / (self.capacity * self.window_s)))
+
+
 class Metrics:
     """All metrics of one service instance, in their own registry (tests build many apps)."""
 
@@ -191,3 +216,30 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)
+        self.window_s = window_s
+        self._stage_windows: dict[str, BusyWindow | WorkWindow] = {}
+        # -- asynchronous jobs (service/jobs)
+        self.jobs = Counter(
+            "serve_jobs",
+            "Asynchronous jobs by outcome: submitted, succeeded, failed, cancelled, claimed "
+            "(taken over from a replica that stopped), callback_delivered, callback_failed.",
+            ["event"],
+            registry=r,
+        )
+
+    def stage_busy_window(self, stage: str) -> BusyWindow:
+        """The busy window of a single-worker stage (a model runner), exported as
+        ``serve_stage_busy_ratio{stage}``."""
+        window = self._stage_windows.get(stage)
+        if not isinstance(window, BusyWindow):
+            window = self._stage_windows[stage] = BusyWindow(self.window_s)
+            self.stage_busy.labels(stage).set_function(window.ratio)
+        return window
+
+    def stage_work_window(self, stage: str, capacity: int = 1) -> WorkWindow:
+        """The work window of a stage with ``capacity`` parallel workers (the process pool)."""
+        window = self._stage_windows.get(stage)
+        if not isinstance(window, WorkWindow) or window.capacity != capacity:
+            window = self._stage_windows[stage] = WorkWindow(capacity, self.window_s)
+            self.stage_busy.labels(stage).set_function(window.ratio)
+        return window

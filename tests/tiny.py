@@ -33,3 +33,24 @@ def tiny_loaded(size: int = 32, classes: int = 10) -> LoadedModel:
 def save_tiny(path: Path, size: int = 32, classes: int = 10) -> Path:
     build_tiny(size, classes).save(path)
     return path
+
+
+def build_tiny_backbone(size: int = 32, features: int = 6, seed: int = 1):
+    """A tiny feature extractor: image in, ``features`` floats out (like ResNet pooling=avg)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(features, 3, strides=4, activation="relu")(inputs)
+    outputs = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, outputs, name="tiny_backbone")
+
+
+def build_tiny_head(features: int = 6, classes: int = 3, seed: int = 2):
+    """A tiny classification head on feature vectors, ending in a softmax."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((features,))
+    outputs = keras.layers.Dense(classes, activation="softmax")(inputs)
+    return keras.Model(inputs, outputs, name="tiny_head")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from .deps import PipelineDep, SettingsDep
+from .deps import SettingsDep, find_pipeline
+from .errors import ApiError
 from .inputs import ClassifyJSON, parse_images, request_timeout_s
 from .pipeline_errors import pipeline_errors
 
@@ -28,6 +29,7 @@ class TimingOut(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
+    pipeline: str = Field("default", description="The pipeline that answered.")
     predictions: list[list[PredictionOut]] = Field(
         description="One list per image, in request order, best class first."
     )
@@ -108,17 +110,35 @@ def model_warnings(pipeline) -> list[str]:
     summary="Classify one or more images",
 )
 async def classify(
-    request: Request, pipeline: PipelineDep, settings: SettingsDep
+    request: Request,
+    settings: SettingsDep,
+    pipeline: str | None = Query(
+        None, max_length=64, description="A configured pipeline (default SERVE_PIPELINE)."
+    ),
 ) -> ClassifyResponse:
     """Top-k ImageNet classes for each image of the request, in request order."""
+    return await classify_with(request, settings, pipeline)
+
+
+async def classify_with(request: Request, settings, name: str | None) -> ClassifyResponse:
+    """Classify with the pipeline ``name`` (path or query) or the body's ``pipeline`` field."""
+    pipeline = find_pipeline(request, name)
     with pipeline_errors(settings.retry_after_s):
         pipeline.check_ready()  # before reading a large body
     timeout_s = request_timeout_s(request, settings)
     batch = await parse_images(request, settings)
+    named = batch.options.get("pipeline")
+    if named and name and named != name:
+        raise ApiError(
+            400, "conflicting_pipeline", f"the URL names {name!r} but the body {named!r}"
+        )
+    if named:
+        pipeline = find_pipeline(request, named)
     with pipeline_errors(settings.retry_after_s):
         result = await pipeline.classify(batch.images, batch.top_k, timeout_s=timeout_s)
     return ClassifyResponse(
-        model=settings.model_name,
+        model=settings.model_name if pipeline.name == "default" else pipeline.name,
+        pipeline=pipeline.name,
         predictions=[[PredictionOut(**p.__dict__) for p in row] for row in result.predictions],
         timing=TimingOut(**result.timing.as_dict()),  # type: ignore[arg-type]
         warnings=model_warnings(pipeline),

@@ -8,7 +8,9 @@ from fastapi import Depends, Request
 
 from ..metrics import Metrics
 from ..pipeline.pipeline import Pipeline
+from ..pipeline.registry import Pipelines, UnknownPipeline
 from ..settings import Settings
+from .errors import ApiError
 
 
 def get_settings(request: Request) -> Settings:
@@ -19,10 +21,30 @@ def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
+def get_pipelines(request: Request) -> Pipelines:
+    return request.app.state.pipelines
+
+
+def find_pipeline(request: Request, name: str | None) -> Pipeline:
+    """The pipeline a request names: a configured pipeline name, or ``SERVE_MODEL_NAME`` (the
+    protocols' model name) for the default; None or empty for the default. Unknown: 404
+    ``pipeline_not_found``. For the V2 / TF Serving routes, where the model name picks one.
+    """
+    settings: Settings = request.app.state.settings
+    pipelines: Pipelines = request.app.state.pipelines
+    if not name or name == settings.model_name:
+        return pipelines.default
+    try:
+        return pipelines.get(name)
+    except UnknownPipeline as exc:
+        raise ApiError(404, "pipeline_not_found", str(exc)) from None
+
+
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+PipelinesDep = Annotated[Pipelines, Depends(get_pipelines)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -9,7 +9,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,12 +35,19 @@ class ClassifyJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[B64Image] = Field(min_length=1, description="Images, answered in this order.")
     top_k: int | None = Field(None, ge=1, le=1000, description="Classes per image (default 5).")
+    pipeline: str | None = Field(
+        None,
+        max_length=64,
+        description="A configured pipeline (GET /v1/pipelines); default: SERVE_PIPELINE.",
+    )
 
 
 @dataclass
 class ImageBatch:
     images: list[bytes]
     top_k: int
+    # The body's other fields (``pipeline``, a job's ``callback_url``), as strings.
+    options: dict[str, str] = field(default_factory=dict)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -109,8 +116,16 @@ async def _replay(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-async def parse_images(request: Request, settings: Settings) -> ImageBatch:
-    """Extract the images and ``top_k`` of a classify-style request, or raise ``ApiError``."""
+async def parse_images(
+    request: Request, settings: Settings, body_model: type[ClassifyJSON] = ClassifyJSON
+) -> ImageBatch:
+    """Extract the images and ``top_k`` of a classify-style request, or raise ``ApiError``.
+
+    ``body_model`` validates JSON bodies (``POST /v1/jobs`` adds ``callback_url``); its fields
+    other than ``images`` and ``top_k``, and a multipart body's text fields, land in
+    ``ImageBatch.options``.
+    """
+    options: dict[str, str] = {}
     content_type = request.headers.get("content-type", "").lower()
     query_k = request.query_params.get("top_k")
     body = await read_body(request, settings.max_body_bytes)
@@ -131,6 +146,11 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
             ) from None
         try:
             uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            options = {
+                key: value
+                for key, value in form.multi_items()
+                if isinstance(value, str) and key != "top_k"
+            }
             images = [await u.read() for u in uploads]
             k = parse_top_k(form.get("top_k") or query_k, settings.default_top_k)
         finally:
@@ -141,12 +161,14 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         try:
-            parsed = ClassifyJSON.model_validate(raw)
+            parsed = body_model.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
             raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
         images = [decode_b64(img.b64, i) for i, img in enumerate(parsed.images)]
+        extra = parsed.model_dump(exclude={"images", "top_k"}, exclude_none=True)
+        options = {key: str(value) for key, value in extra.items()}
         k = parse_top_k(
             parsed.top_k if parsed.top_k is not None else query_k, settings.default_top_k
         )
@@ -171,4 +193,4 @@ async def parse_images(request: Request, settings: Settings) -> ImageBatch:
     for i, data in enumerate(images):
         if not data:
             raise ApiError(400, "empty", f"image {i}: the image is empty (zero bytes)")
-    return ImageBatch(images, k)
+    return ImageBatch(images, k, options)

@@ -95,30 +95,43 @@ def build_architecture(
     return constructor(**kwargs)
 
 
-def load_model(arch_name: str, weights: str, *, strict: bool = False) -> LoadedModel:
+def load_model(
+    arch_name: str,
+    weights: str,
+    *,
+    strict: bool = False,
+    include_top: bool = True,
+    pooling: str | None = None,
+) -> LoadedModel:
     """Build ``arch_name`` with ``weights`` = ``imagenet`` | ``random`` | a file path.
 
     ``imagenet`` reads the Keras cache only. When it is missing: in strict mode raise
     :class:`WeightsUnavailable`; otherwise fall back to random weights and say so loudly.
     A ``.keras`` file is a whole model and replaces the architecture.
+    ``include_top=False`` with ``pooling="avg"`` gives the feature extractor (outputs are
+    feature vectors, and ``imagenet`` reads the ``_notop`` weights file).
     """
     arch = ARCHITECTURES[arch_name]
     notes: list[str] = []
+
+    def build() -> Any:
+        return build_architecture(arch_name, include_top=include_top, pooling=pooling)
+
     if weights == "imagenet":
-        path = find_cached_imagenet_weights(arch)
+        path = find_cached_imagenet_weights(arch, include_top)
         if path is None:
             where = ", ".join(str(d) for d in keras_cache_dirs())
             message = (
-                f"ImageNet weights for {arch_name} ({arch.weights_file()}) are not in the Keras "
-                f"cache ({where}); this service never downloads at run time. Run "
+                f"ImageNet weights for {arch_name} ({arch.weights_file(include_top)}) are not in "
+                f"the Keras cache ({where}); this service never downloads at run time. Run "
                 f"`python -m service.model.fetch_weights --model {arch_name}` where the network "
                 "is reachable, or bake them into the image."
             )
             if strict:
                 raise WeightsUnavailable(message + " SERVE_STRICT=true: refusing to start.")
             notes.append(message + " Serving RANDOM weights: predictions are meaningless.")
-            return _random(arch, notes)
-        model = build_architecture(arch_name)
+            return _random(arch, notes, build)
+        model = build()
         model.load_weights(str(path))
         return _loaded(model, arch, f"imagenet:{path}", random=False, notes=notes)
     if weights == "random":
@@ -128,29 +141,30 @@ def load_model(arch_name: str, weights: str, *, strict: bool = False) -> LoadedM
         )
         if strict:
             raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
-        return _random(arch, notes)
+        return _random(arch, notes, build)
     path = Path(weights)
     if not path.is_file():
         message = f"weights file {weights!r} does not exist"
         if strict:
             raise WeightsUnavailable(message + "; SERVE_STRICT=true: refusing to start.")
         notes.append(message + ". Serving RANDOM weights: predictions are meaningless.")
-        return _random(arch, notes)
+        return _random(arch, notes, build)
     if path.suffix == ".keras":
         import keras
 
         model = keras.saving.load_model(str(path), compile=False)
         # A whole model: its own input size; it expects the preprocessing of SERVE_MODEL's family.
         return _loaded(model, arch, str(path), random=False, notes=notes, whole_model=True)
-    model = build_architecture(arch_name)
+    model = build()
     model.load_weights(str(path))
     return _loaded(model, arch, str(path), random=False, notes=notes)
 
 
-def _random(arch: Architecture, notes: list[str]) -> LoadedModel:
+def _random(arch: Architecture, notes: list[str], build: Any = None) -> LoadedModel:
     for note in notes:
         log.warning("!!! %s", note)
-    return _loaded(build_architecture(arch.name), arch, "random", random=True, notes=notes)
+    model = build() if build is not None else build_architecture(arch.name)
+    return _loaded(model, arch, "random", random=True, notes=notes)
 
 
 def _loaded(

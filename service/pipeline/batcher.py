@@ -100,6 +100,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}")
         self._task: asyncio.Task | None = None
+        self._busy = metrics.stage_busy_window(name)
         self.running_batch = 0
 
     def __len__(self) -> int:
@@ -181,6 +182,7 @@ class DynamicBatcher:
             payloads = [item.payload for item in batch]
             self.running_batch = len(batch)
             m.runner_busy.begin()
+            self._busy.begin()
             try:
                 outputs, padded, compute_s = await loop.run_in_executor(
                     self._executor, self._run_fn, payloads
@@ -203,6 +205,7 @@ class DynamicBatcher:
                 continue
             finally:
                 m.runner_busy.end()
+                self._busy.end()
                 self.running_batch = 0
             elapsed = time.monotonic() - started
             m.runner_busy_seconds.inc(elapsed)

@@ -1,14 +1,18 @@
-"""The default pipeline: decode/resize (process pool) -> batcher -> ResNet runner -> top-k.
+"""A pipeline: decode/resize (process pool) -> model stage(s) (batcher + runner each) -> top-k.
 
-``Pipeline`` owns the stages and the admission bound; request handlers only validate input
-and call :meth:`Pipeline.classify` (encoded images) or :meth:`Pipeline.infer_pixels` (already
-decoded ``uint8`` pixels).
+The default pipeline is decode -> ResNet (``SERVE_MODEL``) -> top-k; others are declared in
+``SERVE_PIPELINES_FILE`` (``config.py``), e.g. decode -> ResNet50 feature extractor -> a Keras
+classification head -> top-k. ``Pipeline`` owns its stages and the admission bound; request
+handlers only validate input and call :meth:`Pipeline.classify` (encoded images) or
+:meth:`Pipeline.infer_pixels` (already decoded ``uint8`` pixels). ``registry.py`` holds them by
+name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +25,8 @@ from ..model.labels import load_labels
 from ..model.loader import LoadedModel
 from ..settings import Settings
 from .batcher import BatchInfo, DynamicBatcher
+from .config import DEFAULT, PipelineSpec, default_spec
+from .model_stage import ModelStage, load_stage_model, run_chain
 from .pool import PreprocessPool
 from .postprocess import Prediction, probabilities, top_k
 from .preprocess import ImageError, PreprocessConfig
@@ -88,12 +94,17 @@ def default_model_factory(settings: Settings) -> Callable[[], LoadedModel]:
 
 
 class Pipeline:
-    """The stages of the default classification pipeline and their lifecycle.
+    """The stages of one named classification pipeline and their lifecycle.
 
     Args:
         settings: service settings.
         metrics: where the stages report.
-        model_factory: builds the model (blocking; run in a thread). Tests pass a tiny model.
+        model_factory: builds the default pipeline's model (blocking; run in a thread). Tests
+            pass a tiny model.
+        spec: the stages; default: today's decode -> ``SERVE_MODEL`` -> top-k.
+
+    ``loaded`` describes the pipeline as one model (input of the first model stage, classes and
+    output of the last); ``runner`` and ``batcher`` are those of the first model stage.
     """
 
     def __init__(
@@ -101,19 +112,39 @@ class Pipeline:
         settings: Settings,
         metrics: Metrics,
         model_factory: Callable[[], LoadedModel] | None = None,
+        spec: PipelineSpec | None = None,
     ):
         self.settings = settings
         self.metrics = metrics
+        self.spec = spec or default_spec()
+        self.name = self.spec.name
         self._model_factory = model_factory or default_model_factory(settings)
         self.state = "created"  # created | loading | ready | draining | failed | stopped
         self.error: str | None = None
         self.loaded: LoadedModel | None = None
+        self.stages: list[ModelStage] = []
         self.runner = None
         self.batcher: DynamicBatcher | None = None
         self.pool: PreprocessPool | None = None
         self.labels: tuple[str, ...] = ()
         self.warmup_s = 0.0
         self._in_flight = 0
+        self._primary = self.name == DEFAULT
+        self.owns_ready = self._primary  # sets serve_ready (the registry picks the served one)
+        self._preprocess_busy = metrics.stage_work_window(
+            self.stage_label("preprocess"), settings.workers
+        )
+        self._topk_busy = metrics.stage_work_window(self.stage_label("topk"))
+
+    def stage_label(self, stage: str) -> str:
+        """Metrics label of a stage: its name in the default pipeline, else ``pipeline/stage``."""
+        return stage if self._primary else f"{self.name}/{stage}"
+
+    def _load_models(self) -> list[tuple[str, LoadedModel]]:
+        """Build every model stage's model (blocking)."""
+        if self._primary:
+            return [("model", self._model_factory())]
+        return [(m.name, load_stage_model(m, self.settings)) for m in self.spec.models]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,66 +153,64 @@ class Pipeline:
         return self.state == "ready"
 
     async def start(self) -> None:
-        """Load the model, start the worker pool, warm every bucket; then mark ready."""
-        from .runner import ModelRunner  # imports TensorFlow
-
+        """Load the models, start the worker pool, warm every bucket; then mark ready."""
         s = self.settings
         self.state = "loading"
         try:
-            loaded = await asyncio.to_thread(self._model_factory)
-            self.loaded = loaded
-            self.labels = load_labels(s.labels_file, loaded.num_classes)
+            models = await asyncio.to_thread(self._load_models)
+            self.stages = [ModelStage(self.stage_label(n), m) for n, m in models]
+            first, last = models[0][1], models[-1][1]
+            self.loaded = _composite(first, [m for _, m in models])
+            labels_file = self.spec.labels_file or (s.labels_file if self._primary else "")
+            self.labels = load_labels(labels_file, last.num_classes)
             cfg = PreprocessConfig(
-                size=loaded.input_size,
+                size=first.input_size,
                 resize=s.resize,
                 crop_fraction=s.crop_fraction,
                 max_pixels=s.max_image_pixels,
             )
             self.pool = PreprocessPool(cfg, s.workers, on_restart=self.metrics.worker_restarts.inc)
             pool_started = asyncio.create_task(asyncio.to_thread(self.pool.start))
-            runner = ModelRunner(loaded, s.batch_buckets, xla=s.xla)
-            self.warmup_s = await asyncio.to_thread(runner.warmup)
+            for stage in self.stages:
+                await stage.start(s, self.metrics)
             await pool_started
-            self.runner = runner
-            self.batcher = DynamicBatcher(
-                "model",
-                runner.run,
-                max_batch_size=runner.max_batch_size,
-                max_delay_s=s.max_batch_delay_ms / 1000.0,
-                max_queue=s.max_queue_images,
-                metrics=self.metrics,
-            )
-            self.batcher.start()
-            self.metrics.queue_depth.labels("preprocess").set_function(
+            self.warmup_s = sum(stage.warmup_s for stage in self.stages)
+            self.runner = self.stages[0].runner
+            self.batcher = self.stages[0].batcher
+            _check_chain(self.stages)
+            self.metrics.queue_depth.labels(self.stage_label("preprocess")).set_function(
                 lambda: float(self.pool.pending if self.pool else 0)
             )
         except Exception as exc:
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("the model failed to load")
+            log.exception("pipeline %s failed to load", self.name)
             raise
         self.state = "ready"
-        self.metrics.ready.set(1)
+        if self.owns_ready:
+            self.metrics.ready.set(1)
         log.info(
-            "ready: %s, weights %s, buckets %s, %d preprocessing workers, device %s",
-            loaded.arch,
-            loaded.weights_source,
+            "ready: pipeline %s (%s), weights %s, buckets %s, %d preprocessing workers, device %s",
+            self.name,
+            " -> ".join(stage.loaded.arch for stage in self.stages),
+            self.loaded.weights_source,
             s.batch_buckets,
             s.workers,
-            runner.device,
+            self.runner.device,
         )
 
     def drain(self) -> None:
         """Stop admitting work; what is in flight finishes."""
         if self.state == "ready":
             self.state = "draining"
-        self.metrics.ready.set(0)
+        if self.owns_ready:
+            self.metrics.ready.set(0)
 
     async def stop(self) -> None:
         self.drain()
         self.state = "stopped"
-        if self.batcher is not None:
-            await self.batcher.stop()
+        for stage in self.stages:
+            await stage.stop()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
 
@@ -213,14 +242,15 @@ class Pipeline:
     async def _one(
         self, index: int, data: bytes, deadline: float
     ) -> tuple[np.ndarray, float, BatchInfo]:
-        assert self.pool is not None and self.batcher is not None
+        assert self.pool is not None and self.stages
         try:
             pre = await self.pool.run(data)
         except ImageError as exc:
             raise InvalidImage(index, exc) from None
         self.metrics.preprocess_duration.observe(pre.seconds)
-        self.metrics.stage_seconds.labels("preprocess").observe(pre.seconds)
-        row, info = await self.batcher.submit(pre.pixels, deadline)
+        self.metrics.stage_seconds.labels(self.stage_label("preprocess")).observe(pre.seconds)
+        self._preprocess_busy.add(pre.seconds)
+        row, info = await run_chain(self.stages, pre.pixels, deadline)
         return row, pre.seconds, info
 
     async def classify(
@@ -251,17 +281,18 @@ class Pipeline:
         self, pixels: np.ndarray, k: int = 5, *, timeout_s: float | None = None
     ) -> ClassifyResult:
         """Run already-decoded ``uint8`` images ``[N, H, W, 3]`` (skips the decode stage)."""
-        assert self.batcher is not None
+        assert self.stages
         start = time.perf_counter()
         deadline = self.deadline(timeout_s)
         async with self.admit(len(pixels)):
-            futures = [self.batcher.submit(p, deadline) for p in pixels]
+            futures = [asyncio.ensure_future(run_chain(self.stages, p, deadline)) for p in pixels]
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     rows = await asyncio.gather(*futures)
             except TimeoutError:
                 for f in futures:
                     f.cancel()
+                await asyncio.gather(*futures, return_exceptions=True)
                 raise
         return self._result([(row, 0.0, info) for row, info in rows], start, k)
 
@@ -269,6 +300,7 @@ class Pipeline:
         self, done: list[tuple[np.ndarray, float, BatchInfo]], start: float, k: int
     ) -> ClassifyResult:
         assert self.loaded is not None
+        topk_start = time.perf_counter()
         outputs = np.stack([row for row, _, _ in done]) if done else np.zeros((0, 0), np.float32)
         probs = probabilities(outputs, self.loaded.outputs_probabilities)
         timing = Timing(
@@ -279,7 +311,44 @@ class Pipeline:
             batch_sizes=[i.batch_size for _, _, i in done],
         )
         predictions = [top_k(row, k, self.labels) for row in probs]
+        topk_s = time.perf_counter() - topk_start
+        if done:
+            self.metrics.stage_seconds.labels(self.stage_label("topk")).observe(topk_s / len(done))
+        self._topk_busy.add(topk_s)
         return ClassifyResult(predictions, probs, timing)
+
+
+def _composite(first: LoadedModel, models: list[LoadedModel]) -> LoadedModel:
+    """The pipeline seen as one model: the first stage's input, the last stage's output."""
+    if len(models) == 1:
+        return first
+    last = models[-1]
+    return dataclasses.replace(
+        last,
+        arch=" -> ".join(m.arch for m in models),
+        normalize=first.normalize,
+        input_size=first.input_size,
+        weights_source=" -> ".join(m.weights_source for m in models),
+        random_weights=any(m.random_weights for m in models),
+        warnings=[w for m in models for w in m.warnings],
+    )
+
+
+def _check_chain(stages: list[ModelStage]) -> None:
+    """Each model stage must take what the one before it gives (checked once, at start)."""
+    first = stages[0]
+    if len(first.input_shape) != 3:
+        raise ValueError(
+            f"stage {first.name}: the first model must take [H, W, 3] images, "
+            f"its input is {list(first.input_shape)}"
+        )
+    for before, after in zip(stages, stages[1:], strict=False):
+        out = tuple(int(d) for d in before.loaded.model.output_shape[1:])
+        if out != tuple(after.input_shape):
+            raise ValueError(
+                f"stage {before.name} gives {list(out)} but stage {after.name} takes "
+                f"{list(after.input_shape)}"
+            )
 
 
 def _loop_time(deadline_monotonic: float) -> float:

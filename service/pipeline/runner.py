@@ -1,9 +1,12 @@
-"""The model stage's executor: one compiled TensorFlow function, fed padded ``uint8`` batches.
+"""The model stage's executor: one compiled TensorFlow function, fed padded batches.
 
-The function has a fixed input signature ``[None, H, W, 3] uint8``, so it is traced once; batches
-are padded up to a small set of bucket sizes so that XLA and TensorFlow's per-shape kernels see
-only those shapes, all of them warmed before the service reports ready. Normalisation
-(``preprocess_input``) runs inside the function, on the accelerator.
+The function has a fixed input signature taken from the model's input: ``[None, H, W, 3] uint8``
+for an image model (the first model of a pipeline, fed by the decode stage), ``[None, ...]
+float32`` for a model that takes another model's output (a classification head on feature
+vectors). It is traced once; batches are padded up to a small set of bucket sizes so that XLA
+and TensorFlow's per-shape kernels see only those shapes, all of them warmed before the service
+reports ready. For images, normalisation (``preprocess_input``) runs inside the function, on the
+accelerator.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ def tf_normalize(x: Any, mode: str) -> Any:
     return x
 
 
+def input_spec(loaded: LoadedModel) -> tuple[tuple[int, ...], np.dtype]:
+    """What one item fed to ``loaded`` looks like: RGB ``uint8`` pixels for a model whose input
+    is ``[H, W, 3]``, else ``float32`` of the model's input shape (feature vectors)."""
+    shape = tuple(loaded.model.input_shape[1:])
+    if len(shape) == 3 and shape[-1] == 3:
+        return (*loaded.input_size, 3), np.dtype(np.uint8)
+    if any(d is None for d in shape):
+        raise ValueError(f"model input shape {shape} must be fixed (no None past the batch)")
+    return tuple(int(d) for d in shape), np.dtype(np.float32)
+
+
 class ModelRunner:
     """Executes batches on one model. Not thread-safe: the batcher calls it from one thread.
 
@@ -44,17 +58,23 @@ class ModelRunner:
         self.loaded = loaded
         self.buckets = sorted(buckets)
         self.max_batch_size = self.buckets[-1]
-        self.input_shape = (*loaded.input_size, 3)
+        self.input_shape, self.input_dtype = input_spec(loaded)
+        images = self.input_dtype == np.uint8
         model, mode = loaded.model, loaded.normalize
 
-        def forward(pixels: Any) -> Any:
-            x = tf_normalize(tf.cast(pixels, tf.float32), mode)
+        def forward(inputs: Any) -> Any:
+            x = tf.cast(inputs, tf.float32)
+            if images:
+                x = tf_normalize(x, mode)
             out = model(x, training=False)
             return tf.cast(out, tf.float32)
 
+        name = "pixels" if images else "features"
         self._fn = tf.function(
             forward,
-            input_signature=[tf.TensorSpec([None, *self.input_shape], tf.uint8, name="pixels")],
+            input_signature=[
+                tf.TensorSpec([None, *self.input_shape], tf.as_dtype(self.input_dtype), name=name)
+            ],
             jit_compile=xla,
             reduce_retracing=False,
         )
@@ -77,12 +97,12 @@ class ModelRunner:
         return self.buckets[bisect.bisect_left(self.buckets, n)]
 
     def run(self, images: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, int, float]:
-        """Run one batch. Returns (outputs[n, classes] float32, padded size, compute seconds)."""
+        """Run one batch. Returns (outputs[n, ...] float32, padded size, compute seconds)."""
         n = len(images)
         size = self.bucket_for(n)
         buf = self._buffers.get(size)
         if buf is None:
-            buf = self._buffers[size] = np.zeros((size, *self.input_shape), np.uint8)
+            buf = self._buffers[size] = np.zeros((size, *self.input_shape), self.input_dtype)
         if isinstance(images, np.ndarray):
             buf[:n] = images
         else:
@@ -100,7 +120,7 @@ class ModelRunner:
         start = time.perf_counter()
         for size in self.buckets:
             for _ in range(2):
-                self.run(np.zeros((size, *self.input_shape), np.uint8))
+                self.run(np.zeros((size, *self.input_shape), self.input_dtype))
         seconds = time.perf_counter() - start
         log.info(
             "warmed buckets %s in %.1f s (traced %d time)",
