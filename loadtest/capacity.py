@@ -84,9 +84,9 @@ def search(
     levels before the first one that breaks it (past saturation numbers are not trusted).
 
     Replicas for ``target_rps`` keep each replica at ``headroom`` of that rate. The HPA target
-    for ``serve_images_in_flight`` (the chart's default pods metric) is the in-flight count
-    of one replica at ``headroom`` of its capacity: measured at the passing level nearest that
-    rate if /metrics was scraped, else from Little's law (rate x images x latency).
+    for ``serve_images_in_flight`` (the chart's default pods metric) is ``headroom`` times the
+    in-flight count of one replica at its capacity: measured if /metrics was scraped, else
+    from Little's law (rate x images per request x mean latency).
     """
     if not 0 < headroom <= 1:
         raise ValueError("headroom must be in (0, 1]")
@@ -124,9 +124,7 @@ def search(
         )
     if target_rps is not None and target_rps > 0:
         cap.replicas = replicas_for(target_rps, best.ok_rps, headroom)
-    cap.hpa_target_average_value, cap.hpa_basis = hpa_target(
-        passing, best.ok_rps * headroom, images_per_request
-    )
+    cap.hpa_target_average_value, cap.hpa_basis = hpa_target(best, headroom, images_per_request)
     return cap
 
 
@@ -149,25 +147,22 @@ def replicas_for(target_rps: float, per_replica_rps: float, headroom: float = 0.
 
 
 def hpa_target(
-    passing: list[Level], rate: float, images_per_request: int = 1
+    level: Level, headroom: float, images_per_request: int = 1
 ) -> tuple[int | None, str]:
-    """(target average ``serve_images_in_flight`` per pod, how it was obtained)."""
-    if not passing or rate <= 0:
-        return None, ""
-    below = [lv for lv in passing if lv.ok_rps <= rate] or [min(passing, key=lambda lv: lv.ok_rps)]
-    lv = max(below, key=lambda lv: lv.ok_rps)
-    scale = rate / lv.ok_rps if lv.ok_rps > 0 else 1.0
-    measured = lv.server.get("images_in_flight")
+    """(target average ``serve_images_in_flight`` per pod, how it was obtained): ``headroom``
+    times the images in flight of one replica at its capacity (``level``), so the HPA adds
+    pods before any of them reaches it."""
+    measured = level.server.get("images_in_flight")
     if measured is not None and measured > 0:
-        value = measured * scale
-        basis = (
-            f"serve_images_in_flight measured {measured:.2f} at {lv.ok_rps:.1f} req/s "
-            f"({lv.users} users), scaled to {rate:.1f} req/s"
-        )
+        at_capacity = measured
+        basis = f"serve_images_in_flight measured {measured:.2f}"
     else:
-        value = rate * images_per_request * lv.mean_ms / 1000
+        at_capacity = level.ok_rps * images_per_request * level.mean_ms / 1000
         basis = (
-            f"Little's law: {rate:.1f} req/s x {images_per_request} image(s) x "
-            f"{lv.mean_ms:.0f} ms mean latency at {lv.users} users"
+            f"Little's law: {level.ok_rps:.1f} req/s x {images_per_request} image(s) x "
+            f"{level.mean_ms:.0f} ms mean latency = {at_capacity:.2f} in flight"
         )
-    return max(1, round(value)), basis
+    if at_capacity <= 0:
+        return None, ""
+    basis += f" at capacity ({level.users} users), x {headroom:g} headroom"
+    return max(1, round(headroom * at_capacity)), basis

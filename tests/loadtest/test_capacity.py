@@ -90,15 +90,15 @@ def test_replicas_refuse_a_zero_rate_and_bad_headroom():
         search(STEPS, slo_p99_ms=300, headroom=1.5)
 
 
-def test_hpa_target_from_measured_in_flight_scaled_to_the_headroom_rate():
+def test_hpa_target_is_headroom_times_the_in_flight_count_at_capacity():
     steps = [level(2, 40.0, 80, images_in_flight=2.0), level(4, 80.0, 120, images_in_flight=6.0)]
     c = search(steps, slo_p99_ms=300, headroom=0.75)
-    # 0.75 * 80 = 60 req/s; nearest level at or below: 40 req/s with 2 in flight -> 2 * 60/40
-    assert c.hpa_target_average_value == 3
-    assert "measured" in c.hpa_basis
+    assert c.sustained_users == 4
+    assert c.hpa_target_average_value == 4  # round(0.75 * 6.0)
+    assert "measured 6.00" in c.hpa_basis
 
 
 def test_hpa_target_from_littles_law_without_server_metrics():
-    value, basis = hpa_target([level(4, 100.0, 120, mean=200.0)], rate=80.0, images_per_request=2)
-    assert value == 32  # 80 req/s * 2 images * 0.2 s
+    value, basis = hpa_target(level(4, 100.0, 120, mean=200.0), headroom=0.8, images_per_request=2)
+    assert value == 32  # 0.8 * (100 req/s * 2 images * 0.2 s)
     assert "Little" in basis
