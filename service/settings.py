@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     batch_buckets: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16, 32]
     )
+    # pad: pad a batch up to the next bucket (GPUs: a padded slot is almost free); exact: take
+    # only as many images as the largest bucket the queue fills (CPUs: a padded slot costs as
+    # much as an image); auto: exact on CPU, pad on GPU.
+    batch_padding: Literal["auto", "pad", "exact"] = "auto"
     # Hold a partial batch for an idle runner this long (0: never; batches form under load).
     max_batch_delay_ms: float = Field(0.0, ge=0)
     # Images admitted into the pipeline at once, all stages together; past it: 503.

@@ -90,6 +90,9 @@ class ModelStage:
         runner = ModelRunner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
+        exact = settings.batch_padding == "exact" or (
+            settings.batch_padding == "auto" and "GPU" not in runner.device
+        )
         self.batcher = DynamicBatcher(
             self.name,
             runner.run,
@@ -97,6 +100,7 @@ class ModelStage:
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue_images,
             metrics=metrics,
+            exact_sizes=runner.buckets if exact else None,
         )
         self.batcher.start()
 

@@ -154,3 +154,33 @@ def test_the_queue_is_bounded():
         runner.gate.set()
 
     asyncio.run(_with(batcher, go()))
+
+
+def test_exact_sizes_take_the_largest_full_bucket_and_never_pad():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, exact_sizes=[1, 2, 4, 8])
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(11)]
+        runner.gate.set()
+        rows = await asyncio.gather(*futures)
+        return [r[0].tolist() for r in rows]
+
+    rows = asyncio.run(_with(batcher, go()))
+    assert rows == [[2.0 * i] for i in range(11)]
+    assert runner.batches == [8, 2, 1]  # 11 = 8 + 2 + 1: every batch is a bucket size
+
+
+def test_without_exact_sizes_a_batch_takes_everything_up_to_the_maximum():
+    runner = SlowRunner(0.01)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(11)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(_with(batcher, go()))
+    assert runner.batches == [8, 3]
