@@ -4,7 +4,6 @@ the chart rely on (entry point, settings, user, port, signal, CUDA base, weights
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import re
 import shlex
@@ -13,7 +12,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,11 +193,6 @@ def test_weights_are_baked_unless_the_build_argument_says_no():
     assert env_of(build)["KERAS_HOME"] == env_of(RUNTIME)["KERAS_HOME"]
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("service.model.fetch_weights") is None,
-    strict=True,
-    reason="service.model.fetch_weights (issue 2) does not exist yet; runs for real once it does",
-)
 def test_the_weights_fetch_command_of_the_build_exists():
     out = subprocess.run(
         [sys.executable, "-m", "service.model.fetch_weights", "--help"],
