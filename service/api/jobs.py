@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..jobs.callbacks import CallbackRefused, check_callback_url
 from ..jobs.manager import ResponseManager
-from ..jobs.model import JobConflict, StoreFull
+from ..jobs.model import JobConflict, StoreFull, StoreUnavailable
 from .classify import CLASSIFY_BODY
 from .deps import SettingsDep, find_pipeline
 from .errors import ApiError
@@ -96,9 +96,10 @@ async def submit_job(
             )
     try:
         job = await manager.submit(batch.images, batch.top_k, chosen.name, callback)
-    except StoreFull as exc:
+    except (StoreFull, StoreUnavailable) as exc:
+        code = "jobs_full" if isinstance(exc, StoreFull) else "jobs_unavailable"
         raise ApiError(
-            503, "jobs_full", f"{exc}; retry", {"Retry-After": str(settings.retry_after_s)}
+            503, code, f"{exc}; retry", {"Retry-After": str(settings.retry_after_s)}
         ) from None
     location = f"/v1/jobs/{job.id}"
     return JSONResponse(
@@ -107,7 +108,10 @@ async def submit_job(
 
 
 async def _job_or_404(manager: ResponseManager, job_id: str):
-    job = await manager.store.get(job_id) if len(job_id) <= 64 else None
+    try:
+        job = await manager.store.get(job_id) if len(job_id) <= 64 else None
+    except StoreUnavailable as exc:
+        raise ApiError(503, "jobs_unavailable", f"{exc}; retry", {"Retry-After": "1"}) from None
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r} (unknown, or it expired)")
     return job
@@ -130,6 +134,8 @@ async def cancel_job(job_id: str, manager: ManagerDep) -> JSONResponse:
     await _job_or_404(manager, job_id)
     try:
         job = await manager.store.cancel(job_id)
+    except StoreUnavailable as exc:
+        raise ApiError(503, "jobs_unavailable", f"{exc}; retry", {"Retry-After": "1"}) from None
     except JobConflict as exc:
         code = "job_running" if exc.status == "running" else "job_finished"
         raise ApiError(

@@ -24,6 +24,10 @@ class StoreFull(RuntimeError):
     """The store holds its maximum number of jobs; retry later."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached (Redis down); retry later."""
+
+
 class JobConflict(RuntimeError):
     """The job cannot be cancelled in its state (``status``)."""
 

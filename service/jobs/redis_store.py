@@ -19,14 +19,26 @@ restarts).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from .model import CANCELLED, QUEUED, RUNNING, Claim, Job, JobConflict, JobStore, StoreFull
+from .model import (
+    CANCELLED,
+    QUEUED,
+    RUNNING,
+    Claim,
+    Job,
+    JobConflict,
+    JobStore,
+    StoreFull,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,17 @@ if redis.call('HGET', KEYS[1], 'status') == ARGV[1] then
 end
 return 0
 """
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis connection failures as ``StoreUnavailable`` (the API answers 503)."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    try:
+        yield
+    except (ConnectionError, TimeoutError) as exc:
+        raise StoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from None
 
 
 class RedisJobStore(JobStore):
@@ -94,6 +117,10 @@ class RedisJobStore(JobStore):
         await self.redis.aclose()
 
     async def submit(self, job: Job, images: list[bytes]) -> None:
+        with _reachable():
+            await self._submit(job, images)
+
+    async def _submit(self, job: Job, images: list[bytes]) -> None:
         if await self.redis.xlen(self.stream) >= self.max_jobs:
             raise StoreFull(f"{self.max_jobs} jobs are queued or running; the limit")
         async with self.redis.pipeline(transaction=True) as tx:
@@ -104,10 +131,15 @@ class RedisJobStore(JobStore):
             await tx.execute()
 
     async def get(self, job_id: str) -> Job | None:
-        raw = await self.redis.hget(self._job_key(job_id), "job")
+        with _reachable():
+            raw = await self.redis.hget(self._job_key(job_id), "job")
         return Job.from_json(raw) if raw else None
 
     async def cancel(self, job_id: str) -> Job | None:
+        with _reachable():
+            return await self._cancel(job_id)
+
+    async def _cancel(self, job_id: str) -> Job | None:
         job = await self.get(job_id)
         if job is None:
             return None

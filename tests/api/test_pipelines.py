@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import encode, photo_like
+from helpers import encode, photo_like
 from tiny import build_tiny_backbone, build_tiny_head
 
 from service.pipeline.preprocess import PreprocessConfig, decode, normalize
