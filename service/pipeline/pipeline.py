@@ -169,7 +169,12 @@ class Pipeline:
                 crop_fraction=s.crop_fraction,
                 max_pixels=s.max_image_pixels,
             )
-            self.pool = PreprocessPool(cfg, s.workers, on_restart=self.metrics.worker_restarts.inc)
+            self.pool = PreprocessPool(
+                cfg,
+                s.workers,
+                on_restart=self.metrics.worker_restarts.inc,
+                niceness=s.preprocess_nice,
+            )
             pool_started = asyncio.create_task(asyncio.to_thread(self.pool.start))
             for stage in self.stages:
                 await stage.start(s, self.metrics)

@@ -30,15 +30,12 @@ class WorkerLost(RuntimeError):
     """A preprocessing worker died while holding this item, twice."""
 
 
-def _worker_init(cfg: PreprocessConfig) -> None:
+def _worker_init(cfg: PreprocessConfig, niceness: int = 0) -> None:
     global _CONFIG
     _CONFIG = cfg
-    from ..settings import Settings
-
     # Preprocessing yields the CPU to the model runner's threads: on a CPU node both compete,
     # and a decode that preempts one of TensorFlow's intra-op threads stalls the whole op.
     # On a GPU node the runner mostly waits on the device, so the workers get the CPU anyway.
-    niceness = Settings().preprocess_nice
     if niceness:
         os.nice(niceness)
     # One thread per worker for NumPy/Pillow: the pool is the parallelism.
@@ -62,11 +59,13 @@ class PreprocessPool:
         cfg: the preprocessing configuration, sent to each worker once.
         workers: number of processes.
         on_restart: called (with no arguments) each time the pool is rebuilt.
+        niceness: added to the workers' CPU niceness (0: same priority as the server).
     """
 
-    def __init__(self, cfg: PreprocessConfig, workers: int, on_restart=None):
+    def __init__(self, cfg: PreprocessConfig, workers: int, on_restart=None, niceness: int = 0):
         self.cfg = cfg
         self.workers = workers
+        self.niceness = niceness
         self._on_restart = on_restart
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
@@ -79,7 +78,7 @@ class PreprocessPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(self.cfg,),
+            initargs=(self.cfg, self.niceness),
         )
 
     def start(self) -> None:
