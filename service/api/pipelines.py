@@ -15,9 +15,11 @@ router = APIRouter(tags=["pipelines"])
 class StageOut(BaseModel):
     name: str = Field(description="The stage's label in metrics (serve_queue_depth{stage}).")
     kind: str = Field(description="decode (process pool), model (batcher + runner) or topk.")
-    model: str | None = Field(None, description="Model stages: architecture or file.")
+    model: str | None = Field(default=None, description="Model stages: architecture or file.")
     weights: str | None = None
-    input_shape: list[int] | None = Field(None, description="Model stages: one item's shape.")
+    input_shape: list[int] | None = Field(
+        default=None, description="Model stages: one item's shape."
+    )
     input_dtype: str | None = None
 
 

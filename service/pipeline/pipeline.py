@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,7 @@ class Pipeline:
         self.error: str | None = None
         self.loaded: LoadedModel | None = None
         self.stages: list[ModelStage] = []
-        self.runner = None
+        self.runner: Any = None
         self.batcher: DynamicBatcher | None = None
         self.pool: PreprocessPool | None = None
         self.labels: tuple[str, ...] = ()
