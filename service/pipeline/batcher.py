@@ -6,6 +6,13 @@ Policy (it costs nothing at low load and fills batches under load):
   ``max_batch_size``: a lone request never waits for company.
 * While the runner executes a batch, new items queue up; the moment it is done the next batch
   takes everything waiting. Batches thus grow with the load by themselves.
+* Regrouping, under load only: when the runner finishes a batch while the load continues (items
+  keep arriving), the next batch may wait for as many items as the last batch plus those
+  already queued — closed-loop clients just answered come back within milliseconds — but never
+  longer than ``regroup_s`` nor ``regroup_fraction`` of the last batch's compute time. Without
+  it, sixteen clients settle into two alternating half-size batches, and on a CPU a batch of 8
+  costs 13 % more per image than a batch of 16. An idle service (no item for longer than the
+  regroup budget) never holds: a lone request runs at once.
 * ``max_batch_delay_ms`` > 0 (off by default) additionally holds a partial batch, with an idle
   runner, until it is full or its oldest item has waited that long (Triton's
   ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
@@ -83,6 +90,8 @@ class DynamicBatcher:
             for the next batch, so no slot is spent on padding: on a CPU a padded slot costs as
             much as a real image. Omit it on GPUs, where padding is almost free and latency
             matters more.
+        regroup_s: the longest a batch waits, under load, to regroup (0: never).
+        regroup_fraction: and at most this fraction of the last batch's compute time.
     """
 
     def __init__(
@@ -95,8 +104,14 @@ class DynamicBatcher:
         max_queue: int = 1024,
         metrics: Metrics,
         exact_sizes: list[int] | None = None,
+        regroup_s: float = 0.0,
+        regroup_fraction: float = 0.1,
     ):
         self.name = name
+        self.regroup_s = regroup_s
+        self.regroup_fraction = regroup_fraction
+        self._last_batch = 0  # size of the last batch while the load continues; 0: idle
+        self._last_compute_s = 0.0
         self.exact_sizes = sorted(exact_sizes) if exact_sizes else None
         self._run_fn = run_fn
         self.max_batch_size = max_batch_size
@@ -186,16 +201,45 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
+    def _regroup_budget(self) -> float:
+        return min(self.regroup_s, self.regroup_fraction * self._last_compute_s)
+
+    async def _wait_for_items(self, count: int, seconds: float) -> bool:
+        """Wait until ``count`` items are queued or ``seconds`` pass; True if they are."""
+        deadline = time.monotonic() + seconds
+        while len(self._queue) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return len(self._queue) >= count
+        return True
+
+    async def _regroup(self) -> None:
+        """Under load, let the next batch reach the last one's size plus what is queued."""
+        want = min(self.max_batch_size, self._last_batch + len(self._queue))
+        if self._last_batch <= 1 or len(self._queue) >= want:
+            return
+        await self._wait_for_items(want, self._regroup_budget())
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         m = self._metrics
         while True:
             if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                budget = self._regroup_budget() if self._last_batch else 0.0
+                if budget <= 0 or not await self._wait_for_items(1, budget):
+                    self._last_batch = 0  # the load is gone: the next lone item runs at once
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
                 continue
             if self.max_delay_s > 0:
                 await self._hold_partial()
+            elif self.regroup_s > 0:
+                await self._regroup()
             batch = self._take_batch()
             if not batch:
                 continue
@@ -229,6 +273,7 @@ class DynamicBatcher:
                 self._busy.end()
                 self.running_batch = 0
             elapsed = time.monotonic() - started
+            self._last_batch, self._last_compute_s = len(batch), compute_s
             m.runner_busy_seconds.inc(elapsed)
             m.execution_count.inc()
             m.inference_count.inc(len(batch))

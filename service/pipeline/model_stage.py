@@ -101,6 +101,7 @@ class ModelStage:
             max_queue=settings.max_queue_images,
             metrics=metrics,
             exact_sizes=runner.buckets if exact else None,
+            regroup_s=settings.batch_regroup_ms / 1000.0,
         )
         self.batcher.start()
 

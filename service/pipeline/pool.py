@@ -87,10 +87,13 @@ class PreprocessPool:
             if self._executor is None:
                 self._executor = self._new_executor()
             executor = self._executor
-        pids = {
-            f.result(timeout=120)
-            for f in [executor.submit(_worker_ping, 0.05) for _ in range(self.workers * 2)]
-        }
+        # Busy pings make the executor start every process; repeat until each has answered
+        # (its initializer has run), so readiness means the whole pool is up.
+        pids: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(pids) < self.workers and time.monotonic() < deadline:
+            pings = [executor.submit(_worker_ping, 0.05) for _ in range(self.workers * 2)]
+            pids |= {f.result(timeout=120) for f in pings}
         log.info("preprocessing pool: %d worker processes %s", self.workers, sorted(pids))
 
     def worker_pids(self) -> list[int]:

@@ -184,3 +184,51 @@ def test_without_exact_sizes_a_batch_takes_everything_up_to_the_maximum():
 
     asyncio.run(_with(batcher, go()))
     assert runner.batches == [8, 3]
+
+
+def _closed_loop(batcher, clients: int, rounds: int, think_s: float):
+    """``clients`` clients starting a few ms apart, each submitting again ``think_s`` after its
+    answer (what a closed-loop load test does)."""
+
+    async def client(i: int):
+        await asyncio.sleep(0.004 * i)
+        for _ in range(rounds):
+            await batcher.submit(np.array([float(i)]), far())
+            await asyncio.sleep(think_s)
+
+    async def go():
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    asyncio.run(_with(batcher, go()))
+
+
+def test_under_load_batches_regroup_instead_of_alternating_halves():
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=0.02)
+    _closed_loop(batcher, clients=16, rounds=6, think_s=0.002)
+    # After the staggered start, every client is in one batch (until they finish one by one).
+    assert runner.batches[2:5] == [16, 16, 16], runner.batches
+
+
+def test_without_regrouping_sixteen_clients_split_into_smaller_batches():
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=0.0)
+    _closed_loop(batcher, clients=16, rounds=6, think_s=0.002)
+    assert 16 not in runner.batches[2:5], runner.batches
+
+
+def test_a_lone_client_never_waits_for_regrouping():
+    runner = SlowRunner(0.02)
+    batcher = make(runner, regroup_s=5.0, regroup_fraction=1.0)
+
+    async def go():
+        waits = []
+        for _ in range(4):
+            _, info = await batcher.submit(np.array([1.0]), far())
+            waits.append(info.queue_s)
+            await asyncio.sleep(0.001)
+        return waits
+
+    waits = asyncio.run(_with(batcher, go()))
+    assert runner.batches == [1, 1, 1, 1]
+    assert max(waits) < 1.0  # a hold would have lasted up to the 5 s budget
