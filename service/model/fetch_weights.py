@@ -26,13 +26,17 @@ def fetch(model: str, include_top: bool = True) -> str:
 
     hashes = resnet.WEIGHTS_HASHES.get(model)
     file_hash = hashes[0 if include_top else 1] if hashes else None
-    return keras.utils.get_file(name, WEIGHTS_URL + name, cache_subdir="models", file_hash=file_hash)
+    return keras.utils.get_file(
+        name, WEIGHTS_URL + name, cache_subdir="models", file_hash=file_hash
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--notop", action="store_true", help="also fetch the feature-extractor file")
+    parser.add_argument(
+        "--notop", action="store_true", help="also fetch the feature-extractor file"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for model in args.model or ["resnet50"]:
