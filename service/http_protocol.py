@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE, H11Protocol
 
 
 class JsonErrorH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
-        limit = self.config.h11_max_incomplete_event_size or h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
+        limit = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
         buffered, _ = self.conn.trailing_data
         if len(buffered) > limit:
             status, reason = 431, b"Request Header Fields Too Large"
