@@ -174,14 +174,18 @@ class DynamicBatcher:
         self._queue = live
 
     def _batch_size(self) -> int:
+        """How many queued items the next batch takes.
+
+        With ``exact_sizes``: the largest size the queue fills, unless the queue nearly fills
+        the next size up (at most 1/8 of it would be padding: 15 runs as 16, not as 8 + 7).
+        """
         size = min(len(self._queue), self.max_batch_size)
-        if self.exact_sizes and size:
-            size = (
-                max(s for s in self.exact_sizes if s <= size)
-                if size >= self.exact_sizes[0]
-                else size
-            )
-        return size
+        if not self.exact_sizes or size < self.exact_sizes[0]:
+            return size
+        up = next((b for b in self.exact_sizes if b >= size), size)
+        if (up - size) * 8 <= up:
+            return size
+        return max(b for b in self.exact_sizes if b <= size)
 
     def _take_batch(self) -> list[_Item]:
         self._drop_dead()

@@ -172,6 +172,20 @@ def test_exact_sizes_take_the_largest_full_bucket_and_never_pad():
     assert runner.batches == [8, 2, 1]  # 11 = 8 + 2 + 1: every batch is a bucket size
 
 
+def test_exact_sizes_pad_a_batch_that_nearly_fills_the_next_bucket():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, max_batch_size=16, exact_sizes=[1, 2, 4, 8, 16])
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(15)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(_with(batcher, go()))
+    assert runner.batches == [15]  # 1 padded slot of 16, rather than 8 + 4 + 2 + 1
+
+
 def test_without_exact_sizes_a_batch_takes_everything_up_to_the_maximum():
     runner = SlowRunner(0.01)
     batcher = make(runner)
