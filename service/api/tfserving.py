@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from .deps import PipelineDep, SettingsDep
+from ..pipeline.pipeline import Pipeline
+from .deps import SettingsDep, find_pipeline
 from .errors import ApiError
 from .inputs import decode_b64, read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
@@ -52,14 +53,20 @@ def _bad(message: str, code: str = "invalid_argument") -> ApiError:
     return ApiError(400, code, message)
 
 
-def _check_model(name: str, version: str | None, settings) -> None:
-    if name != settings.model_name:
+def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
+    """The pipeline this model name picks (``SERVE_MODEL_NAME``: the default pipeline; any
+    configured pipeline by its name); 404 in the protocol's shape for any other name."""
+    try:
+        pipeline = find_pipeline(request, name)
+    except ApiError:
+        served = sorted(
+            {request.app.state.settings.model_name, *request.app.state.pipelines.names()}
+        )
         raise ApiError(
             404,
             "model_not_found",
-            f"Servable not found for request: Latest({name}); "
-            f"this server serves {settings.model_name!r}",
-        )
+            f"Servable not found for request: Latest({name}); this server serves {served}",
+        ) from None
     if version is not None and version != VERSION:
         raise ApiError(
             404,
@@ -67,15 +74,16 @@ def _check_model(name: str, version: str | None, settings) -> None:
             f"Servable not found for request: Specific({name}, {version}); "
             f"available version: {VERSION}",
         )
+    return pipeline
 
 
 @router.get("/v1/models/{name}", summary="Model status (TensorFlow Serving)")
 @router.get("/v1/models/{name}/versions/{version}", summary="Model version status")
 async def model_status(
-    name: str, pipeline: PipelineDep, settings: SettingsDep, version: str | None = None
+    request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> dict[str, Any]:
     """The model's version and its state: START, LOADING, AVAILABLE, UNLOADING or END."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     failed = pipeline.state == "failed"
     return {
         "model_version_status": [
@@ -105,10 +113,10 @@ def _tensor_info(dtype: str, dims: list[int], name: str) -> dict[str, Any]:
 @router.get("/v1/models/{name}/metadata", summary="Model metadata (TensorFlow Serving)")
 @router.get("/v1/models/{name}/versions/{version}/metadata", summary="Model version metadata")
 async def model_metadata(
-    name: str, pipeline: PipelineDep, settings: SettingsDep, version: str | None = None
+    request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> dict[str, Any]:
     """The signature definitions: inputs, outputs and method of each signature."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     height, width = pipeline.loaded.input_size if pipeline.loaded else (224, 224)
     classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
     output = {OUTPUT: _tensor_info("DT_FLOAT", [-1, classes], f"{OUTPUT}:0")}
@@ -141,12 +149,11 @@ async def predict(
     name: str,
     method: str,
     request: Request,
-    pipeline: PipelineDep,
     settings: SettingsDep,
     version: str | None = None,
 ) -> dict[str, Any]:
     """``:predict`` with ``{"instances": [...]}`` (row) or ``{"inputs": ...}`` (columnar)."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     if method != "predict":
         raise _bad(f"method :{method} is not supported; this model serves :predict")
     with pipeline_errors(settings.retry_after_s):

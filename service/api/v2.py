@@ -33,7 +33,8 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
 from .. import __version__
-from .deps import PipelineDep, SettingsDep
+from ..pipeline.pipeline import Pipeline
+from .deps import PipelineDep, SettingsDep, find_pipeline
 from .errors import ApiError
 from .inputs import read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
@@ -53,19 +54,27 @@ def _bad(message: str, code: str = "invalid_input") -> ApiError:
     return ApiError(400, code, message)
 
 
-def _check_model(name: str, version: str | None, settings) -> None:
-    if name != settings.model_name:
+def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
+    """The pipeline this model name picks (``SERVE_MODEL_NAME``: the default pipeline; any
+    configured pipeline by its name); 404 in the protocol's shape for any other name."""
+    try:
+        pipeline = find_pipeline(request, name)
+    except ApiError:
+        served = sorted(
+            {request.app.state.settings.model_name, *request.app.state.pipelines.names()}
+        )
         raise ApiError(
             404,
             "model_not_found",
-            f"unknown model {name!r}; this server serves {settings.model_name!r}",
-        )
+            f"unknown model {name!r}; this server serves {served}",
+        ) from None
     if version is not None and version != VERSION:
         raise ApiError(
             404,
             "version_not_found",
             f"unknown version {version!r} of model {name!r}; available: [{VERSION!r}]",
         )
+    return pipeline
 
 
 def _input_size(pipeline) -> tuple[int, int]:
@@ -104,10 +113,10 @@ async def server_ready(pipeline: PipelineDep) -> Response:
 @router.get("/v2/models/{name}/ready", summary="Model ready")
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready")
 async def model_ready(
-    name: str, pipeline: PipelineDep, settings: SettingsDep, version: str | None = None
+    request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> Response:
     """200 when the model can infer; 400 while it loads or drains; 404 for an unknown model."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     if pipeline.ready:
         return JSONResponse({"name": name, "ready": True})
     return plain_error(400, f"model {name!r} is {pipeline.state}", "not_ready")
@@ -116,10 +125,10 @@ async def model_ready(
 @router.get("/v2/models/{name}", summary="Model metadata")
 @router.get("/v2/models/{name}/versions/{version}", summary="Model version metadata")
 async def model_metadata(
-    name: str, pipeline: PipelineDep, settings: SettingsDep, version: str | None = None
+    request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> dict[str, Any]:
     """Inputs and outputs of the model, as tensor metadata."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     height, width = _input_size(pipeline)
     classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
     return {
@@ -137,10 +146,10 @@ async def model_metadata(
 @router.get("/v2/models/{name}/config", summary="Model configuration (Triton)")
 @router.get("/v2/models/{name}/versions/{version}/config", summary="Model version configuration")
 async def model_config(
-    name: str, pipeline: PipelineDep, settings: SettingsDep, version: str | None = None
+    request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> dict[str, Any]:
     """Triton's model configuration: batching limits and tensors (dims without the batch)."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     height, width = _input_size(pipeline)
     classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
     return {
@@ -179,12 +188,11 @@ class _Output:
 async def infer(
     name: str,
     request: Request,
-    pipeline: PipelineDep,
     settings: SettingsDep,
     version: str | None = None,
 ) -> Response:
     """Run encoded images (``images``) or pixel tensors (``pixels``) through the model."""
-    _check_model(name, version, settings)
+    pipeline = _check_model(request, name, version)
     with pipeline_errors(settings.retry_after_s):
         pipeline.check_ready()  # before reading a large body
     header, binary = await _read_request(request, settings.max_body_bytes)

@@ -172,3 +172,23 @@ def _value(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_the_standard_protocols_serve_a_configured_pipeline_by_model_name(client, pipelines_file):
+    import base64
+
+    image = encode(photo_like(48, 64, seed=5), "JPEG")
+    expected = expected_scores(pipelines_file, image)
+    b64 = base64.b64encode(image).decode()
+    v2 = client.post(
+        "/v2/models/two/infer",
+        json={"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [b64]}]},
+    )
+    assert v2.status_code == 200, v2.text
+    np.testing.assert_allclose(v2.json()["outputs"][0]["data"], expected, atol=1e-4)
+    tfs = client.post("/v1/models/two:predict", json={"instances": [{"b64": b64}]})
+    assert tfs.status_code == 200, tfs.text
+    np.testing.assert_allclose(tfs.json()["predictions"][0], expected, atol=1e-4)
+    assert client.get("/v2/models/two/ready").json()["ready"] is True
+    unknown = client.post("/v2/models/nope/infer", json={"inputs": []})
+    assert unknown.status_code == 404 and "two" in unknown.json()["error"]
