@@ -1,7 +1,8 @@
 """Benchmark baseline only: the original tutorial's design, for comparison in `make bench`.
 
-Decoding in the request handler and one ``model.predict`` per request, run in a thread per
-request as a threaded Flask server would. Never used by the service.
+Decoding in the request handler, one ``model.predict`` per request, one request at a time (the
+tutorial's Flask server: no batching, no pipelining, nothing overlaps). Never used by the
+service.
 
     NAIVE_MODEL=resnet50 uvicorn loadtest.naive_app:app --port 8001
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -33,10 +35,18 @@ async def classify(request: Request) -> dict:
     return await _in_thread(body)
 
 
+_one_at_a_time = threading.Lock()
+
+
 async def _in_thread(body: bytes) -> dict:
     import anyio
 
-    return await anyio.to_thread.run_sync(_predict, body)
+    return await anyio.to_thread.run_sync(_predict_alone, body)
+
+
+def _predict_alone(body: bytes) -> dict:
+    with _one_at_a_time:
+        return _predict(body)
 
 
 def _predict(body: bytes) -> dict:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,9 +31,24 @@ class WorkerLost(RuntimeError):
     """A preprocessing worker died while holding this item, twice."""
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the server process dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers notice a broken pipe instead
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_init(cfg: PreprocessConfig, niceness: int = 0) -> None:
     global _CONFIG
     _CONFIG = cfg
+    _die_with_parent()
     # Preprocessing yields the CPU to the model runner's threads: on a CPU node both compete,
     # and a decode that preempts one of TensorFlow's intra-op threads stalls the whole op.
     # On a GPU node the runner mostly waits on the device, so the workers get the CPU anyway.

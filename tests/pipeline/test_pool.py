@@ -60,3 +60,40 @@ def test_a_killed_worker_is_replaced_and_the_pool_keeps_working(pool):
 
     assert asyncio.run(go()).pixels.shape == (32, 32, 3)
     assert restarts
+
+
+def test_workers_die_with_a_killed_server(tmp_path):
+    """A server killed by SIGKILL (an OOM kill) leaves no orphaned worker behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "from service.pipeline.pool import PreprocessPool\n"
+        "from service.pipeline.preprocess import PreprocessConfig\n"
+        "if __name__ == '__main__':\n"
+        "    pool = PreprocessPool(PreprocessConfig(size=(8, 8)), workers=2)\n"
+        "    pool.start()\n"
+        "    print(*pool.worker_pids(), flush=True)\n"
+        "    import time; time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
+        time.sleep(0.05)
+    assert not alive, f"orphaned workers {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
