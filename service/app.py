@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from . import __version__
-from .api import classify, errors, health, tfserving, v2
+from .api import classify, errors, health, tfserving, v2, web
 from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware, load_tokens
@@ -38,6 +38,7 @@ ROUTERS = [
     jobs_api.router,
     v2.router,
     tfserving.router,
+    web.router,
 ]
 
 
