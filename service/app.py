@@ -123,7 +123,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],  # DELETE: cancelling a job
             allow_headers=[
                 "Authorization",
                 "X-API-Key",

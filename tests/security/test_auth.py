@@ -155,3 +155,9 @@ def test_cors_allows_only_the_configured_origins(make_client):
     r = client.get("/healthz", headers={"Origin": "https://app.example"})
     assert r.headers["access-control-allow-origin"] == "https://app.example"
     assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+    cancel = client.options(  # a browser may cancel a job
+        "/v1/jobs/abc",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE"},
+    )
+    assert cancel.status_code == 200
+    assert "DELETE" in cancel.headers["access-control-allow-methods"]
