@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from ..pipeline.config import CpuStageSpec
+from ..pipeline.model_stage import CpuStage
 from ..pipeline.pipeline import Pipeline
 from .classify import CLASSIFY_BODY, ERRORS, ClassifyResponse, classify_with
 from .deps import PipelinesDep, SettingsDep, find_pipeline
@@ -14,8 +16,11 @@ router = APIRouter(tags=["pipelines"])
 
 class StageOut(BaseModel):
     name: str = Field(description="The stage's label in metrics (serve_queue_depth{stage}).")
-    kind: str = Field(description="decode (process pool), model (batcher + runner) or topk.")
+    kind: str = Field(
+        description="decode (process pool), model (batcher + runner), cpu (process pool) or topk."
+    )
     model: str | None = Field(default=None, description="Model stages: architecture or file.")
+    function: str | None = Field(default=None, description="Cpu stages: module:function.")
     weights: str | None = None
     input_shape: list[int] | None = Field(
         default=None, description="Model stages: one item's shape."
@@ -39,8 +44,11 @@ class PipelineList(BaseModel):
 
 def describe(pipeline: Pipeline, default: bool) -> PipelineOut:
     stages = [StageOut(name=pipeline.stage_label("preprocess"), kind="decode")]
-    if pipeline.stages:
-        for stage in pipeline.stages:
+    if pipeline.chain:
+        for stage in pipeline.chain:
+            if isinstance(stage, CpuStage):
+                stages.append(StageOut(name=stage.name, kind="cpu", function=stage.function))
+                continue
             runner = stage.runner
             stages.append(
                 StageOut(
@@ -53,7 +61,14 @@ def describe(pipeline: Pipeline, default: bool) -> PipelineOut:
                 )
             )
     else:  # not loaded yet: what the configuration says
-        for spec in pipeline.spec.models:
+        for spec in pipeline.spec.chain:
+            if isinstance(spec, CpuStageSpec):
+                stages.append(
+                    StageOut(
+                        name=pipeline.stage_label(spec.name), kind="cpu", function=spec.function
+                    )
+                )
+                continue
             stages.append(
                 StageOut(
                     name=pipeline.stage_label(spec.name),

@@ -18,6 +18,16 @@ A pipeline is a list of stages, run in order on every image::
             file: head.keras             # relative paths are relative to the YAML file
           - kind: topk                   # softmax (unless the model ends in one) + top-k
 
+A ``cpu`` stage may follow any model stage (between two models, or before ``topk``)::
+
+          - kind: cpu                    # runs in the preprocessing process pool
+            name: unit
+            function: service.pipeline.cpu_functions:l2_normalize
+
+Its function takes one item's output row of the previous stage (a NumPy array) and returns one
+NumPy array (sent on as ``float32``). Its module is imported in the spawned pool workers, so it
+must not import TensorFlow.
+
 The pipeline named ``default`` is always today's service: decode -> ``SERVE_MODEL`` with
 ``SERVE_WEIGHTS`` -> top-k (a file may not redefine it). This module only parses and validates;
 it imports neither TensorFlow nor Keras.
@@ -35,9 +45,11 @@ import yaml
 from ..model.architectures import ARCHITECTURES
 
 DEFAULT = "default"
-CPU_KINDS = ("decode",)
+CPU_KINDS = ("decode", "cpu")
 STAGE_KINDS = (*CPU_KINDS, "model", "topk")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,62}[a-z0-9])?$")
+FUNCTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+CPU_KEYS = {"kind", "name", "function"}
 MODEL_KEYS = {"kind", "name", "arch", "weights", "include_top", "pooling", "file", "normalize"}
 
 
@@ -59,18 +71,34 @@ class ModelStageSpec:
 
 
 @dataclass(frozen=True)
+class CpuStageSpec:
+    """A CPU stage between model stages: ``function`` (``package.module:function``) applied to
+    each item in the preprocessing process pool."""
+
+    name: str
+    function: str
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
-    """A named pipeline: ``decode`` -> one or more model stages -> ``topk``."""
+    """A named pipeline: ``decode`` -> model stages (and ``cpu`` stages after the first) ->
+    ``topk``."""
 
     name: str
     models: tuple[ModelStageSpec, ...]
     labels_file: str = ""
     stage_kinds: tuple[str, ...] = field(default=())
+    steps: tuple[ModelStageSpec | CpuStageSpec, ...] = ()  # between decode and topk; () = models
+
+    @property
+    def chain(self) -> tuple[ModelStageSpec | CpuStageSpec, ...]:
+        """The stages between ``decode`` and ``topk``, in order."""
+        return self.steps or self.models
 
     @property
     def stages(self) -> list[str]:
         """Stage names in order, as in metrics labels (``decode`` is ``preprocess``)."""
-        names = ["preprocess"] + [m.name for m in self.models] + ["topk"]
+        names = ["preprocess"] + [m.name for m in self.chain] + ["topk"]
         return names
 
 
@@ -131,28 +159,56 @@ def _parse_pipeline(name: str, body: Any, where: str, base: Path) -> PipelineSpe
         len(kinds) < 3
         or kinds[0] != "decode"
         or kinds[-1] != "topk"
-        or set(kinds[1:-1]) != {"model"}
+        or "model" not in kinds
+        or not set(kinds[1:-1]) <= {"model", "cpu"}
     ):
         raise PipelineConfigError(
-            f"{where}: stages must be decode, then one or more model stages, then topk; got {kinds}"
+            f"{where}: stages must be decode, then one or more model stages (and cpu stages "
+            f"after the first model), then topk; got {kinds}"
+        )
+    if kinds[1] != "model":
+        raise PipelineConfigError(
+            f"{where}: stage 1: a cpu stage must follow a model stage (decode comes first, "
+            "then a model)"
         )
     for i in (0, len(stages) - 1):
         if set(stages[i]) != {"kind"}:
             raise PipelineConfigError(f"{where}: stage {i} ({kinds[i]}) takes no options")
-    models = tuple(
+    steps = tuple(
         _parse_model(stage, f"{where}: stage {i}", base)
-        for i, stage in enumerate(stages)
         if stage["kind"] == "model"
+        else _parse_cpu(stage, f"{where}: stage {i}")
+        for i, stage in enumerate(stages[1:-1], start=1)
     )
-    names = [m.name for m in models]
+    models = tuple(s for s in steps if isinstance(s, ModelStageSpec))
+    names = [s.name for s in steps]
     if len(set(names)) != len(names) or {"preprocess", "topk"} & set(names):
         raise PipelineConfigError(
-            f"{where}: model stage names must be unique and not 'preprocess' or 'topk'"
+            f"{where}: model and cpu stage names must be unique and not 'preprocess' or 'topk'"
         )
     labels = body.get("labels") or ""
     if labels and not isinstance(labels, str):
         raise PipelineConfigError(f"{where}: labels must be a file path")
-    return PipelineSpec(name, models, _path(labels, base) if labels else "", tuple(kinds))
+    return PipelineSpec(
+        name, models, _path(labels, base) if labels else "", tuple(kinds), steps=steps
+    )
+
+
+def _parse_cpu(stage: dict[str, Any], where: str) -> CpuStageSpec:
+    extra = set(stage) - CPU_KEYS
+    if extra:
+        raise PipelineConfigError(
+            f"{where}: unknown keys {sorted(extra)}; allowed {sorted(CPU_KEYS)}"
+        )
+    name = stage.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise PipelineConfigError(f"{where}: a cpu stage needs a 'name' (a-z 0-9 _ . -)")
+    function = stage.get("function")
+    if not isinstance(function, str) or not FUNCTION.match(function):
+        raise PipelineConfigError(
+            f"{where} ({name}): function must be 'package.module:function', got {function!r}"
+        )
+    return CpuStageSpec(name, function)
 
 
 def _parse_model(stage: dict[str, Any], where: str, base: Path) -> ModelStageSpec:

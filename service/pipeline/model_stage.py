@@ -115,15 +115,67 @@ class ModelStage:
             await self.batcher.stop()
 
 
+@dataclass
+class CpuStage:
+    """A ``cpu`` stage between model stages: its function, applied to one item at a time in the
+    preprocessing process pool (no batcher).
+
+    Args:
+        name: the stage's metrics label.
+        function: ``package.module:function``.
+        pool: the pipeline's process pool.
+        metrics: where it reports (duration, queue depth, busy fraction).
+        workers: the pool's size (for the busy fraction).
+    """
+
+    name: str
+    function: str
+    pool: Any
+    metrics: Metrics
+    workers: int = 1
+    output_shape: tuple[int, ...] = ()
+    pending: int = 0
+
+    def __post_init__(self) -> None:
+        self._busy = self.metrics.stage_work_window(self.name, self.workers)
+        self.metrics.queue_depth.labels(self.name).set_function(lambda: float(self.pending))
+
+    async def probe(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Run the function once on zeros in a worker (it imports there); its output shape."""
+        from .config import PipelineConfigError
+
+        try:
+            out, _ = await self.pool.apply(self.function, np.zeros(input_shape, np.float32))
+        except Exception as exc:
+            raise PipelineConfigError(
+                f"stage {self.name}: function {self.function!r} failed on an input of shape "
+                f"{list(input_shape)}: {exc}"
+            ) from None
+        self.output_shape = tuple(int(d) for d in out.shape)
+        return self.output_shape
+
+    async def submit(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, None]:
+        self.pending += 1
+        try:
+            out, seconds = await self.pool.apply(self.function, item)
+        finally:
+            self.pending -= 1
+        self.metrics.stage_seconds.labels(self.name).observe(seconds)
+        self._busy.add(seconds)
+        return out, None
+
+
 async def run_chain(
-    stages: list[ModelStage], item: np.ndarray, deadline: float
+    stages: list[ModelStage | CpuStage], item: np.ndarray, deadline: float
 ) -> tuple[np.ndarray, BatchInfo]:
-    """Feed one item through the model stages in order; the timing sums over the stages and
-    the batch sizes are the first stage's."""
+    """Feed one item through the model (and cpu) stages in order; the timing sums over the
+    model stages and the batch sizes are the first model stage's."""
     first: BatchInfo | None = None
     queue_s = compute_s = 0.0
     for stage in stages:
         item, info = await stage.submit(item, deadline)
+        if info is None:  # a cpu stage
+            continue
         first = first or info
         queue_s += info.queue_s
         compute_s += info.compute_s

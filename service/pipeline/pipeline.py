@@ -26,8 +26,8 @@ from ..model.labels import load_labels
 from ..model.loader import LoadedModel
 from ..settings import Settings
 from .batcher import BatchInfo, DynamicBatcher
-from .config import DEFAULT, PipelineSpec, default_spec
-from .model_stage import ModelStage, load_stage_model, run_chain
+from .config import DEFAULT, CpuStageSpec, PipelineSpec, default_spec
+from .model_stage import CpuStage, ModelStage, load_stage_model, run_chain
 from .pool import PreprocessPool
 from .postprocess import Prediction, probabilities, top_k
 from .preprocess import ImageError, PreprocessConfig
@@ -124,6 +124,7 @@ class Pipeline:
         self.error: str | None = None
         self.loaded: LoadedModel | None = None
         self.stages: list[ModelStage] = []
+        self.chain: list[ModelStage | CpuStage] = []  # model and cpu stages, in order
         self.runner: Any = None
         self.batcher: DynamicBatcher | None = None
         self.pool: PreprocessPool | None = None
@@ -147,6 +148,20 @@ class Pipeline:
             return [("model", self._model_factory())]
         return [(m.name, load_stage_model(m, self.settings)) for m in self.spec.models]
 
+    def _build_chain(self) -> list[ModelStage | CpuStage]:
+        """The model stages with the cpu stages of the spec between them, in order."""
+        models = iter(self.stages)
+        chain: list[ModelStage | CpuStage] = []
+        for step in self.spec.chain:
+            if isinstance(step, CpuStageSpec):
+                label = self.stage_label(step.name)
+                chain.append(
+                    CpuStage(label, step.function, self.pool, self.metrics, self.settings.workers)
+                )
+            else:
+                chain.append(next(models))
+        return chain
+
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
@@ -160,10 +175,8 @@ class Pipeline:
         try:
             models = await asyncio.to_thread(self._load_models)
             self.stages = [ModelStage(self.stage_label(n), m) for n, m in models]
-            first, last = models[0][1], models[-1][1]
+            first = models[0][1]
             self.loaded = _composite(first, [m for _, m in models])
-            labels_file = self.spec.labels_file or (s.labels_file if self._primary else "")
-            self.labels = load_labels(labels_file, last.num_classes)
             cfg = PreprocessConfig(
                 size=first.input_size,
                 resize=s.resize,
@@ -176,6 +189,7 @@ class Pipeline:
                 on_restart=self.metrics.worker_restarts.inc,
                 niceness=s.preprocess_nice,
             )
+            self.chain = self._build_chain()
             pool_started = asyncio.create_task(asyncio.to_thread(self.pool.start))
             for stage in self.stages:
                 await stage.start(s, self.metrics)
@@ -183,7 +197,15 @@ class Pipeline:
             self.warmup_s = sum(stage.warmup_s for stage in self.stages)
             self.runner = self.stages[0].runner
             self.batcher = self.stages[0].batcher
-            _check_chain(self.stages)
+            await _check_chain(self.chain)
+            if isinstance(self.chain[-1], CpuStage):  # its output goes to top-k as scores
+                self.loaded = dataclasses.replace(
+                    self.loaded,
+                    num_classes=int(np.prod(self.chain[-1].output_shape)),
+                    outputs_probabilities=False,
+                )
+            labels_file = self.spec.labels_file or (s.labels_file if self._primary else "")
+            self.labels = load_labels(labels_file, self.loaded.num_classes)
             self.metrics.queue_depth.labels(self.stage_label("preprocess")).set_function(
                 lambda: float(self.pool.pending if self.pool else 0)
             )
@@ -256,7 +278,7 @@ class Pipeline:
         self.metrics.preprocess_duration.observe(pre.seconds)
         self.metrics.stage_seconds.labels(self.stage_label("preprocess")).observe(pre.seconds)
         self._preprocess_busy.add(pre.seconds)
-        row, info = await run_chain(self.stages, pre.pixels, deadline)
+        row, info = await run_chain(self.chain, pre.pixels, deadline)
         return row, pre.seconds, info
 
     async def classify(
@@ -287,11 +309,11 @@ class Pipeline:
         self, pixels: np.ndarray, k: int = 5, *, timeout_s: float | None = None
     ) -> ClassifyResult:
         """Run already-decoded ``uint8`` images ``[N, H, W, 3]`` (skips the decode stage)."""
-        assert self.stages
+        assert self.chain
         start = time.perf_counter()
         deadline = self.deadline(timeout_s)
         async with self.admit(len(pixels)):
-            futures = [asyncio.ensure_future(run_chain(self.stages, p, deadline)) for p in pixels]
+            futures = [asyncio.ensure_future(run_chain(self.chain, p, deadline)) for p in pixels]
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     rows = await asyncio.gather(*futures)
@@ -340,17 +362,25 @@ def _composite(first: LoadedModel, models: list[LoadedModel]) -> LoadedModel:
     )
 
 
-def _check_chain(stages: list[ModelStage]) -> None:
-    """Each model stage must take what the one before it gives (checked once, at start)."""
-    first = stages[0]
+async def _check_chain(chain: list[ModelStage | CpuStage]) -> None:
+    """Each model stage must take what the stage before it gives (checked once, at start; a cpu
+    stage's output shape comes from running its function once on zeros in a worker)."""
+    first = chain[0]
+    assert isinstance(first, ModelStage)
     if len(first.input_shape) != 3:
         raise ValueError(
             f"stage {first.name}: the first model must take [H, W, 3] images, "
             f"its input is {list(first.input_shape)}"
         )
-    for before, after in zip(stages, stages[1:], strict=False):
-        out = tuple(int(d) for d in before.loaded.model.output_shape[1:])
-        if out != tuple(after.input_shape):
+    out: tuple[int, ...] = ()
+    for before, after in zip(chain, chain[1:], strict=False):
+        if isinstance(before, ModelStage):
+            out = tuple(int(d) for d in before.loaded.model.output_shape[1:])
+        else:
+            out = before.output_shape
+        if isinstance(after, CpuStage):
+            await after.probe(out)
+        elif out != tuple(after.input_shape):
             raise ValueError(
                 f"stage {before.name} gives {list(out)} but stage {after.name} takes "
                 f"{list(after.input_shape)}"

@@ -1,4 +1,5 @@
-"""The preprocessing stage: a pool of *spawned* worker processes running ``preprocess.decode``.
+"""The preprocessing stage: a pool of *spawned* worker processes running ``preprocess.decode``
+(and the functions of ``cpu`` stages, ``_worker_apply``).
 
 Decoding and resizing are CPU-bound and hold the GIL; in worker processes they run in parallel
 with each other and with the model runner. A worker that dies (OOM kill, SIGKILL, a crash in a
@@ -11,6 +12,7 @@ Imports nothing from TensorFlow: worker processes import this module to find the
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import multiprocessing
 import os
@@ -19,12 +21,16 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
 
 from .preprocess import PreprocessConfig, Preprocessed, decode
 
 log = logging.getLogger(__name__)
 
 _CONFIG: PreprocessConfig | None = None
+_FUNCTIONS: dict[str, Any] = {}
 
 
 class WorkerLost(RuntimeError):
@@ -61,6 +67,28 @@ def _worker_init(cfg: PreprocessConfig, niceness: int = 0) -> None:
 def _worker_decode(data: bytes) -> Preprocessed:
     assert _CONFIG is not None, "worker not initialised"
     return decode(data, _CONFIG)
+
+
+def load_function(path: str) -> Any:
+    """Import ``package.module:function`` (once per process)."""
+    function = _FUNCTIONS.get(path)
+    if function is None:
+        module, _, name = path.partition(":")
+        try:
+            function = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise ImportError(f"cannot import {path!r}: {exc}") from None
+        if not callable(function):
+            raise ImportError(f"{path!r} is not callable")
+        _FUNCTIONS[path] = function
+    return function
+
+
+def _worker_apply(function_path: str, array: np.ndarray) -> tuple[np.ndarray, float]:
+    """A cpu stage: ``function(array)`` as ``float32``, and the seconds it took."""
+    start = time.perf_counter()
+    out = np.asarray(load_function(function_path)(array), dtype=np.float32)
+    return out, time.perf_counter() - start
 
 
 def _worker_ping(hold_s: float) -> int:
@@ -141,22 +169,30 @@ class PreprocessPool:
         """Decode one image in a worker. Raises ``ImageError`` for bad input."""
         self.pending += 1
         try:
-            for attempt in (1, 2):
-                generation, executor = self._submit()
-                try:
-                    fut: Future = executor.submit(_worker_decode, data)
-                except BrokenProcessPool:
-                    self._rebuild(generation)
-                    continue
-                try:
-                    return await asyncio.wrap_future(fut)
-                except BrokenProcessPool:
-                    self._rebuild(generation)
-                    if attempt == 2:
-                        break
-            raise WorkerLost("a preprocessing worker died while decoding this image")
+            return await self._call(_worker_decode, data, what="decoding this image")
         finally:
             self.pending -= 1
+
+    async def apply(self, function_path: str, array: np.ndarray) -> tuple[np.ndarray, float]:
+        """A cpu stage's function on one item in a worker: ``(output, seconds)``."""
+        return await self._call(_worker_apply, function_path, array, what="running a cpu stage")
+
+    async def _call(self, fn: Any, *args: Any, what: str) -> Any:
+        """``fn(*args)`` in a worker; retried once on a fresh pool if the worker dies."""
+        for attempt in (1, 2):
+            generation, executor = self._submit()
+            try:
+                fut: Future = executor.submit(fn, *args)
+            except BrokenProcessPool:
+                self._rebuild(generation)
+                continue
+            try:
+                return await asyncio.wrap_future(fut)
+            except BrokenProcessPool:
+                self._rebuild(generation)
+                if attempt == 2:
+                    break
+        raise WorkerLost(f"a preprocessing worker died while {what}")
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from tiny import build_tiny_backbone, build_tiny_head
 from service.pipeline.preprocess import PreprocessConfig, decode, normalize
 
 JPEG = {"content-type": "image/jpeg"}
+L2 = "{kind: cpu, name: unit, function: 'service.pipeline.cpu_functions:l2_normalize'}"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,9 @@ def pipelines_file(tmp_path_factory):
         "{kind: model, name: head, file: head.keras}, {kind: topk}]}\n"
         f"  mismatched: {{stages: [{stages}, "
         "{kind: model, name: head, file: wrong.keras}, {kind: topk}]}\n"
+        f"  normed: {{stages: [{stages}, {L2}, "
+        "{kind: model, name: head, file: head.keras}, {kind: topk}]}\n"
+        f"  badfn: {{stages: [{stages}, {L2.replace('l2_normalize', 'nope')}, {{kind: topk}}]}}\n"
     )
     return folder
 
@@ -54,19 +58,22 @@ def client(pipelines_file):
         yield client
 
 
-def expected_scores(folder, image: bytes) -> np.ndarray:
+def expected_scores(folder, image: bytes, l2: bool = False) -> np.ndarray:
     import keras
 
     pixels = decode(image, PreprocessConfig(size=(32, 32))).pixels[None]
     backbone = keras.saving.load_model(folder / "backbone.keras")
     head = keras.saving.load_model(folder / "head.keras")
-    return head(backbone(normalize(pixels, "caffe"))).numpy()[0]
+    features = backbone(normalize(pixels, "caffe")).numpy()
+    if l2:
+        features = features / np.linalg.norm(features, axis=1, keepdims=True)
+    return head(features).numpy()[0]
 
 
 def test_pipelines_lists_default_and_the_chain_with_its_stages(client):
     body = client.get("/v1/pipelines").json()
     by_name = {p["name"]: p for p in body["pipelines"]}
-    assert set(by_name) == {"default", "two", "mismatched"}
+    assert set(by_name) == {"default", "two", "mismatched", "normed", "badfn"}
     assert by_name["default"]["default"] is True and by_name["two"]["default"] is False
     two = by_name["two"]
     assert two["state"] == "ready" and two["num_classes"] == 3
@@ -94,6 +101,35 @@ def test_the_chain_answers_what_backbone_then_head_compute(client, pipelines_fil
     expected = expected_scores(pipelines_file, image)
     np.testing.assert_allclose([scores[i] for i in range(3)], expected, rtol=1e-4, atol=1e-5)
     assert {p["label"] for p in body["predictions"][0]} == {"cat", "dog", "bird"}
+
+
+def test_a_cpu_stage_between_models_normalises_the_features_in_the_pool(client, pipelines_file):
+    image = encode(photo_like(100, 80, seed=6))
+    r = client.post("/v1/pipelines/normed/classify", content=image, headers=JPEG)
+    assert r.status_code == 200, r.text
+    scores = {p["class_id"]: p["score"] for p in r.json()["predictions"][0]}
+    expected = expected_scores(pipelines_file, image, l2=True)
+    np.testing.assert_allclose([scores[i] for i in range(3)], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, expected_scores(pipelines_file, image), atol=1e-4)
+    stages = client.get("/v1/pipelines/normed").json()["stages"]
+    assert [(s["name"], s["kind"]) for s in stages] == [
+        ("normed/preprocess", "decode"),
+        ("normed/backbone", "model"),
+        ("normed/unit", "cpu"),
+        ("normed/head", "model"),
+        ("normed/topk", "topk"),
+    ]
+    assert stages[2]["function"] == "service.pipeline.cpu_functions:l2_normalize"
+    text = client.get("/metrics").text
+    assert _value(text, 'serve_stage_duration_seconds_count{stage="normed/unit"}') >= 1
+    assert 'serve_queue_depth{stage="normed/unit"} 0.0' in text
+
+
+def test_a_cpu_stage_whose_function_does_not_import_fails_its_pipeline_alone(client):
+    bad = client.app.state.pipelines.get("badfn")
+    assert bad.state == "failed" and "PipelineConfigError" in bad.error, bad.error
+    assert "cannot import 'service.pipeline.cpu_functions:nope'" in bad.error
+    assert client.get("/readyz").status_code == 200
 
 
 def test_query_and_body_pick_a_pipeline_and_default_stays_today(client):

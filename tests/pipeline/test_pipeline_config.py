@@ -1,10 +1,14 @@
 """The pipelines file: the shipped example parses; every mistake is refused with where and what."""
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from service.pipeline.config import DEFAULT, PipelineConfigError, load_pipelines
+from service.pipeline.config import DEFAULT, CpuStageSpec, PipelineConfigError, load_pipelines
+from service.pipeline.cpu_functions import l2_normalize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +28,36 @@ def test_the_shipped_example_is_a_backbone_and_a_head():
 
 
 GOOD_MODEL = "{kind: model, name: m, file: m.keras}"
+L2 = "service.pipeline.cpu_functions:l2_normalize"
+
+
+def test_cpu_stages_may_follow_any_model_stage(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "pipelines: {p: {stages: [{kind: decode}, {kind: model, name: a, file: a.keras}, "
+        f"{{kind: cpu, name: unit, function: '{L2}'}}, {{kind: model, name: b, file: b.keras}}, "
+        f"{{kind: cpu, name: out, function: '{L2}'}}, {{kind: topk}}]}}}}"
+    )
+    spec = load_pipelines(str(path))["p"]
+    assert spec.stages == ["preprocess", "a", "unit", "b", "out", "topk"]
+    assert [m.name for m in spec.models] == ["a", "b"]
+    assert spec.chain[1] == CpuStageSpec("unit", L2)
+
+
+def test_the_default_pipeline_has_no_cpu_stage():
+    assert load_pipelines("")[DEFAULT].chain == load_pipelines("")[DEFAULT].models
+
+
+def test_l2_normalize_gives_unit_length_and_keeps_zeros():
+    out = l2_normalize(np.array([3.0, 4.0]))
+    assert out.dtype == np.float32 and np.allclose(out, [0.6, 0.8])
+    assert np.array_equal(l2_normalize(np.zeros(3)), np.zeros(3))
+
+
+def test_the_cpu_functions_module_does_not_import_tensorflow():
+    code = "import sys, service.pipeline.cpu_functions, service.pipeline.pool; "
+    code += "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +98,36 @@ GOOD_MODEL = "{kind: model, name: m, file: m.keras}"
             "unknown keys",
         ),
         ("pipelines: [", "not valid YAML"),
+        (
+            f"pipelines: {{p: {{stages: [{{kind: cpu, name: c, function: '{L2}'}}, "
+            f"{{kind: decode}}, {GOOD_MODEL}, {{kind: topk}}]}}}}",
+            "stages must be decode",
+        ),
+        (
+            "pipelines: {p: {stages: [{kind: decode}, "
+            f"{{kind: cpu, name: c, function: '{L2}'}}, {GOOD_MODEL}, {{kind: topk}}]}}}}",
+            "a cpu stage must follow a model stage",
+        ),
+        (
+            f"pipelines: {{p: {{stages: [{{kind: decode}}, {GOOD_MODEL}, "
+            "{kind: cpu, name: c, function: 'no colon here'}, {kind: topk}]}}",
+            "function must be 'package.module:function'",
+        ),
+        (
+            f"pipelines: {{p: {{stages: [{{kind: decode}}, {GOOD_MODEL}, "
+            "{kind: cpu, function: 'a.b:c'}, {kind: topk}]}}",
+            "a cpu stage needs a 'name'",
+        ),
+        (
+            f"pipelines: {{p: {{stages: [{{kind: decode}}, {GOOD_MODEL}, "
+            "{kind: cpu, name: m, function: 'a.b:c'}, {kind: topk}]}}",
+            "must be unique",
+        ),
+        (
+            f"pipelines: {{p: {{stages: [{{kind: decode}}, {GOOD_MODEL}, "
+            "{kind: cpu, name: c, function: 'a.b:c', size: 2}, {kind: topk}]}}",
+            "unknown keys",
+        ),
     ],
 )
 def test_mistakes_are_refused_with_a_message(tmp_path, text, message):
