@@ -61,7 +61,7 @@ def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def show_top5(images: dict[str, np.ndarray], predictions: dict[str, list]) -> None:
+def show_top5(images: dict[str, np.ndarray], predictions: dict[str, list], title: str = "") -> None:
     """Each image beside a bar chart of its top classes (``label``, ``score`` pairs)."""
     import matplotlib.pyplot as plt
 
@@ -75,6 +75,8 @@ def show_top5(images: dict[str, np.ndarray], predictions: dict[str, list]) -> No
         axes[row, 1].barh(labels, scores, color="#2f6fdd")
         axes[row, 1].set_xlim(0, max(1e-3, max(scores)) * 1.15)
         axes[row, 1].set_xlabel("probability")
+    if title:
+        fig.suptitle(title, color="#b42318" if "RANDOM" in title else "black")
     fig.tight_layout()
     plt.show()
 
