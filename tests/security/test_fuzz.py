@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HARDENED_TOKEN
+from helpers import HARDENED_TOKEN
 from fuzz_decode import FORMATS, fuzz
 from harness import DecodeSandbox, die, hang_forever
 

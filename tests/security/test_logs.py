@@ -9,7 +9,7 @@ import logging
 import re
 
 import httpx
-from conftest import HARDENED_TOKEN
+from helpers import HARDENED_TOKEN
 from fastapi.testclient import TestClient
 from tiny import tiny_loaded
 
