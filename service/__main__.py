@@ -21,7 +21,7 @@ def main() -> None:
     from .settings import Settings
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
     app = create_app(settings)
 
     class Server(uvicorn.Server):

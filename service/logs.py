@@ -22,6 +22,23 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class NoTracebackFilter(logging.Filter):
+    """Replaces a record's traceback by one line naming the exception type (the default).
+
+    Tracebacks can carry fragments of request data in exception messages of third-party code;
+    the error id in the record ties the line to the answer the client got. Set
+    ``SERVE_LOG_TRACEBACKS=true`` to log whole tracebacks while debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type = record.exc_info[0]
+            record.msg = f"{record.msg} [{exc_type.__module__}.{exc_type.__qualname__}]"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload = {
@@ -39,9 +56,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
+def configure_logging(level: str = "info", fmt: str = "text", tracebacks: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
+    if not tracebacks:
+        handler.addFilter(NoTracebackFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

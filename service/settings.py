@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # text for people, json (one object per line) for log pipelines.
     log_format: Literal["text", "json"] = "text"
+    # Log whole tracebacks of errors (debugging); off: one line with the exception type and the
+    # error id, so no request data can reach the logs through an exception message's context.
+    log_tracebacks: bool = False
     # After SIGTERM, in-flight requests get this long to finish before the process exits.
     graceful_timeout_s: float = Field(30.0, ge=0)
     # Idle keep-alive connections are closed after this long: keep it above the idle timeout of
