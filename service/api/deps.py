@@ -40,6 +40,35 @@ def find_pipeline(request: Request, name: str | None) -> Pipeline:
         raise ApiError(404, "pipeline_not_found", str(exc)) from None
 
 
+def protocol_model(
+    request: Request,
+    name: str,
+    version: str | None,
+    *,
+    available: str,
+    unknown_model: str,
+    unknown_version: str,
+) -> Pipeline:
+    """The pipeline a standard protocol's model name (and version) picks, for V2 / TF Serving.
+
+    ``SERVE_MODEL_NAME`` is the default pipeline, a configured pipeline is a model of its own
+    name, each with one version ``available``. Anything else: 404 with the protocol's own
+    message, a template over ``name``, ``version``, ``served`` and ``available``.
+    """
+    fields = {"name": name, "version": version, "available": available}
+    try:
+        pipeline = find_pipeline(request, name)
+    except ApiError:
+        state = request.app.state
+        served = sorted({state.settings.model_name, *state.pipelines.names()})
+        raise ApiError(
+            404, "model_not_found", unknown_model.format(served=served, **fields)
+        ) from None
+    if version is not None and version != available:
+        raise ApiError(404, "version_not_found", unknown_version.format(**fields))
+    return pipeline
+
+
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 

@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from ..pipeline.pipeline import Pipeline
-from .deps import SettingsDep, find_pipeline
+from .deps import SettingsDep, protocol_model
 from .errors import ApiError
 from .inputs import decode_b64, read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
@@ -54,27 +54,18 @@ def _bad(message: str, code: str = "invalid_argument") -> ApiError:
 
 
 def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
-    """The pipeline this model name picks (``SERVE_MODEL_NAME``: the default pipeline; any
-    configured pipeline by its name); 404 in the protocol's shape for any other name."""
-    try:
-        pipeline = find_pipeline(request, name)
-    except ApiError:
-        served = sorted(
-            {request.app.state.settings.model_name, *request.app.state.pipelines.names()}
-        )
-        raise ApiError(
-            404,
-            "model_not_found",
-            f"Servable not found for request: Latest({name}); this server serves {served}",
-        ) from None
-    if version is not None and version != VERSION:
-        raise ApiError(
-            404,
-            "version_not_found",
-            f"Servable not found for request: Specific({name}, {version}); "
-            f"available version: {VERSION}",
-        )
-    return pipeline
+    """The pipeline this model name picks; 404 in the protocol's own words for any other."""
+    return protocol_model(
+        request,
+        name,
+        version,
+        available=VERSION,
+        unknown_model="Servable not found for request: Latest({name}); this server serves {served}",
+        unknown_version=(
+            "Servable not found for request: Specific({name}, {version}); "
+            "available version: {available}"
+        ),
+    )
 
 
 @router.get("/v1/models/{name}", summary="Model status (TensorFlow Serving)")

@@ -34,7 +34,7 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..pipeline.pipeline import Pipeline
-from .deps import PipelineDep, SettingsDep, find_pipeline
+from .deps import PipelineDep, SettingsDep, protocol_model
 from .errors import ApiError
 from .inputs import read_body, request_timeout_s
 from .pipeline_errors import pipeline_errors
@@ -55,26 +55,15 @@ def _bad(message: str, code: str = "invalid_input") -> ApiError:
 
 
 def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
-    """The pipeline this model name picks (``SERVE_MODEL_NAME``: the default pipeline; any
-    configured pipeline by its name); 404 in the protocol's shape for any other name."""
-    try:
-        pipeline = find_pipeline(request, name)
-    except ApiError:
-        served = sorted(
-            {request.app.state.settings.model_name, *request.app.state.pipelines.names()}
-        )
-        raise ApiError(
-            404,
-            "model_not_found",
-            f"unknown model {name!r}; this server serves {served}",
-        ) from None
-    if version is not None and version != VERSION:
-        raise ApiError(
-            404,
-            "version_not_found",
-            f"unknown version {version!r} of model {name!r}; available: [{VERSION!r}]",
-        )
-    return pipeline
+    """The pipeline this model name picks; 404 in the protocol's own words for any other."""
+    return protocol_model(
+        request,
+        name,
+        version,
+        available=VERSION,
+        unknown_model="unknown model {name!r}; this server serves {served}",
+        unknown_version="unknown version {version!r} of model {name!r}; available: [{available!r}]",
+    )
 
 
 def _input_size(pipeline) -> tuple[int, int]:
