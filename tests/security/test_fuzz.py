@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import HARDENED_TOKEN
 from fuzz_decode import FORMATS, fuzz
 from harness import DecodeSandbox, die, hang_forever
+from helpers import HARDENED_TOKEN
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import logging
 import re
 
 import httpx
-from helpers import HARDENED_TOKEN
 from fastapi.testclient import TestClient
+from helpers import HARDENED_TOKEN
 from tiny import tiny_loaded
 
 from service.app import create_app
