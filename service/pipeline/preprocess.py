@@ -115,7 +115,7 @@ def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise ImageError("corrupt_image", "the image has no pixels")
