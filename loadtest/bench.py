@@ -212,44 +212,27 @@ def run_service(env_extra: dict, fn):
         "SERVE_WEIGHTS": "random",
         **env_extra,
     }
-    log = open(ROOT / ".cache" / f"bench-service-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, "/readyz", proc)
-        return fn(url)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    return _serve([sys.executable, "-m", "service"], port, "/readyz", fn, "service", env=env)
 
 
 def run_naive(fn):
     port = free_port()
-    log = open(ROOT / ".cache" / f"bench-naive-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "loadtest.naive_app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    cmd = [sys.executable, "-m", "uvicorn", "loadtest.naive_app:app", "--port", str(port)]
+    return _serve([*cmd, "--log-level", "warning"], port, "/docs", fn, "naive")
+
+
+def _serve(cmd: list[str], port: int, ready_path: str, fn, name: str, env=None):
+    """Run a server on ``port`` until it answers ``ready_path``, call ``fn(url)``, stop it."""
+    log = open(ROOT / ".cache" / f"bench-{name}-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, "/docs", proc)
+        wait_ready(url, ready_path, proc)
         return fn(url)
     finally:
         proc.terminate()
         proc.wait(60)
+        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:

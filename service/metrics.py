@@ -196,15 +196,10 @@ class Metrics:
             "serve_padded_slots", "Batch slots filled with padding to reach a bucket.", registry=r
         )
         self.runner_busy_seconds = Counter(
-            "serve_runner_busy_seconds", "Seconds the model runner spent executing.", registry=r
-        )
-        self.runner_busy = BusyWindow(window_s)
-        self.runner_busy_ratio = Gauge(
-            "serve_runner_busy_ratio",
-            f"Fraction of the last {window_s:g} s the model runner was executing.",
+            "serve_runner_busy_seconds",
+            "Seconds the model runners (all model stages) spent executing.",
             registry=r,
         )
-        self.runner_busy_ratio.set_function(self.runner_busy.ratio)
         self.expired = Counter(
             "serve_expired_items",
             "Items dropped before the model because their deadline had passed.",
@@ -218,6 +213,15 @@ class Metrics:
         self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)
         self.window_s = window_s
         self._stage_windows: dict[str, BusyWindow | WorkWindow] = {}
+        # The default pipeline's model stage ("model"): the same window its batcher records into,
+        # not a second tracker that every pipeline's batcher would share.
+        self.runner_busy = self.stage_busy_window("model")
+        self.runner_busy_ratio = Gauge(
+            "serve_runner_busy_ratio",
+            f"Fraction of the last {window_s:g} s the default model runner was executing.",
+            registry=r,
+        )
+        self.runner_busy_ratio.set_function(self.runner_busy.ratio)
         # -- asynchronous jobs (service/jobs)
         self.jobs = Counter(
             "serve_jobs",

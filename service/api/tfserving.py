@@ -70,9 +70,7 @@ def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
 
 @router.get("/v1/models/{name}", summary="Model status (TensorFlow Serving)")
 @router.get("/v1/models/{name}/versions/{version}", summary="Model version status")
-async def model_status(
-    request: Request, name: str, settings: SettingsDep, version: str | None = None
-) -> dict[str, Any]:
+async def model_status(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     """The model's version and its state: START, LOADING, AVAILABLE, UNLOADING or END."""
     pipeline = _check_model(request, name, version)
     failed = pipeline.state == "failed"
@@ -103,9 +101,7 @@ def _tensor_info(dtype: str, dims: list[int], name: str) -> dict[str, Any]:
 
 @router.get("/v1/models/{name}/metadata", summary="Model metadata (TensorFlow Serving)")
 @router.get("/v1/models/{name}/versions/{version}/metadata", summary="Model version metadata")
-async def model_metadata(
-    request: Request, name: str, settings: SettingsDep, version: str | None = None
-) -> dict[str, Any]:
+async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     """The signature definitions: inputs, outputs and method of each signature."""
     pipeline = _check_model(request, name, version)
     height, width = pipeline.loaded.input_size if pipeline.loaded else (224, 224)

@@ -66,6 +66,12 @@ def _check_model(request: Request, name: str, version: str | None) -> Pipeline:
     )
 
 
+def _tensor_sizes(pipeline) -> tuple[int, int, int]:
+    """Height and width of the pixel input, and the number of output classes."""
+    classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
+    return (*_input_size(pipeline), classes)
+
+
 def _input_size(pipeline) -> tuple[int, int]:
     return pipeline.loaded.input_size if pipeline.loaded else (224, 224)
 
@@ -101,9 +107,7 @@ async def server_ready(pipeline: PipelineDep) -> Response:
 
 @router.get("/v2/models/{name}/ready", summary="Model ready")
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready")
-async def model_ready(
-    request: Request, name: str, settings: SettingsDep, version: str | None = None
-) -> Response:
+async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
     """200 when the model can infer; 400 while it loads or drains; 404 for an unknown model."""
     pipeline = _check_model(request, name, version)
     if pipeline.ready:
@@ -113,13 +117,9 @@ async def model_ready(
 
 @router.get("/v2/models/{name}", summary="Model metadata")
 @router.get("/v2/models/{name}/versions/{version}", summary="Model version metadata")
-async def model_metadata(
-    request: Request, name: str, settings: SettingsDep, version: str | None = None
-) -> dict[str, Any]:
+async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     """Inputs and outputs of the model, as tensor metadata."""
-    pipeline = _check_model(request, name, version)
-    height, width = _input_size(pipeline)
-    classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
+    height, width, classes = _tensor_sizes(_check_model(request, name, version))
     return {
         "name": name,
         "versions": [VERSION],
@@ -138,9 +138,7 @@ async def model_config(
     request: Request, name: str, settings: SettingsDep, version: str | None = None
 ) -> dict[str, Any]:
     """Triton's model configuration: batching limits and tensors (dims without the batch)."""
-    pipeline = _check_model(request, name, version)
-    height, width = _input_size(pipeline)
-    classes = pipeline.loaded.num_classes if pipeline.loaded else 1000
+    height, width, classes = _tensor_sizes(_check_model(request, name, version))
     return {
         "name": name,
         "platform": "keras",

@@ -250,7 +250,6 @@ class DynamicBatcher:
             started = time.monotonic()
             payloads = [item.payload for item in batch]
             self.running_batch = len(batch)
-            m.runner_busy.begin()
             self._busy.begin()
             try:
                 outputs, padded, compute_s = await loop.run_in_executor(
@@ -273,7 +272,6 @@ class DynamicBatcher:
                         item.future.set_exception(error)
                 continue
             finally:
-                m.runner_busy.end()
                 self._busy.end()
                 self.running_batch = 0
             elapsed = time.monotonic() - started

@@ -74,10 +74,9 @@ def test_models_metadata(client):
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:
+    prefix = f"{name}{{{labels}" if labels else f"{name} "
     for line in text.splitlines():
-        if line.startswith(name + (("{" + labels) if labels else " ")) or (
-            not labels and line.startswith(name + "{") is False and line.split(" ")[0] == name
-        ):
+        if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name}{{{labels}}} not in metrics")
 
