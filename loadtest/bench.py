@@ -1,6 +1,8 @@
 """`make bench`: the model's ceiling vs the service vs the naive design, on one machine.
 
-1. ceiling: the compiled ResNet50 alone on preprocessed batches, best bucket, images/s;
+1. ceiling: the compiled ResNet50 alone on preprocessed batches, best bucket, images/s, with the
+   service's own instances and threads and with one instance on TensorFlow's default threads
+   (``--also-ceiling``); the ratio is taken against the better of the two;
 2. service: `python -m service` over HTTP, 640x480 JPEGs from N concurrent clients;
 3. naive: the original tutorial's design (decode in the handler, one model.predict per request);
 4. one client alone: service p50 vs the compiled model's single-image time plus decode.
@@ -70,37 +72,87 @@ def wait_ready(url: str, path: str, proc: subprocess.Popen, timeout: float = 300
     raise RuntimeError(f"{url} not ready in {timeout}s")
 
 
-def ceiling(buckets: list[int], seconds: float) -> dict:
-    """Images/s of the compiled model alone, per bucket, on already-decoded batches."""
-    from service.model.loader import load_model
+def ceiling(buckets: list[int], seconds: float, instances: int, intra: int, inter: int) -> dict:
+    """Images/s of the compiled model alone, per bucket, on already-decoded batches.
+
+    Runs in this process, so call it once per process: TensorFlow's thread pools are fixed at
+    the first model. ``instances``/``intra``/``inter`` are the service's settings
+    (``SERVE_MODEL_INSTANCES``...; 0: automatic, resolved as the service resolves them): each
+    instance runs its own batch of the bucket's size back to back in its own thread, exactly
+    as the service's instances would with a queue that never empties.
+    """
+    from service.model.loader import configure_tensorflow, load_model
     from service.pipeline.runner import ModelRunner
 
+    plan = configure_tensorflow(
+        intra_op_threads=intra, inter_op_threads=inter, model_instances=instances
+    )
     loaded = load_model("resnet50", "random")
-    runner = ModelRunner(loaded, buckets)
-    runner.warmup()
+    first = ModelRunner(loaded, buckets)
+    first.warmup()
+    runners = [first] + [first.sibling() for _ in range(plan.instances - 1)]
     rng = np.random.default_rng(0)
     per_bucket = {}
     for size in buckets:
         batch = rng.integers(0, 255, (size, 224, 224, 3), dtype=np.uint8)
-        runner.run(batch)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 2:
+        for runner in runners:
             runner.run(batch)
-            n += 1
-        per_bucket[size] = n * size / (time.perf_counter() - start)
+        per_bucket[size] = _run_together(runners, batch, seconds)
     single = []
     one = rng.integers(0, 255, (1, 224, 224, 3), dtype=np.uint8)
     for _ in range(15):
         t = time.perf_counter()
-        runner.run(one)
+        first.run(one)
         single.append(time.perf_counter() - t)
     best = max(per_bucket, key=per_bucket.get)
     return {
+        "instances": plan.instances,
+        "intra_op_threads": plan.intra_op_threads,
+        "inter_op_threads": plan.inter_op_threads,
         "per_bucket_images_per_s": {str(k): round(v, 2) for k, v in per_bucket.items()},
         "best_bucket": best,
         "images_per_s": per_bucket[best],
         "single_image_ms": 1000 * statistics.median(single),
     }
+
+
+def _run_together(runners: list, batch: np.ndarray, seconds: float) -> float:
+    """Images/s of ``runners`` each executing ``batch`` back to back in its own thread."""
+    counts = [0] * len(runners)
+    start = time.perf_counter()
+
+    def work(i: int) -> None:
+        while time.perf_counter() - start < seconds or counts[i] < 2:
+            runners[i].run(batch)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(runners))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) * len(batch) / (time.perf_counter() - start)
+
+
+def ceiling_in_subprocess(buckets: list[int], seconds: float, config: str) -> dict:
+    """:func:`ceiling` in a fresh process (its own TensorFlow thread pools)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--buckets",
+            ",".join(map(str, buckets)),
+            "--ceiling-seconds",
+            str(seconds),
+            "--ceiling-only",
+            config,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def decode_ms(image: bytes) -> float:
@@ -244,24 +296,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buckets", default="1,2,4,8,16,32")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--threads",
+        default="0,0,0",
+        help="the service's SERVE_MODEL_INSTANCES,SERVE_INTRA_OP_THREADS,SERVE_INTER_OP_THREADS "
+        "(0: automatic); the ceiling is measured with the same",
+    )
+    parser.add_argument(
+        "--also-ceiling",
+        default="1,0,0",
+        help="another instances,intra,inter to measure the ceiling with (default: one instance "
+        "on TensorFlow's default threads); the ratio is taken against the best of all",
+    )
+    parser.add_argument("--ceiling-only", metavar="INSTANCES,INTRA,INTER", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     (ROOT / ".cache").mkdir(exist_ok=True)
     buckets = [int(b) for b in args.buckets.split(",")]
+    if args.ceiling_only:  # internal: one ceiling, in this fresh process, as JSON
+        instances, intra, inter = (int(v) for v in args.ceiling_only.split(","))
+        print(json.dumps(ceiling(buckets, args.ceiling_seconds, instances, intra, inter)))
+        return 0
     images = [photo(seed) for seed in range(8)]
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
     )
-    ceil = ceiling(buckets, args.ceiling_seconds)
+    configs = [args.threads] + ([args.also_ceiling] if args.also_ceiling else [])
+    ceilings = [ceiling_in_subprocess(buckets, args.ceiling_seconds, c) for c in configs]
+    own = ceilings[0]  # the service's own configuration: its single-image time
+    ceil = max(ceilings, key=lambda c: c["images_per_s"])
     dec = decode_ms(images[0])
+    for c in ceilings:
+        print(
+            f"1. ceiling, {c['instances']} instance(s), intra-op {c['intra_op_threads'] or 'default'}, "
+            f"inter-op {c['inter_op_threads'] or 'default'}: {c['images_per_s']:.2f} images/s "
+            f"(bucket {c['best_bucket']}); per bucket {c['per_bucket_images_per_s']}; "
+            f"single image {c['single_image_ms']:.1f} ms"
+        )
+    print(f"   ceiling used for the ratio: the best, {ceil['images_per_s']:.2f} images/s")
     print(
-        f"1. ceiling: {ceil['images_per_s']:.2f} images/s (bucket {ceil['best_bucket']}); per bucket {ceil['per_bucket_images_per_s']}"
-    )
-    print(
-        f"   single image: {ceil['single_image_ms']:.1f} ms model + {dec:.1f} ms decode (640x480 JPEG)"
+        f"   single image (service's configuration): {own['single_image_ms']:.1f} ms model + {dec:.1f} ms decode (640x480 JPEG)"
     )
 
-    service_env = {"SERVE_BATCH_BUCKETS": args.buckets, "SERVE_MAX_BATCH_SIZE": str(max(buckets))}
+    instances, intra, inter = args.threads.split(",")
+    service_env = {
+        "SERVE_BATCH_BUCKETS": args.buckets,
+        "SERVE_MAX_BATCH_SIZE": str(max(buckets)),
+        "SERVE_MODEL_INSTANCES": instances,
+        "SERVE_INTRA_OP_THREADS": intra,
+        "SERVE_INTER_OP_THREADS": inter,
+    }
 
     def service_runs(url: str) -> dict:
         single = load(url, images, 1, min(args.seconds, 30), args.warmup / 2)
@@ -285,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             f"3. naive: {naive['images_per_s']:.2f} images/s, p50 {naive['p50_ms']:.0f} ms, "
             f"p99 {naive['p99_ms']:.0f} ms, errors {naive['errors']}"
         )
-    single_target = ceil["single_image_ms"] + dec
+    single_target = own["single_image_ms"] + dec
     print(
         f"4. one client: service p50 {svc['single']['p50_ms']:.1f} ms vs model+decode {single_target:.1f} ms"
     )
@@ -304,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "ceiling": ceil,
+                    "ceilings": ceilings,
                     "decode_ms": dec,
                     "service": svc,
                     "naive": naive,

@@ -34,6 +34,9 @@ def parse(text: str) -> dict[str, float]:
             name = sample.name.removesuffix("_total")
             if name in COUNTERS and sample.name.endswith("_total"):
                 row[COUNTERS[name]] = sample.value
+            elif sample.name == "serve_model_instances":  # the default model stage's
+                if sample.labels.get("stage") == "model":
+                    row["model_instances"] = sample.value
             elif sample.name in GAUGES:
                 row[GAUGES[sample.name]] = sample.value
             elif sample.name == "serve_queue_depth":
@@ -127,8 +130,9 @@ def summarize(rows: list[dict[str, float]], start: float | None = None, end: flo
         out["mean_batch_size"] = inf / exe
     if inf is not None and dt > 0:
         out["images_per_s"] = inf / dt
-    if busy is not None and dt > 0:
-        out["runner_busy"] = min(1.0, busy / dt)
+    if busy is not None and dt > 0:  # busy seconds add up over the runner instances
+        instances = max(1.0, last.get("model_instances", 1.0))
+        out["runner_busy"] = min(1.0, busy / dt / instances)
     gauges = {k for r in sel for k in r if k.startswith("queue_depth_")} | {
         "images_in_flight",
         "pending_requests",

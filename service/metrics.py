@@ -53,24 +53,30 @@ STAGE_BUCKETS = (
 
 
 class BusyWindow:
-    """Fraction of the last ``window_s`` seconds a stage spent working."""
+    """Fraction of the last ``window_s`` seconds a stage's ``capacity`` instances spent working
+    (1.0: every instance busy all the time)."""
 
-    def __init__(self, window_s: float = 10.0):
+    def __init__(self, window_s: float = 10.0, capacity: int = 1):
         self.window_s = window_s
+        self.capacity = max(1, capacity)
         self._spans: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
-        self._started: float | None = None
+        self._open: dict[int, float] = {}  # spans begun and not yet ended, by token
+        self._next = 0
 
-    def begin(self) -> None:
+    def begin(self) -> int:
+        """A span starts now; pass the returned token to :meth:`end`."""
         with self._lock:
-            self._started = time.monotonic()
+            self._next += 1
+            self._open[self._next] = time.monotonic()
+            return self._next
 
-    def end(self) -> None:
+    def end(self, token: int) -> None:
         now = time.monotonic()
         with self._lock:
-            if self._started is not None:
-                self._spans.append((self._started, now))
-                self._started = None
+            started = self._open.pop(token, None)
+            if started is not None:
+                self._spans.append((started, now))
             self._trim(now)
 
     def _trim(self, now: float) -> None:
@@ -83,9 +89,8 @@ class BusyWindow:
         with self._lock:
             self._trim(now)
             busy = sum(min(e, now) - max(s, start) for s, e in self._spans if e > start)
-            if self._started is not None:
-                busy += now - max(self._started, start)
-        return max(0.0, min(1.0, busy / self.window_s))
+            busy += sum(now - max(s, start) for s in self._open.values())
+        return max(0.0, min(1.0, busy / (self.capacity * self.window_s)))
 
 
 class WorkWindow:
@@ -197,7 +202,13 @@ class Metrics:
         )
         self.runner_busy_seconds = Counter(
             "serve_runner_busy_seconds",
-            "Seconds the model runners (all model stages) spent executing.",
+            "Seconds the model runners (all model stages, all instances) spent executing.",
+            registry=r,
+        )
+        self.model_instances = Gauge(
+            "serve_model_instances",
+            "Runner instances of each model stage (SERVE_MODEL_INSTANCES, resolved).",
+            ["stage"],
             registry=r,
         )
         self.expired = Counter(
@@ -213,15 +224,17 @@ class Metrics:
         self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)
         self.window_s = window_s
         self._stage_windows: dict[str, BusyWindow | WorkWindow] = {}
-        # The default pipeline's model stage ("model"): the same window its batcher records into,
+        # The default pipeline's model stage ("model"): read from the window its batcher records
+        # into (looked up at each scrape: the batcher replaces it with one of its own capacity),
         # not a second tracker that every pipeline's batcher would share.
-        self.runner_busy = self.stage_busy_window("model")
+        self.stage_busy_window("model")
         self.runner_busy_ratio = Gauge(
             "serve_runner_busy_ratio",
-            f"Fraction of the last {window_s:g} s the default model runner was executing.",
+            f"Fraction of the last {window_s:g} s the default model stage's runner instances "
+            "were executing (1: all of them, all the time).",
             registry=r,
         )
-        self.runner_busy_ratio.set_function(self.runner_busy.ratio)
+        self.runner_busy_ratio.set_function(lambda: self._stage_windows["model"].ratio())
         # -- asynchronous jobs (service/jobs)
         self.jobs = Counter(
             "serve_jobs",
@@ -231,12 +244,12 @@ class Metrics:
             registry=r,
         )
 
-    def stage_busy_window(self, stage: str) -> BusyWindow:
-        """The busy window of a single-worker stage (a model runner), exported as
+    def stage_busy_window(self, stage: str, capacity: int = 1) -> BusyWindow:
+        """The busy window of a model stage with ``capacity`` runner instances, exported as
         ``serve_stage_busy_ratio{stage}``."""
         window = self._stage_windows.get(stage)
-        if not isinstance(window, BusyWindow):
-            window = self._stage_windows[stage] = BusyWindow(self.window_s)
+        if not isinstance(window, BusyWindow) or window.capacity != capacity:
+            window = self._stage_windows[stage] = BusyWindow(self.window_s, capacity)
             self.stage_busy.labels(stage).set_function(window.ratio)
         return window
 

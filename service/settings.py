@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .model.threads import available_cpus
 
 ModelArch = Literal[
     "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"
@@ -17,10 +18,7 @@ ModelArch = Literal[
 
 def default_workers() -> int:
     """One preprocessing process per CPU this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 class Settings(BaseSettings):
@@ -65,6 +63,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     # TensorFlow's inter-op pool (independent ops in parallel); 0: TensorFlow's default.
     inter_op_threads: int = Field(0, ge=0)
+    # Runner instances per model stage, each executing its own batch at the same time (Triton's
+    # instance group), sharing the weights; 0: 1 on a GPU, one single-threaded instance per CPU
+    # core (up to 8) without one.
+    model_instances: int = Field(0, ge=0, le=64)
 
     # -- preprocessing
     # Decode/resize worker processes; 0: one per CPU this process may use.

@@ -55,6 +55,7 @@ def make_client() -> Iterator[Callable[..., object]]:
             "preprocess_workers": 1,
             "max_batch_size": 8,
             "batch_buckets": [1, 2, 4, 8],
+            "model_instances": 1,  # batch composition is one runner's (instances: test_batcher)
         }
         settings = Settings(**{**defaults, **overrides})
         client = TestClient(create_app(settings, model_factory=model_factory))
@@ -85,7 +86,6 @@ def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
     srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, log_path)
     yield srv
     stop_server(srv)
-
 
 
 @pytest.fixture(scope="session")

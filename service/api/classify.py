@@ -79,7 +79,7 @@ CLASSIFY_BODY = {
             "required": False,
             "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
             "description": "Classes per image (default SERVE_DEFAULT_TOP_K).",
-        }
+        },
     ],
 }
 

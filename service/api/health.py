@@ -55,6 +55,7 @@ class ModelInfo(BaseModel):
     mixed_precision: bool
     xla: bool
     preprocess_workers: int
+    model_instances: int
     warmup_seconds: float
 
 
@@ -87,6 +88,7 @@ def model_info(pipeline, settings) -> ModelInfo:
         mixed_precision=settings.mixed_precision,
         xla=settings.xla,
         preprocess_workers=settings.workers,
+        model_instances=pipeline.stages[0].instances if pipeline.stages else 0,
         warmup_seconds=round(pipeline.warmup_s, 3),
     )
 

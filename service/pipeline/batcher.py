@@ -17,8 +17,14 @@ Policy (it costs nothing at low load and fills batches under load):
   runner, until it is full or its oldest item has waited that long (Triton's
   ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
 * Items whose deadline has passed are dropped before they reach the model.
+* Instances (Triton's instance group): given several run functions, the batcher keeps each busy
+  with its own batch, dispatching to whichever is free. A batch then takes at most its share of
+  the work in the stage (queued plus running, divided by the instances), so the load splits into
+  batches that run side by side and finish at different times: while one instance computes, the
+  clients of another's last batch send their next images, and the cores never wait for both.
+  With one instance this rule never limits a batch.
 
-The batcher runs on the event loop; the runner's ``run`` executes in one dedicated thread
+The batcher runs on the event loop; each instance's ``run`` executes in its own dedicated thread
 (TensorFlow releases the GIL), and results are handed back through futures, so postprocessing
 happens in the requests' own coroutines, off the runner.
 """
@@ -30,7 +36,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -80,7 +86,9 @@ class DynamicBatcher:
 
     Args:
         name: stage name, used in metrics labels and thread names.
-        run_fn: executes a list of items, returns (outputs, padded size, compute seconds).
+        run_fn: executes a list of items, returns (outputs, padded size, compute seconds); or
+            a sequence of such functions, one per instance, which may run at the same time
+            (each owns its buffers; they may share one model).
         max_batch_size: the most items in one batch.
         max_delay_s: how long to hold a partial batch for an idle runner (0: never).
         max_queue: bound of the queue; ``submit`` raises ``QueueFull`` past it.
@@ -97,7 +105,7 @@ class DynamicBatcher:
     def __init__(
         self,
         name: str,
-        run_fn: RunFn,
+        run_fn: RunFn | Sequence[RunFn],
         *,
         max_batch_size: int,
         max_delay_s: float = 0.0,
@@ -113,17 +121,26 @@ class DynamicBatcher:
         self._last_batch = 0  # size of the last batch while the load continues; 0: idle
         self._last_compute_s = 0.0
         self.exact_sizes = sorted(exact_sizes) if exact_sizes else None
-        self._run_fn = run_fn
+        self._run_fns: list[RunFn] = list(run_fn) if isinstance(run_fn, Sequence) else [run_fn]
+        if not self._run_fns:
+            raise ValueError("a batcher needs at least one run function")
+        self.instances = len(self._run_fns)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._metrics = metrics
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}")
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}-{i}")
+            for i in range(self.instances)
+        ]
+        self._free = list(range(self.instances))[::-1]  # idle instances; pop() takes the 1st
+        self._batches: set[asyncio.Task] = set()  # batches executing now
         self._task: asyncio.Task | None = None
-        self._busy = metrics.stage_busy_window(name)
-        self.running_batch = 0
+        self._busy = metrics.stage_busy_window(name, self.instances)
+        metrics.model_instances.labels(name).set(self.instances)
+        self.running_items = 0  # items in batches executing now, over all instances
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -141,11 +158,16 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for task in list(self._batches):
+            task.cancel()
+        if self._batches:
+            await asyncio.gather(*self._batches, return_exceptions=True)
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the service is shutting down"))
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
         """Queue one item; the future resolves to ``(output_row, BatchInfo)``."""
@@ -179,13 +201,20 @@ class DynamicBatcher:
         With ``exact_sizes``: the largest size the queue fills, unless the queue nearly fills
         the next size up (at most 1/8 of it would be padding: 15 runs as 16, not as 8 + 7).
         """
-        size = min(len(self._queue), self.max_batch_size)
+        size = min(len(self._queue), self.max_batch_size, self._share())
         if not self.exact_sizes or size < self.exact_sizes[0]:
             return size
         up = next((b for b in self.exact_sizes if b >= size), size)
         if (up - size) * 8 <= up:
             return size
         return max(b for b in self.exact_sizes if b <= size)
+
+    def _share(self) -> int:
+        """An instance's share of the work in the stage (queued and running items): with
+        several instances, one batch must not take what the idle others could run beside it."""
+        if self.instances == 1:
+            return self.max_batch_size
+        return -(-(len(self._queue) + self.running_items) // self.instances)
 
     def _take_batch(self) -> list[_Item]:
         self._drop_dead()
@@ -230,13 +259,16 @@ class DynamicBatcher:
         await self._wait_for_items(want, self._regroup_budget())
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        m = self._metrics
         while True:
+            if not self._free:  # every instance is executing: wait for one to finish
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             if not self._queue:
                 budget = self._regroup_budget() if self._last_batch else 0.0
                 if budget <= 0 or not await self._wait_for_items(1, budget):
-                    self._last_batch = 0  # the load is gone: the next lone item runs at once
+                    if not self._batches:
+                        self._last_batch = 0  # the load is gone: a lone item runs at once
                     self._wakeup.clear()
                     await self._wakeup.wait()
                 continue
@@ -244,49 +276,62 @@ class DynamicBatcher:
                 await self._hold_partial()
             elif self.regroup_s > 0:
                 await self._regroup()
+            if not self._free:
+                continue
             batch = self._take_batch()
             if not batch:
                 continue
-            started = time.monotonic()
-            payloads = [item.payload for item in batch]
-            self.running_batch = len(batch)
-            self._busy.begin()
-            try:
-                outputs, padded, compute_s = await loop.run_in_executor(
-                    self._executor, self._run_fn, payloads
-                )
-            except asyncio.CancelledError:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(RuntimeError("the service is shutting down"))
-                raise
-            except Exception as exc:  # the model failed: fail this batch only, keep serving
-                error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
-                log.exception(
-                    "%s: batch of %d failed, error id %s", self.name, len(batch), error_id
-                )
-                error = ModelError(f"{type(exc).__name__} while executing the batch")
-                error.error_id = error_id
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
-            finally:
-                self._busy.end()
-                self.running_batch = 0
-            elapsed = time.monotonic() - started
-            self._last_batch, self._last_compute_s = len(batch), compute_s
-            m.runner_busy_seconds.inc(elapsed)
-            m.execution_count.inc()
-            m.inference_count.inc(len(batch))
-            m.batch_size.observe(len(batch))
-            m.padded_slots.inc(padded - len(batch))
-            m.inference_duration.observe(compute_s)
-            m.stage_seconds.labels(self.name).observe(compute_s)
-            for i, item in enumerate(batch):
-                queue_s = started - item.enqueued
-                m.queue_duration.observe(queue_s)
+            instance = self._free.pop()
+            self.running_items += len(batch)
+            task = asyncio.get_running_loop().create_task(
+                self._execute(instance, batch), name=f"batch-{self.name}-{instance}"
+            )
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _execute(self, instance: int, batch: list[_Item]) -> None:
+        """Run one batch on one instance and resolve its items' futures."""
+        loop = asyncio.get_running_loop()
+        m = self._metrics
+        started = time.monotonic()
+        payloads = [item.payload for item in batch]
+        token = self._busy.begin()
+        try:
+            outputs, padded, compute_s = await loop.run_in_executor(
+                self._executors[instance], self._run_fns[instance], payloads
+            )
+        except asyncio.CancelledError:
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(
-                        (outputs[i], BatchInfo(queue_s, compute_s, len(batch), padded))
-                    )
+                    item.future.set_exception(RuntimeError("the service is shutting down"))
+            raise
+        except Exception as exc:  # the model failed: fail this batch only, keep serving
+            error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
+            log.exception("%s: batch of %d failed, error id %s", self.name, len(batch), error_id)
+            error = ModelError(f"{type(exc).__name__} while executing the batch")
+            error.error_id = error_id
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        finally:
+            self._busy.end(token)
+            self.running_items -= len(batch)
+            self._free.append(instance)
+            self._wakeup.set()
+        elapsed = time.monotonic() - started
+        self._last_batch, self._last_compute_s = len(batch), compute_s
+        m.runner_busy_seconds.inc(elapsed)
+        m.execution_count.inc()
+        m.inference_count.inc(len(batch))
+        m.batch_size.observe(len(batch))
+        m.padded_slots.inc(padded - len(batch))
+        m.inference_duration.observe(compute_s)
+        m.stage_seconds.labels(self.name).observe(compute_s)
+        for i, item in enumerate(batch):
+            queue_s = started - item.enqueued
+            m.queue_duration.observe(queue_s)
+            if not item.future.done():
+                item.future.set_result(
+                    (outputs[i], BatchInfo(queue_s, compute_s, len(batch), padded))
+                )

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..metrics import Metrics
 from ..model.loader import LoadedModel
+from ..model.threads import available_cpus, plan_threads
 from ..settings import Settings
 from .batcher import BatchInfo, DynamicBatcher
 from .config import ModelStageSpec
@@ -78,6 +79,7 @@ class ModelStage:
     runner: Any = None  # ModelRunner, built in start()
     batcher: DynamicBatcher | None = None
     warmup_s: float = 0.0
+    instances: int = 1  # runner instances (``SERVE_MODEL_INSTANCES`` resolved), set in start()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -90,12 +92,19 @@ class ModelStage:
         runner = ModelRunner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
+        self.instances = plan_threads(
+            instances=settings.model_instances,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            gpu="GPU" in runner.device,
+            cpus=available_cpus(),
+        ).instances
         exact = settings.batch_padding == "exact" or (
             settings.batch_padding == "auto" and "GPU" not in runner.device
         )
         self.batcher = DynamicBatcher(
             self.name,
-            runner.run,
+            [runner.run] + [runner.sibling().run for _ in range(self.instances - 1)],
             max_batch_size=runner.max_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue_images,

@@ -88,6 +88,7 @@ def default_model_factory(settings: Settings) -> Callable[[], LoadedModel]:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             mixed_precision=settings.mixed_precision,
+            model_instances=settings.model_instances,
         )
         return load_model(settings.model, settings.weights, strict=settings.strict)
 
@@ -218,12 +219,14 @@ class Pipeline:
         if self.owns_ready:
             self.metrics.ready.set(1)
         log.info(
-            "ready: pipeline %s (%s), weights %s, buckets %s, %d preprocessing workers, device %s",
+            "ready: pipeline %s (%s), weights %s, buckets %s, %d preprocessing workers, "
+            "%d model instances, device %s",
             self.name,
             " -> ".join(stage.loaded.arch for stage in self.stages),
             self.loaded.weights_source,
             s.batch_buckets,
             s.workers,
+            self.stages[0].instances,
             self.runner.device,
         )
 

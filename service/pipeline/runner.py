@@ -46,7 +46,8 @@ def input_spec(loaded: LoadedModel) -> tuple[tuple[int, ...], np.dtype]:
 
 
 class ModelRunner:
-    """Executes batches on one model. Not thread-safe: the batcher calls it from one thread.
+    """Executes batches on one model. Not thread-safe: each instance is called from one thread
+    (:meth:`sibling` makes another instance for another thread).
 
     Args:
         loaded: the model and its preprocessing mode.
@@ -95,6 +96,14 @@ class ModelRunner:
         if n > self.max_batch_size:
             raise ValueError(f"batch of {n} exceeds max batch size {self.max_batch_size}")
         return self.buckets[bisect.bisect_left(self.buckets, n)]
+
+    def sibling(self) -> ModelRunner:
+        """Another instance on the same compiled function (traced and warmed once, weights
+        shared) with its own input buffers, so that both may run batches at the same time."""
+        twin = object.__new__(ModelRunner)
+        twin.__dict__.update(self.__dict__)
+        twin._buffers = {}
+        return twin
 
     def run(self, images: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, int, float]:
         """Run one batch. Returns (outputs[n, ...] float32, padded size, compute seconds)."""

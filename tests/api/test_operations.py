@@ -71,6 +71,34 @@ def test_models_metadata(client):
     assert model["batch_buckets"] == [1, 2, 4, 8]
     assert model["device"].endswith("CPU:0")
     assert model["state"] == "ready"
+    assert model["model_instances"] == 1
+
+
+def test_several_model_instances_answer_every_request_right(make_client, jpeg_bytes):
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = make_client(model_instances=1)
+    several = make_client(model_instances=3)
+    (model,) = several.get("/v1/models").json()["models"]
+    assert model["model_instances"] == 3
+    headers = {"content-type": "image/jpeg"}
+    expected = one.post("/v1/classify", content=jpeg_bytes, headers=headers).json()
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(
+                lambda _: several.post("/v1/classify", content=jpeg_bytes, headers=headers),
+                range(24),
+            )
+        )
+    assert [a.status_code for a in answers] == [200] * 24
+    for answer in answers:
+        got = answer.json()["predictions"][0]
+        assert [p["class_id"] for p in got] == [p["class_id"] for p in expected["predictions"][0]]
+        for g, e in zip(got, expected["predictions"][0], strict=True):
+            assert abs(g["score"] - e["score"]) < 1e-5
+    text = several.get("/metrics").text
+    assert _metric(text, "serve_inference_count_total") == 24
+    assert 0.0 <= _metric(text, "serve_runner_busy_ratio") <= 1.0
 
 
 def _metric(text: str, name: str, labels: str = "") -> float:

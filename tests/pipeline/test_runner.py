@@ -46,3 +46,29 @@ def test_padding_does_not_change_real_rows(runner):
     together, padded, _ = runner.run(pixels)
     assert padded == 4
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_sibling_instances_share_the_trace_and_run_at_the_same_time(runner):
+    import threading
+
+    siblings = [runner, runner.sibling(), runner.sibling()]
+    rng = np.random.default_rng(2)
+    batches = [rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for n in (3, 5, 8)]
+    expected = [runner.run(b)[0] for b in batches]
+    outputs: list = [None] * 3
+    start = threading.Barrier(3)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(20):  # concurrently, each into its own buffers
+            outputs[i] = siblings[i].run(batches[i])[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, want in zip(outputs, expected, strict=True):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert runner.tracing_count == 1  # one compiled function for all of them
+    assert siblings[1]._buffers is not runner._buffers

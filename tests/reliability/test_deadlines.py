@@ -14,12 +14,12 @@ class GatedRunner:
     first batch until ``release`` is set (so that later requests queue up behind it)."""
 
     def __init__(self, batcher):
-        self.inner = batcher._run_fn
+        self.inner = batcher._run_fns[0]  # the one instance (tests pin model_instances=1)
         self.items = 0
         self.calls = 0
         self.entered = threading.Event()
         self.release = threading.Event()
-        batcher._run_fn = self
+        batcher._run_fns[0] = self
 
     def __call__(self, payloads):
         self.calls += 1
