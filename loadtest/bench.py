@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=10)
-    parser.add_argument("--ceiling-seconds", type=float, default=8)
+    parser.add_argument("--ceiling-seconds", type=float, default=15)
     parser.add_argument("--buckets", default="1,2,4,8,16,32")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--skip-naive", action="store_true")
@@ -308,11 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         help="another instances,intra,inter to measure the ceiling with (default: one instance "
         "on TensorFlow's default threads); the ratio is taken against the best of all",
     )
-    parser.add_argument("--ceiling-only", metavar="INSTANCES,INTRA,INTER", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ceiling-only",
+        metavar="INSTANCES,INTRA,INTER",
+        help="measure only the ceiling with these settings, in this process; print it as JSON",
+    )
     args = parser.parse_args(argv)
     (ROOT / ".cache").mkdir(exist_ok=True)
     buckets = [int(b) for b in args.buckets.split(",")]
-    if args.ceiling_only:  # internal: one ceiling, in this fresh process, as JSON
+    if args.ceiling_only:  # one ceiling, in this fresh process, as JSON
         instances, intra, inter = (int(v) for v in args.ceiling_only.split(","))
         print(json.dumps(ceiling(buckets, args.ceiling_seconds, instances, intra, inter)))
         return 0

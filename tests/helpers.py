@@ -107,3 +107,17 @@ def stop_server(server: Server, sig: int | None = None, timeout: float = 60) -> 
             server.process.kill()
             server.process.wait()
     return server.process.returncode
+
+
+def far() -> float:
+    """A deadline no batcher test reaches."""
+    return time.monotonic() + 30
+
+
+async def run_with(batcher, coro):
+    """Start ``batcher``, await ``coro``, stop the batcher (even when ``coro`` raises)."""
+    batcher.start()
+    try:
+        return await coro
+    finally:
+        await batcher.stop()

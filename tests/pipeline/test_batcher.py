@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import far, run_with
 
 from service.metrics import Metrics
 from service.pipeline.batcher import DeadlineExceeded, DynamicBatcher, ModelError, QueueFull
@@ -36,18 +37,6 @@ def make(runner, **kwargs):
     return DynamicBatcher("model", runner, metrics=Metrics(), **kwargs)
 
 
-def far() -> float:
-    return time.monotonic() + 30
-
-
-async def _with(batcher, coro):
-    batcher.start()
-    try:
-        return await coro
-    finally:
-        await batcher.stop()
-
-
 def test_a_lone_item_runs_at_once_alone():
     runner = SlowRunner(0.0)
     batcher = make(runner, max_delay_s=0.0)
@@ -56,7 +45,7 @@ def test_a_lone_item_runs_at_once_alone():
         row, info = await batcher.submit(np.array([1.0]), far())
         return row, info
 
-    row, info = asyncio.run(_with(batcher, go()))
+    row, info = asyncio.run(run_with(batcher, go()))
     assert row.tolist() == [2.0]
     assert runner.batches == [1]
     assert info.batch_size == 1
@@ -76,7 +65,7 @@ def test_items_arriving_while_the_runner_is_busy_form_one_batch():
         results = await asyncio.gather(first, *rest)
         return [r[0].tolist() for r in results]
 
-    rows = asyncio.run(_with(batcher, go()))
+    rows = asyncio.run(run_with(batcher, go()))
     assert rows == [[2.0 * i] for i in range(7)]  # every item gets its own answer
     assert runner.batches == [1, 6]
 
@@ -91,7 +80,7 @@ def test_batches_never_exceed_the_maximum():
         runner.gate.set()
         await asyncio.gather(*futures)
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     assert max(runner.batches) == 4 and sum(runner.batches) == 10
 
 
@@ -105,7 +94,7 @@ def test_max_delay_holds_a_partial_batch_for_an_idle_runner():
         b = batcher.submit(np.array([2.0]), far())
         await asyncio.gather(a, b)
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     assert runner.batches == [2]
 
 
@@ -124,7 +113,7 @@ def test_expired_items_never_reach_the_model():
         with pytest.raises(DeadlineExceeded):
             await late
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     assert runner.batches == [1]
 
 
@@ -138,7 +127,7 @@ def test_a_model_error_fails_only_its_batch():
         row, _ = await batcher.submit(np.array([3.0]), far())
         return row
 
-    assert asyncio.run(_with(batcher, go())).tolist() == [6.0]
+    assert asyncio.run(run_with(batcher, go())).tolist() == [6.0]
 
 
 def test_the_queue_is_bounded():
@@ -153,7 +142,7 @@ def test_the_queue_is_bounded():
             batcher.submit(np.array([1.0]), far())
         runner.gate.set()
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
 
 
 def test_exact_sizes_take_the_largest_full_bucket_and_never_pad():
@@ -167,7 +156,7 @@ def test_exact_sizes_take_the_largest_full_bucket_and_never_pad():
         rows = await asyncio.gather(*futures)
         return [r[0].tolist() for r in rows]
 
-    rows = asyncio.run(_with(batcher, go()))
+    rows = asyncio.run(run_with(batcher, go()))
     assert rows == [[2.0 * i] for i in range(11)]
     assert runner.batches == [8, 2, 1]  # 11 = 8 + 2 + 1: every batch is a bucket size
 
@@ -182,7 +171,7 @@ def test_exact_sizes_pad_a_batch_that_nearly_fills_the_next_bucket():
         runner.gate.set()
         await asyncio.gather(*futures)
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     assert runner.batches == [15]  # 1 padded slot of 16, rather than 8 + 4 + 2 + 1
 
 
@@ -196,7 +185,7 @@ def test_without_exact_sizes_a_batch_takes_everything_up_to_the_maximum():
         runner.gate.set()
         await asyncio.gather(*futures)
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     assert runner.batches == [8, 3]
 
 
@@ -213,7 +202,7 @@ def _closed_loop(batcher, clients: int, rounds: int, think_s: float):
     async def go():
         await asyncio.gather(*(client(i) for i in range(clients)))
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
 
 
 def test_under_load_batches_regroup_instead_of_alternating_halves():
@@ -243,6 +232,6 @@ def test_a_lone_client_never_waits_for_regrouping():
             await asyncio.sleep(0.001)
         return waits
 
-    waits = asyncio.run(_with(batcher, go()))
+    waits = asyncio.run(run_with(batcher, go()))
     assert runner.batches == [1, 1, 1, 1]
     assert max(waits) < 1.0  # a hold would have lasted up to the 5 s budget

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import far, run_with
 
 from service.metrics import BusyWindow, Metrics
 from service.model.threads import MAX_AUTO_CPU_INSTANCES, plan_threads
@@ -42,18 +43,6 @@ def group(count: int, seconds: float = 0.05, **kwargs):
     return batcher, instances, log
 
 
-def far() -> float:
-    return time.monotonic() + 30
-
-
-async def _with(batcher, coro):
-    batcher.start()
-    try:
-        return await coro
-    finally:
-        await batcher.stop()
-
-
 def test_waiting_work_splits_over_idle_instances_that_run_at_once():
     batcher, instances, log = group(2, seconds=0.3)
 
@@ -66,7 +55,7 @@ def test_waiting_work_splits_over_idle_instances_that_run_at_once():
             inst.gate.set()
         return await asyncio.gather(*futures)
 
-    results = asyncio.run(_with(batcher, go()))
+    results = asyncio.run(run_with(batcher, go()))
     assert [r[0].tolist() for r in results] == [[2.0 * i] for i in range(8)]
     # Each takes its share of the eight: half, not all of them for the first instance.
     assert sorted((name, size) for name, size, _, _ in log) == [(0, 4), (1, 4)], log
@@ -87,7 +76,7 @@ def test_a_busy_instance_does_not_hold_back_the_next_batch():
         instances[0].gate.set()
         return done, await held
 
-    done, held = asyncio.run(_with(batcher, go()))
+    done, held = asyncio.run(run_with(batcher, go()))
     assert [r[0].tolist() for r in done] == [[2.0], [4.0], [6.0]]
     assert held[0].tolist() == [0.0]
     # Instance 1 served all three (in batches of its share) before instance 0 finished.
@@ -102,7 +91,7 @@ def test_a_lone_item_runs_at_once_on_an_idle_group():
         _, info = await batcher.submit(np.array([1.0]), far())
         return info
 
-    info = asyncio.run(_with(batcher, go()))
+    info = asyncio.run(run_with(batcher, go()))
     assert [size for _, size, _, _ in log] == [1]
     assert info.queue_s < 0.5
 
@@ -121,9 +110,11 @@ def test_closed_loop_clients_settle_into_one_batch_per_instance():
     async def go():
         await asyncio.gather(*(client(i) for i in range(16)))
 
-    asyncio.run(_with(batcher, go()))
+    asyncio.run(run_with(batcher, go()))
     steady = [size for _, size, _, _ in sorted(log, key=lambda e: e[2])][4:-4]
-    assert steady and all(6 <= size <= 10 for size in steady), log
+    # Mostly halves of the sixteen (a late client on a busy machine may shift one batch).
+    assert steady and sorted(steady)[len(steady) // 2] == 8, log
+    assert sum(6 <= size <= 10 for size in steady) >= 0.7 * len(steady), log
     assert {name for name, _, _, _ in log} == {0, 1}
 
 
@@ -144,7 +135,7 @@ def test_a_failing_instance_fails_only_its_batch_and_is_used_again():
             inst.gate.set()
         return await asyncio.gather(*futures)
 
-    results = asyncio.run(_with(batcher, go()))
+    results = asyncio.run(run_with(batcher, go()))
     assert [r[0].tolist() for r in results] == [[0.0], [2.0], [4.0], [6.0]]
     assert {name for name, _, _, _ in log} == {0, 1}
 
@@ -171,16 +162,19 @@ def test_stop_fails_the_batches_still_executing():
 
 def test_the_busy_ratio_counts_every_instance():
     window = BusyWindow(window_s=10.0, capacity=2)
+    t0 = time.monotonic()
     a = window.begin()
     time.sleep(0.2)
-    # one of two instances busy: about half the capacity over the time it was busy
-    ratio_one = window.ratio()
     b = window.begin()
+    t1 = time.monotonic()
     time.sleep(0.2)
     window.end(a)
     window.end(b)
-    assert 0.0 < ratio_one <= 0.2 / 2 / 10 * 1.5
-    assert window.ratio() == pytest.approx((0.4 + 0.2) / (2 * 10.0), rel=0.3)
+    t2 = time.monotonic()
+    # Busy seconds over both instances, divided by two instances' capacity of the window.
+    lower = ((t1 - t0) + 2 * (t2 - t1)) / (2 * 10.0)
+    upper = (2 * (t2 - t0)) / (2 * 10.0)
+    assert lower * 0.9 <= window.ratio() <= upper
 
 
 def test_an_empty_group_is_refused():
@@ -206,3 +200,27 @@ def test_automatic_instances_and_threads(settings, gpu, cpus, expected):
         instances=instances, intra_op_threads=intra, inter_op_threads=inter, gpu=gpu, cpus=cpus
     )
     assert (plan.instances, plan.intra_op_threads, plan.inter_op_threads) == expected
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "250000 100000\n"}, 2.5),  # cgroup v2, limits.cpu: 2500m
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no limit
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_a_pods_cpu_limit_is_read_from_its_cgroup(tmp_path, files, expected):
+    from service.model.threads import available_cpus, cgroup_cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(str(tmp_path)) == expected
+    import os
+
+    mask = len(os.sched_getaffinity(0))
+    want = mask if expected is None else min(mask, -(-expected // 1))
+    assert available_cpus(str(tmp_path)) == want
