@@ -88,9 +88,10 @@ def test_summary_totals_are_locusts_numbers(constant_run):
     assert t["p99_ms"] == float(agg["99%"]) and t["p50_ms"] == float(agg["50%"])
     assert t["rps"] == pytest.approx(float(agg["Requests/s"]))
     assert sum(e["requests"] for e in summary["endpoints"].values()) == t["requests"]
-    # The request log saw every request Locust counted (and at most the few in flight at stop).
+    # The request log saw every request Locust counted, and a few more: those that finished
+    # between Locust's last stats snapshot and the stop (seen: 4 with 3 users on a fast server).
     logged = summary["files"]["requests_logged"]
-    assert t["requests"] <= logged <= t["requests"] + 3
+    assert t["requests"] <= logged <= t["requests"] + 10
 
 
 def test_levels_agree_with_the_request_log(constant_run):
