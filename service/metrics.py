@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -56,7 +57,7 @@ class BusyWindow:
     """Fraction of the last ``window_s`` seconds a stage's ``capacity`` instances spent working
     (1.0: every instance busy all the time)."""
 
-    def __init__(self, window_s: float = 10.0, capacity: int = 1):
+    def __init__(self, capacity: int = 1, window_s: float = 10.0):
         self.window_s = window_s
         self.capacity = max(1, capacity)
         self._spans: deque[tuple[float, float]] = deque()
@@ -116,6 +117,9 @@ class WorkWindow:
             # Work that ended inside the window, clipped to the window's length.
             busy = sum(min(s, t - start) for t, s in self._work if t > start)
         return max(0.0, min(1.0, busy / (self.capacity * self.window_s)))
+
+
+W = TypeVar("W", "BusyWindow", "WorkWindow")
 
 
 class Metrics:
@@ -247,16 +251,17 @@ class Metrics:
     def stage_busy_window(self, stage: str, capacity: int = 1) -> BusyWindow:
         """The busy window of a model stage with ``capacity`` runner instances, exported as
         ``serve_stage_busy_ratio{stage}``."""
-        window = self._stage_windows.get(stage)
-        if not isinstance(window, BusyWindow) or window.capacity != capacity:
-            window = self._stage_windows[stage] = BusyWindow(self.window_s, capacity)
-            self.stage_busy.labels(stage).set_function(window.ratio)
-        return window
+        return self._stage_window(stage, BusyWindow, capacity)
 
     def stage_work_window(self, stage: str, capacity: int = 1) -> WorkWindow:
         """The work window of a stage with ``capacity`` parallel workers (the process pool)."""
+        return self._stage_window(stage, WorkWindow, capacity)
+
+    def _stage_window(self, stage: str, kind: type[W], capacity: int) -> W:
+        """The stage's window of this kind and capacity (a new one replaces any other)."""
         window = self._stage_windows.get(stage)
-        if not isinstance(window, WorkWindow) or window.capacity != capacity:
-            window = self._stage_windows[stage] = WorkWindow(capacity, self.window_s)
+        if not isinstance(window, kind) or window.capacity != capacity:
+            window = kind(capacity, self.window_s)
+            self._stage_windows[stage] = window
             self.stage_busy.labels(stage).set_function(window.ratio)
         return window

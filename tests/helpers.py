@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import io
+import json
 import os
 import socket
 import subprocess
@@ -121,3 +123,18 @@ async def run_with(batcher, coro):
         return await coro
     finally:
         await batcher.stop()
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """Base of the tests' stand-in HTTP servers: ``reply`` sends a JSON body; no access log."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

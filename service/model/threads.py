@@ -70,21 +70,27 @@ class ThreadPlan:
     inter_op_threads: int
 
 
+def instance_count(instances: int, *, gpu: bool, cpus: int) -> int:
+    """``SERVE_MODEL_INSTANCES`` resolved: kept when set; 0: one on a GPU, one per CPU core (up
+    to ``MAX_AUTO_CPU_INSTANCES``) without one."""
+    if instances > 0:
+        return instances
+    return 1 if gpu else max(1, min(cpus, MAX_AUTO_CPU_INSTANCES))
+
+
 def plan_threads(
     *, instances: int, intra_op_threads: int, inter_op_threads: int, gpu: bool, cpus: int
 ) -> ThreadPlan:
     """Resolve the settings' automatic values (0) for a machine with or without a GPU.
 
     Args:
-        instances: ``SERVE_MODEL_INSTANCES``; 0: one on a GPU, one per CPU core (up to
-            ``MAX_AUTO_CPU_INSTANCES``) without one.
+        instances: ``SERVE_MODEL_INSTANCES`` (see :func:`instance_count`).
         intra_op_threads: ``SERVE_INTRA_OP_THREADS``; kept when set.
         inter_op_threads: ``SERVE_INTER_OP_THREADS``; kept when set.
         gpu: whether TensorFlow sees a GPU.
         cpus: the CPUs this process may use.
     """
-    if instances <= 0:
-        instances = 1 if gpu else max(1, min(cpus, MAX_AUTO_CPU_INSTANCES))
+    instances = instance_count(instances, gpu=gpu, cpus=cpus)
     if not gpu and instances > 1:
         intra_op_threads = intra_op_threads or 1
         inter_op_threads = inter_op_threads or max(2, instances)

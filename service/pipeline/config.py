@@ -194,15 +194,21 @@ def _parse_pipeline(name: str, body: Any, where: str, base: Path) -> PipelineSpe
     )
 
 
-def _parse_cpu(stage: dict[str, Any], where: str) -> CpuStageSpec:
-    extra = set(stage) - CPU_KEYS
+def _stage_name(stage: dict[str, Any], where: str, allowed: set[str], kind: str) -> str:
+    """A stage's name, after refusing keys its kind does not know."""
+    extra = set(stage) - allowed
     if extra:
         raise PipelineConfigError(
-            f"{where}: unknown keys {sorted(extra)}; allowed {sorted(CPU_KEYS)}"
+            f"{where}: unknown keys {sorted(extra)}; allowed {sorted(allowed)}"
         )
     name = stage.get("name")
     if not isinstance(name, str) or not NAME.match(name):
-        raise PipelineConfigError(f"{where}: a cpu stage needs a 'name' (a-z 0-9 _ . -)")
+        raise PipelineConfigError(f"{where}: a {kind} stage needs a 'name' (a-z 0-9 _ . -)")
+    return name
+
+
+def _parse_cpu(stage: dict[str, Any], where: str) -> CpuStageSpec:
+    name = _stage_name(stage, where, CPU_KEYS, "cpu")
     function = stage.get("function")
     if not isinstance(function, str) or not FUNCTION.match(function):
         raise PipelineConfigError(
@@ -212,14 +218,7 @@ def _parse_cpu(stage: dict[str, Any], where: str) -> CpuStageSpec:
 
 
 def _parse_model(stage: dict[str, Any], where: str, base: Path) -> ModelStageSpec:
-    extra = set(stage) - MODEL_KEYS
-    if extra:
-        raise PipelineConfigError(
-            f"{where}: unknown keys {sorted(extra)}; allowed {sorted(MODEL_KEYS)}"
-        )
-    name = stage.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        raise PipelineConfigError(f"{where}: a model stage needs a 'name' (a-z 0-9 _ . -)")
+    name = _stage_name(stage, where, MODEL_KEYS, "model")
     arch, file = stage.get("arch"), stage.get("file")
     if (arch is None) == (file is None):
         raise PipelineConfigError(f"{where} ({name}): give exactly one of 'arch' or 'file'")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..metrics import Metrics
 from ..model.loader import LoadedModel
-from ..model.threads import available_cpus, plan_threads
+from ..model.threads import available_cpus, instance_count
 from ..settings import Settings
 from .batcher import BatchInfo, DynamicBatcher
 from .config import ModelStageSpec
@@ -92,13 +92,9 @@ class ModelStage:
         runner = ModelRunner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
-        self.instances = plan_threads(
-            instances=settings.model_instances,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            gpu="GPU" in runner.device,
-            cpus=available_cpus(),
-        ).instances
+        self.instances = instance_count(
+            settings.model_instances, gpu="GPU" in runner.device, cpus=available_cpus()
+        )
         exact = settings.batch_padding == "exact" or (
             settings.batch_padding == "auto" and "GPU" not in runner.device
         )

@@ -12,6 +12,7 @@ accelerator.
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import time
 from typing import Any
@@ -100,8 +101,7 @@ class ModelRunner:
     def sibling(self) -> ModelRunner:
         """Another instance on the same compiled function (traced and warmed once, weights
         shared) with its own input buffers, so that both may run batches at the same time."""
-        twin = object.__new__(ModelRunner)
-        twin.__dict__.update(self.__dict__)
+        twin = copy.copy(self)
         twin._buffers = {}
         return twin
 

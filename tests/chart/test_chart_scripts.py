@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 from chart_helpers import CHART
+from helpers import JsonHandler
 
 FETCH = CHART / "files" / "fetch_weights_url.py"
 HELM_TEST = CHART / "files" / "helm_test.py"
@@ -90,15 +90,7 @@ def fake_service(ready_after: int, predictions, random_weights=False):
     """A stand-in that answers like service/api (503 on /readyz for the first calls)."""
     calls = {"readyz": 0, "classify": []}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def reply(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self):  # noqa: N802
             if self.path == "/readyz":
                 calls["readyz"] += 1
@@ -115,9 +107,6 @@ def fake_service(ready_after: int, predictions, random_weights=False):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             calls["classify"].append((self.path, self.headers["Content-Type"], body))
             self.reply(200, {"model": "resnet50", "predictions": predictions})
-
-        def log_message(self, *args):
-            pass
 
     return Handler, calls
 

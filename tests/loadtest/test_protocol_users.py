@@ -9,31 +9,21 @@ import io
 import itertools
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from helpers import JsonHandler
 from PIL import Image
 
 from loadtest import runner, shapes
 
 
-class Fake(BaseHTTPRequestHandler):
+class Fake(JsonHandler):
     broken = False
     seen: list[tuple[str, str, dict]] = []
     polls: dict[str, int] = {}
     images: dict[str, int] = {}
     ids = itertools.count()
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def reply(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         if self.path == "/readyz":

@@ -1,6 +1,8 @@
 """Runner instances (Triton's instance group): several batches of one model stage at once."""
 
 import asyncio
+import math
+import os
 import threading
 import time
 
@@ -219,8 +221,6 @@ def test_a_pods_cpu_limit_is_read_from_its_cgroup(tmp_path, files, expected):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cgroup_cpu_limit(str(tmp_path)) == expected
-    import os
-
     mask = len(os.sched_getaffinity(0))
-    want = mask if expected is None else min(mask, -(-expected // 1))
+    want = mask if expected is None else min(mask, math.ceil(expected))
     assert available_cpus(str(tmp_path)) == want
