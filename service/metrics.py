@@ -222,7 +222,7 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "serve_preprocess_pool_restarts",
-            "Times the preprocessing pool was rebuilt.",
+            "Preprocessing workers replaced after dying (the item a worker held is retried once).",
             registry=r,
         )
         self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)

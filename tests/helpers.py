@@ -138,3 +138,16 @@ class JsonHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def crash_worker(array: np.ndarray) -> np.ndarray:
+    """A cpu-stage function that kills the preprocessing worker running it (a codec crash)."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return array
+
+
+def double(array: np.ndarray) -> np.ndarray:
+    """A cpu-stage function: ``2 * array``."""
+    return array * 2

@@ -13,15 +13,15 @@ from ..settings import Settings
 from .errors import ApiError
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_pipeline(request: Request) -> Pipeline:
+async def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
-def get_pipelines(request: Request) -> Pipelines:
+async def get_pipelines(request: Request) -> Pipelines:
     return request.app.state.pipelines
 
 
@@ -69,7 +69,7 @@ def protocol_model(
     return pipeline
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

@@ -30,7 +30,7 @@ class JobJSON(ClassifyJSON):
     )
 
 
-def get_manager(request: Request) -> ResponseManager:
+async def get_manager(request: Request) -> ResponseManager:
     return request.app.state.jobs
 
 

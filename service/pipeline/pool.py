@@ -1,26 +1,45 @@
-"""The preprocessing stage: a pool of *spawned* worker processes running ``preprocess.decode``
-(and the functions of ``cpu`` stages, ``_worker_apply``).
+"""The preprocessing stage: *spawned* worker processes running ``preprocess.decode`` (and the
+functions of ``cpu`` stages, ``_worker_apply``), fed by the event loop itself.
 
 Decoding and resizing are CPU-bound and hold the GIL; in worker processes they run in parallel
-with each other and with the model runner. A worker that dies (OOM kill, SIGKILL, a crash in a
-codec) breaks a ``ProcessPoolExecutor`` for everything in it; the pool is then rebuilt and the
-affected items are retried once, so only an image that kills workers twice fails (with 503).
+with each other and with the model runner. The transport is built for that one job rather than
+``ProcessPoolExecutor``'s general one, because on the hot path its costs were the server's:
+
+* Each worker owns two shared-memory slots: the parent copies the encoded image into the input
+  slot and the worker writes the decoded pixels into the output slot. Only a small header
+  crosses the worker's pipe. (``ProcessPoolExecutor`` pickles ~115 KB in and ~150 KB out per
+  640x480 JPEG through pipes, in 64 KB pieces.) Payloads larger than a slot, and every payload
+  where ``/dev/shm`` has no room, travel through the pipe instead.
+* The event loop reads the pipes directly (``loop.add_reader``): no manager or feeder thread
+  between a request and its worker, nothing for the GIL to hand back and forth.
+* A worker holds one item at a time and gets the next the moment it answers, so a slow image
+  never has a queue of others waiting behind it in a busy worker.
+
+A worker that dies (OOM kill, SIGKILL, a crash in a codec) is replaced on its own; the item it
+held is retried once on another worker, so only an image that kills workers twice fails (503).
+The rest of the pool never notices.
 
 Imports nothing from TensorFlow: worker processes import this module to find their entry points.
+The asynchronous methods must be called from one event loop at a time (the pool moves to a new
+loop when it is idle, as tests with ``asyncio.run`` need).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import importlib
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 import numpy as np
@@ -32,9 +51,22 @@ log = logging.getLogger(__name__)
 _CONFIG: PreprocessConfig | None = None
 _FUNCTIONS: dict[str, Any] = {}
 
+# The input slot: a 640x480 JPEG is ~115 KB, a 12-megapixel phone photo 3-5 MB (those go through
+# the pipe). Containers get a 64 MiB /dev/shm by default; 16 workers take ~19 MiB of it.
+INPUT_SLOT_BYTES = 1 << 20
+MIN_OUTPUT_SLOT_BYTES = 1 << 17
+START_TIMEOUT_S = 120.0
+
 
 class WorkerLost(RuntimeError):
     """A preprocessing worker died while holding this item, twice."""
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed (the service is shutting down)."""
+
+
+# -- the worker process ---------------------------------------------------------------------
 
 
 def _die_with_parent() -> None:
@@ -64,11 +96,6 @@ def _worker_init(cfg: PreprocessConfig, niceness: int = 0) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _worker_decode(data: bytes) -> Preprocessed:
-    assert _CONFIG is not None, "worker not initialised"
-    return decode(data, _CONFIG)
-
-
 def load_function(path: str) -> Any:
     """Import ``package.module:function`` (once per process)."""
     function = _FUNCTIONS.get(path)
@@ -91,9 +118,131 @@ def _worker_apply(function_path: str, array: np.ndarray) -> tuple[np.ndarray, fl
     return out, time.perf_counter() - start
 
 
-def _worker_ping(hold_s: float) -> int:
-    time.sleep(hold_s)  # keeps this worker busy so the next ping starts another process
-    return os.getpid()
+def _attach(name: str | None) -> SharedMemory | None:
+    return SharedMemory(name=name) if name else None
+
+
+def _buf(shm: SharedMemory) -> memoryview:
+    buf = shm.buf
+    assert buf is not None, "shared memory is closed"
+    return buf
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _work(kind: str, function: str, payload: bytes, meta: Any) -> tuple[np.ndarray, tuple]:
+    """One item: the output array and what the parent needs besides it."""
+    assert _CONFIG is not None, "worker not initialised"
+    if kind == "decode":
+        pre = decode(payload, _CONFIG)
+        return pre.pixels, (pre.seconds, pre.source_size)
+    if kind == "apply":
+        dtype, shape = meta
+        array = np.frombuffer(payload, dtype=dtype).reshape(shape)
+        out, seconds = _worker_apply(function, array)
+        return out, (seconds,)
+    if kind == "sleep":  # tests: hold this worker busy; answers its pid
+        time.sleep(meta)
+        return np.array([os.getpid()]), ()
+    raise ValueError(f"unknown work {kind!r}")
+
+
+def _worker_main(
+    conn: Connection,
+    cfg: PreprocessConfig,
+    niceness: int,
+    input_name: str | None,
+    output_name: str | None,
+) -> None:
+    """A worker's life: say ready, then answer one header (and slot) at a time until EOF."""
+    _worker_init(cfg, niceness)
+    slot_in, slot_out = _attach(input_name), _attach(output_name)
+    conn.send_bytes(pickle.dumps(("ready", os.getpid(), 0)))
+    while True:
+        try:
+            kind, function, size, meta = pickle.loads(conn.recv_bytes())
+            payload = bytes(_buf(slot_in)[:size]) if size >= 0 and slot_in else conn.recv_bytes()
+        except (EOFError, OSError):  # the server closed the pool or died
+            return
+        try:
+            out, info = _work(kind, function, payload, meta)
+        except Exception as exc:
+            conn.send_bytes(pickle.dumps(("error", _picklable(exc), 0)))
+            continue
+        out = np.ascontiguousarray(out)
+        view = out.data.cast("B")
+        head = ("ok", (info, out.dtype.str, out.shape), view.nbytes)
+        if slot_out is not None and view.nbytes <= slot_out.size:
+            _buf(slot_out)[: view.nbytes] = view
+            conn.send_bytes(pickle.dumps(head))
+        else:
+            conn.send_bytes(pickle.dumps((*head[:2], -1)))
+            conn.send_bytes(view)
+
+
+# -- the parent side ------------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    kind: str
+    function: str
+    payload: bytes | memoryview
+    meta: Any
+    future: asyncio.Future
+    deaths: int = 0
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any
+    conn: Connection
+    slot_in: SharedMemory | None
+    slot_out: SharedMemory | None
+    ready: bool = False
+    dead: bool = False
+    task: _Task | None = None
+    reading: bool = False  # registered with the loop
+
+
+@dataclass
+class _Slots:
+    """A worker position's shared memory, kept across replacements of its process."""
+
+    slot_in: SharedMemory | None
+    slot_out: SharedMemory | None
+    all: list[SharedMemory] = field(default_factory=list)
+
+
+def _shared_memory(size: int) -> SharedMemory | None:
+    """A segment with its pages reserved (so a full /dev/shm is an error now, not a SIGBUS
+    later), or None where there is no room: that worker's payloads go through its pipe."""
+    try:
+        shm = SharedMemory(create=True, size=size)
+    except OSError as exc:
+        log.warning("no shared memory for the preprocessing pool (%s); using pipes", exc)
+        return None
+    fd = getattr(shm, "_fd", -1)
+    if fd >= 0 and hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            log.warning(
+                "/dev/shm has no room for %d bytes (%s); this preprocessing worker uses pipes",
+                size,
+                exc,
+            )
+            shm.close()
+            shm.unlink()
+            return None
+    return shm
 
 
 class PreprocessPool:
@@ -102,100 +251,305 @@ class PreprocessPool:
     Args:
         cfg: the preprocessing configuration, sent to each worker once.
         workers: number of processes.
-        on_restart: called (with no arguments) each time the pool is rebuilt.
+        on_restart: called (with no arguments) each time a dead worker is replaced.
         niceness: added to the workers' CPU niceness (0: same priority as the server).
+        shared_memory: pass payloads through shared-memory slots (False: pipes only).
     """
 
-    def __init__(self, cfg: PreprocessConfig, workers: int, on_restart=None, niceness: int = 0):
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        workers: int,
+        on_restart=None,
+        niceness: int = 0,
+        shared_memory: bool = True,
+    ):
+        if workers < 1:
+            raise ValueError("a preprocessing pool needs at least one worker")
         self.cfg = cfg
         self.workers = workers
         self.niceness = niceness
+        self.shared_memory = shared_memory
         self._on_restart = on_restart
-        self._executor: ProcessPoolExecutor | None = None
-        self._generation = 0
+        self._ctx = multiprocessing.get_context("spawn")  # never fork: TensorFlow issue 8220
         self._lock = threading.Lock()
-        self.pending = 0
+        self._slots: list[_Slots] = []
+        self._workers: list[_Worker] = []
+        self._idle: collections.deque[_Worker] = collections.deque()
+        self._waiting: collections.deque[_Task] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.pending = 0  # items submitted and not answered yet
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        # spawn, never fork: the parent has TensorFlow loaded (TensorFlow issue 8220).
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(self.cfg, self.niceness),
-        )
+    # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers and wait until every one answers (blocking; call in a thread)."""
+        """Start the workers and wait until every one has said it is ready (blocking)."""
         with self._lock:
-            if self._executor is None:
-                self._executor = self._new_executor()
-            executor = self._executor
-        # Busy pings make the executor start every process; repeat until each has answered
-        # (its initializer has run), so readiness means the whole pool is up.
-        pids: set[int] = set()
-        deadline = time.monotonic() + 120
-        while len(pids) < self.workers and time.monotonic() < deadline:
-            pings = [executor.submit(_worker_ping, 0.05) for _ in range(self.workers * 2)]
-            pids |= {f.result(timeout=120) for f in pings}
-        log.info("preprocessing pool: %d worker processes %s", self.workers, sorted(pids))
+            if self._workers or self._closed:
+                return
+            output_bytes = max(MIN_OUTPUT_SLOT_BYTES, int(np.prod(self.cfg.size)) * 3)
+            for _ in range(self.workers):
+                if self.shared_memory:
+                    slot_in = _shared_memory(INPUT_SLOT_BYTES)
+                    slot_out = _shared_memory(output_bytes) if slot_in else None
+                    if slot_in is not None and slot_out is None:
+                        slot_in.close()
+                        slot_in.unlink()
+                        slot_in = None
+                else:
+                    slot_in = slot_out = None
+                segments = [s for s in (slot_in, slot_out) if s is not None]
+                self._slots.append(_Slots(slot_in, slot_out, segments))
+            self._workers = [self._spawn(i) for i in range(self.workers)]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for worker in self._workers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not worker.conn.poll(remaining):
+                raise RuntimeError("a preprocessing worker did not start in time")
+            status, pid, _ = pickle.loads(worker.conn.recv_bytes())
+            assert status == "ready" and pid == worker.process.pid
+            worker.ready = True
+            self._idle.append(worker)
+        transport = "shared memory" if self._slots[0].all else "pipes"
+        log.info(
+            "preprocessing pool: %d worker processes %s (%s)",
+            self.workers,
+            self.worker_pids(),
+            transport,
+        )
+
+    def _spawn(self, index: int) -> _Worker:
+        slots = self._slots[index]
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(
+                child,
+                self.cfg,
+                self.niceness,
+                slots.slot_in.name if slots.slot_in else None,
+                slots.slot_out.name if slots.slot_out else None,
+            ),
+            name=f"preprocess-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()  # the worker holds the only other end: its death reads as EOF here
+        return _Worker(index, process, parent, slots.slot_in, slots.slot_out)
 
     def worker_pids(self) -> list[int]:
-        executor = self._executor
-        if executor is None:
-            return []
-        return [p.pid for p in getattr(executor, "_processes", {}).values() if p.pid]
+        return [w.process.pid for w in self._workers if not w.dead and w.process.pid]
 
-    def _submit(self) -> tuple[int, ProcessPoolExecutor]:
+    def close(self) -> None:
+        """Stop the workers and free the shared memory; what is still waiting fails."""
         with self._lock:
-            if self._executor is None:
-                raise RuntimeError("preprocessing pool is not started")
-            return self._generation, self._executor
+            if self._closed:
+                return
+            self._closed = True
+        self._on_loop(self._detach)
+        for worker in self._workers:
+            worker.conn.close()  # EOF: the worker returns from its loop
+        for worker in self._workers:
+            worker.process.join(5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(5)
+        for slots in self._slots:
+            for shm in slots.all:
+                shm.close()
+                with contextlib.suppress(FileNotFoundError):
+                    shm.unlink()
 
-    def _rebuild(self, broken_generation: int) -> None:
-        with self._lock:
-            if self._generation != broken_generation:
-                return  # someone else already rebuilt it
-            old = self._executor
-            self._executor = self._new_executor()
-            self._generation += 1
-        log.error("a preprocessing worker died; pool rebuilt (generation %d)", self._generation)
-        if self._on_restart:
-            self._on_restart()
-        if old is not None:
-            threading.Thread(target=old.shutdown, kwargs={"wait": False}, daemon=True).start()
+    def _on_loop(self, fn) -> None:
+        """Run ``fn`` on the bound event loop's thread (now, if that is this thread or the loop
+        no longer runs) and wait for it."""
+        loop = self._loop
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if loop is None or current is loop or not loop.is_running():
+            fn()
+            return
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(call)
+        done.wait(10)
+
+    def _detach(self) -> None:
+        """Forget the loop: stop reading the pipes and fail every unanswered item."""
+        loop, self._loop = self._loop, None
+        for worker in self._workers:
+            if worker.reading and loop is not None and not loop.is_closed():
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(worker.conn.fileno())
+            worker.reading = False
+            if worker.task is not None:
+                self._fail(worker.task, PoolClosed("the preprocessing pool is closed"))
+                worker.task = None
+        while self._waiting:
+            self._fail(self._waiting.popleft(), PoolClosed("the preprocessing pool is closed"))
+
+    def _bind(self) -> None:
+        """Read the workers' pipes on the running loop (moving from an idle earlier loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed() and self._busy():
+            raise RuntimeError("the preprocessing pool is in use on another event loop")
+        self._detach()
+        self._loop = loop
+        for worker in list(self._workers):
+            self._watch(worker)
+
+    def _busy(self) -> bool:
+        return bool(self._waiting) or any(w.task is not None for w in self._workers)
+
+    def _watch(self, worker: _Worker) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(worker.conn.fileno(), self._on_readable, worker)
+        worker.reading = True
+
+    # -- work ------------------------------------------------------------------------------
 
     async def run(self, data: bytes) -> Preprocessed:
         """Decode one image in a worker. Raises ``ImageError`` for bad input."""
-        self.pending += 1
-        try:
-            return await self._call(_worker_decode, data, what="decoding this image")
-        finally:
-            self.pending -= 1
+        pixels, (seconds, source_size) = await self._call("decode", "", data, None)
+        return Preprocessed(pixels, seconds, tuple(source_size))
 
     async def apply(self, function_path: str, array: np.ndarray) -> tuple[np.ndarray, float]:
         """A cpu stage's function on one item in a worker: ``(output, seconds)``."""
-        return await self._call(_worker_apply, function_path, array, what="running a cpu stage")
+        array = np.ascontiguousarray(array)
+        meta = (array.dtype.str, array.shape)
+        out, (seconds,) = await self._call("apply", function_path, array.data, meta)
+        return out, seconds
 
-    async def _call(self, fn: Any, *args: Any, what: str) -> Any:
-        """``fn(*args)`` in a worker; retried once on a fresh pool if the worker dies."""
-        for attempt in (1, 2):
-            generation, executor = self._submit()
-            try:
-                fut: Future = executor.submit(fn, *args)
-            except BrokenProcessPool:
-                self._rebuild(generation)
+    async def _call(self, kind: str, function: str, payload, meta) -> tuple[np.ndarray, tuple]:
+        if self._closed or not self._workers:
+            raise PoolClosed("the preprocessing pool is not running")
+        self._bind()
+        future = asyncio.get_running_loop().create_future()
+        if isinstance(payload, memoryview):
+            payload = payload.cast("B")
+        self._waiting.append(_Task(kind, function, payload, meta, future))
+        self.pending += 1
+        try:
+            self._dispatch()
+            return await future
+        finally:
+            self.pending -= 1
+
+    def _dispatch(self) -> None:
+        while self._idle and self._waiting:
+            task = self._waiting.popleft()
+            if task.future.done():  # its request gave up while it waited
                 continue
-            try:
-                return await asyncio.wrap_future(fut)
-            except BrokenProcessPool:
-                self._rebuild(generation)
-                if attempt == 2:
-                    break
-        raise WorkerLost(f"a preprocessing worker died while {what}")
+            worker = self._idle.popleft()
+            if worker.dead:
+                self._waiting.appendleft(task)
+                continue
+            self._send(worker, task)
 
-    def close(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+    def _send(self, worker: _Worker, task: _Task) -> None:
+        worker.task = task
+        size = len(task.payload)
+        inline = worker.slot_in is not None and size <= worker.slot_in.size
+        try:
+            if inline:
+                assert worker.slot_in is not None
+                _buf(worker.slot_in)[:size] = task.payload
+            worker.conn.send_bytes(
+                pickle.dumps((task.kind, task.function, size if inline else -1, task.meta))
+            )
+        except OSError:  # the worker is already gone; this item never reached it
+            worker.task = None
+            self._waiting.appendleft(task)
+            self._lost(worker)
+            return
+        if not inline:  # a large payload: the pipe, from a thread, so the loop never blocks
+            assert self._loop is not None
+            sent = self._loop.run_in_executor(None, worker.conn.send_bytes, task.payload)
+            sent.add_done_callback(lambda f: f.exception())  # a death is seen as EOF too
+
+    def _on_readable(self, worker: _Worker) -> None:
+        try:
+            status, body, size = pickle.loads(worker.conn.recv_bytes())
+            if status == "ok":
+                info, dtype, shape = body
+                if size >= 0:
+                    assert worker.slot_out is not None
+                    view = np.frombuffer(_buf(worker.slot_out), dtype=np.uint8, count=size)
+                    out = view.view(dtype).reshape(shape).copy()
+                    del view
+                else:
+                    out = np.frombuffer(bytearray(worker.conn.recv_bytes()), dtype).reshape(shape)
+        except (EOFError, OSError):
+            self._lost(worker)
+            self._dispatch()  # its item, retried, may go to an idle worker at once
+            return
+        if status == "ready":  # a replacement has started
+            worker.ready = True
+            self._idle.append(worker)
+            self._dispatch()
+            return
+        task, worker.task = worker.task, None
+        self._idle.append(worker)
+        self._dispatch()
+        if task is None or task.future.done():
+            return
+        if status == "ok":
+            task.future.set_result((out, info))
+        else:
+            task.future.set_exception(body)
+
+    def _lost(self, worker: _Worker) -> None:
+        """A worker died: replace it, and retry the item it held once (on any worker)."""
+        if worker.dead:
+            return
+        worker.dead = True
+        if worker.reading and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(worker.conn.fileno())
+            worker.reading = False
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        worker.conn.close()
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(1)
+        task, worker.task = worker.task, None
+        if task is not None:
+            task.deaths += 1
+            if task.deaths >= 2:
+                self._fail(task, WorkerLost("a preprocessing worker died on this item, twice"))
+            else:
+                self._waiting.appendleft(task)
+        if self._closed:
+            return
+        log.error(
+            "preprocessing worker %d (pid %s) died, exit code %s; replacing it",
+            worker.index,
+            worker.process.pid,
+            worker.process.exitcode,
+        )
+        replacement = self._spawn(worker.index)
+        self._workers[worker.index] = replacement
+        if self._loop is not None:
+            self._watch(replacement)  # it becomes idle when it says ready
+        if self._on_restart:
+            self._on_restart()
+
+    @staticmethod
+    def _fail(task: _Task, exc: BaseException) -> None:
+        if not task.future.done():
+            loop = task.future.get_loop()
+            if loop.is_closed():
+                return
+            task.future.set_exception(exc)

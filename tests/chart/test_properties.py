@@ -199,6 +199,17 @@ def test_read_only_root_gets_a_writable_tmp():
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
 
 
+def test_preprocessing_workers_get_a_shared_memory_volume():
+    """The workers' shared-memory slots need more than a container's default 64 MiB /dev/shm
+    when a node runs many workers; a memory-backed emptyDir with a limit replaces it."""
+    objs = render(sets=("shmSizeLimit=512Mi",))
+    container = server_container(objs)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    shm = {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "512Mi"}}
+    assert shm in pod["volumes"]
+
+
 @pytest.mark.parametrize("values", ALL_VALUES, ids=IDS)
 def test_standard_labels_on_every_object(values):
     for obj in render(values):

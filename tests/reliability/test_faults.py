@@ -88,12 +88,8 @@ def test_a_killed_preprocessing_worker_is_replaced_under_load(hardened_server):
     result = asyncio.run(run())
     assert killed
     statuses = [o.status for o in result.outcomes]
-    assert statuses.count(200) > 10, statuses
-    # Only items held by the dead worker may fail, with a retryable 503; nothing else.
-    others = [o for o in result.outcomes if o.status != 200]
-    assert all(o.status == 503 and o.code == "worker_lost" and o.retry_after for o in others), (
-        others
-    )
+    # The item the dead worker held is retried once on the other worker: no request fails.
+    assert len(statuses) > 10 and set(statuses) == {200}, result.outcomes
     after = set(worker_processes(srv.process.pid))
     assert len(after) == 2 and killed[0] not in after
     metrics = httpx.get(srv.url + "/metrics").text
