@@ -37,7 +37,7 @@ import pickle
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -206,7 +206,6 @@ class _Worker:
     conn: Connection
     slot_in: SharedMemory | None
     slot_out: SharedMemory | None
-    ready: bool = False
     dead: bool = False
     task: _Task | None = None
     reading: bool = False  # registered with the loop
@@ -214,11 +213,13 @@ class _Worker:
 
 @dataclass
 class _Slots:
-    """A worker position's shared memory, kept across replacements of its process."""
+    """A worker position's shared memory (both or neither), kept across replacements."""
 
-    slot_in: SharedMemory | None
-    slot_out: SharedMemory | None
-    all: list[SharedMemory] = field(default_factory=list)
+    slot_in: SharedMemory | None = None
+    slot_out: SharedMemory | None = None
+
+    def segments(self) -> list[SharedMemory]:
+        return [s for s in (self.slot_in, self.slot_out) if s is not None]
 
 
 def _shared_memory(size: int) -> SharedMemory | None:
@@ -290,28 +291,32 @@ class PreprocessPool:
                 return
             output_bytes = max(MIN_OUTPUT_SLOT_BYTES, int(np.prod(self.cfg.size)) * 3)
             for _ in range(self.workers):
+                slots = _Slots()
                 if self.shared_memory:
-                    slot_in = _shared_memory(INPUT_SLOT_BYTES)
-                    slot_out = _shared_memory(output_bytes) if slot_in else None
-                    if slot_in is not None and slot_out is None:
-                        slot_in.close()
-                        slot_in.unlink()
-                        slot_in = None
-                else:
-                    slot_in = slot_out = None
-                segments = [s for s in (slot_in, slot_out) if s is not None]
-                self._slots.append(_Slots(slot_in, slot_out, segments))
+                    slots.slot_in = _shared_memory(INPUT_SLOT_BYTES)
+                    slots.slot_out = _shared_memory(output_bytes) if slots.slot_in else None
+                    if slots.slot_out is None and slots.slot_in is not None:
+                        slots.slot_in.close()
+                        slots.slot_in.unlink()
+                        slots.slot_in = None
+                self._slots.append(slots)
             self._workers = [self._spawn(i) for i in range(self.workers)]
         deadline = time.monotonic() + START_TIMEOUT_S
         for worker in self._workers:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not worker.conn.poll(remaining):
                 raise RuntimeError("a preprocessing worker did not start in time")
-            status, pid, _ = pickle.loads(worker.conn.recv_bytes())
+            try:
+                status, pid, _ = pickle.loads(worker.conn.recv_bytes())
+            except EOFError:
+                worker.process.join(5)
+                raise RuntimeError(
+                    f"a preprocessing worker exited while starting "
+                    f"(exit code {worker.process.exitcode})"
+                ) from None
             assert status == "ready" and pid == worker.process.pid
-            worker.ready = True
             self._idle.append(worker)
-        transport = "shared memory" if self._slots[0].all else "pipes"
+        transport = "shared memory" if self._slots[0].segments() else "pipes"
         log.info(
             "preprocessing pool: %d worker processes %s (%s)",
             self.workers,
@@ -356,7 +361,7 @@ class PreprocessPool:
                 worker.process.kill()
                 worker.process.join(5)
         for slots in self._slots:
-            for shm in slots.all:
+            for shm in slots.segments():
                 shm.close()
                 with contextlib.suppress(FileNotFoundError):
                     shm.unlink()
@@ -495,7 +500,6 @@ class PreprocessPool:
             self._dispatch()  # its item, retried, may go to an idle worker at once
             return
         if status == "ready":  # a replacement has started
-            worker.ready = True
             self._idle.append(worker)
             self._dispatch()
             return
