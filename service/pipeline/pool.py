@@ -163,7 +163,10 @@ def _worker_main(
     """A worker's life: say ready, then answer one header (and slot) at a time until EOF."""
     _worker_init(cfg, niceness)
     slot_in, slot_out = _attach(input_name), _attach(output_name)
-    conn.send_bytes(pickle.dumps(("ready", os.getpid(), 0)))
+    try:
+        conn.send_bytes(pickle.dumps(("ready", os.getpid(), 0)))
+    except OSError:  # the pool was closed while this worker started
+        return
     while True:
         try:
             kind, function, size, meta = pickle.loads(conn.recv_bytes())
@@ -209,6 +212,7 @@ class _Worker:
     dead: bool = False
     task: _Task | None = None
     reading: bool = False  # registered with the loop
+    sending: asyncio.Future | None = None  # a large payload being written by a thread
 
 
 @dataclass
@@ -354,12 +358,16 @@ class PreprocessPool:
             self._closed = True
         self._on_loop(self._detach)
         for worker in self._workers:
-            worker.conn.close()  # EOF: the worker returns from its loop
+            worker.dead = True
+            if worker.sending is None:  # else the worker is killed below, then _sent closes
+                worker.conn.close()  # EOF: the worker returns from its loop
         for worker in self._workers:
             worker.process.join(5)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(5)
+            if worker.process.exitcode is not None:
+                worker.process.close()  # its sentinel pipe
         for slots in self._slots:
             for shm in slots.segments():
                 shm.close()
@@ -480,8 +488,19 @@ class PreprocessPool:
             return
         if not inline:  # a large payload: the pipe, from a thread, so the loop never blocks
             assert self._loop is not None
-            sent = self._loop.run_in_executor(None, worker.conn.send_bytes, task.payload)
-            sent.add_done_callback(lambda f: f.exception())  # a death is seen as EOF too
+            worker.sending = self._loop.run_in_executor(None, worker.conn.send_bytes, task.payload)
+            worker.sending.add_done_callback(lambda f: self._sent(worker, f))
+
+    @staticmethod
+    def _sent(worker: _Worker, sent: asyncio.Future) -> None:
+        """A thread finished writing a large payload (or failed: the worker's death is seen
+        as EOF by the reader, which retries the item). The pipe of a worker that died meanwhile
+        is closed only now, so its descriptor cannot be reused under the writing thread."""
+        if not sent.cancelled():
+            sent.exception()
+        worker.sending = None
+        if worker.dead:
+            worker.conn.close()
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
@@ -524,10 +543,14 @@ class PreprocessPool:
             worker.reading = False
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
-        worker.conn.close()
+        if worker.sending is None:  # else closed when the writing thread is done (_sent)
+            worker.conn.close()
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(1)
+        pid, exitcode = worker.process.pid, worker.process.exitcode
+        if exitcode is not None:
+            worker.process.close()  # its sentinel pipe
         task, worker.task = worker.task, None
         if task is not None:
             task.deaths += 1
@@ -540,8 +563,8 @@ class PreprocessPool:
         log.error(
             "preprocessing worker %d (pid %s) died, exit code %s; replacing it",
             worker.index,
-            worker.process.pid,
-            worker.process.exitcode,
+            pid,
+            exitcode,
         )
         replacement = self._spawn(worker.index)
         self._workers[worker.index] = replacement

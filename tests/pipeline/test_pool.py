@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing import resource_tracker
 
 import numpy as np
 import pytest
@@ -159,9 +160,10 @@ def test_an_item_whose_worker_dies_is_retried_once_on_another(pool):
         await asyncio.sleep(0.2)
         (busy,) = [w for w in pool._workers if w.task is not None]
         other = next(w for w in pool._workers if w is not busy)
-        os.kill(busy.process.pid, signal.SIGKILL)
+        dead = busy.process.pid
+        os.kill(dead, signal.SIGKILL)
         out, info = await item
-        return busy.process.pid, other, out, info
+        return dead, other, out, info
 
     dead, other, out, info = asyncio.run(go())
     assert list(out) == [other.process.pid] and info == ()  # it ran on the other worker
@@ -182,6 +184,28 @@ def test_an_item_that_kills_two_workers_fails_and_the_pool_survives(pool):
 
     assert asyncio.run(go()).pixels.shape == (32, 32, 3)
     assert len(restarts) == 2 and len(pool.worker_pids()) == 2
+
+
+def test_an_item_through_the_pipe_that_kills_workers(monkeypatch):
+    """The same with a payload larger than the slot, written to the pipe by a thread."""
+    monkeypatch.setattr(pool_module, "INPUT_SLOT_BYTES", 2048)
+    resource_tracker.ensure_running()  # its pipe lives as long as this process
+    fds = len(os.listdir("/proc/self/fd"))
+    p = PreprocessPool(CFG, workers=2)
+    p.start()
+    try:
+
+        async def go():
+            with pytest.raises(WorkerLost):
+                await p.apply("helpers:crash_worker", np.zeros(100_000, np.float32))
+            out, _ = await p.apply("helpers:double", np.ones(100_000, np.float32))
+            return out
+
+        assert asyncio.run(go()).sum() == 200_000
+        assert len(p.worker_pids()) == 2
+    finally:
+        p.close()
+    assert len(os.listdir("/proc/self/fd")) <= fds, "pipes of dead or closed workers leaked"
 
 
 def test_worker_errors_come_back_as_their_own_exceptions(pool):
