@@ -1,4 +1,8 @@
-"""Dependencies shared by the routes, declared once (tests swap them with dependency_overrides)."""
+"""Dependencies shared by the routes, declared once (tests swap them with dependency_overrides).
+
+The ones that only read app state are ``async``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a thread hop per request for a dictionary lookup.
+"""
 
 from __future__ import annotations
 
