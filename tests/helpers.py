@@ -151,3 +151,8 @@ def crash_worker(array: np.ndarray) -> np.ndarray:
 def double(array: np.ndarray) -> np.ndarray:
     """A cpu-stage function: ``2 * array``."""
     return array * 2
+
+
+def total(array: np.ndarray) -> np.ndarray:
+    """A cpu-stage function with a 0-d output: the sum."""
+    return array.sum()

@@ -176,17 +176,22 @@ def _worker_main(
         try:
             out, info = _work(kind, function, payload, meta)
         except Exception as exc:
-            conn.send_bytes(pickle.dumps(("error", _picklable(exc), 0)))
-            continue
-        out = np.ascontiguousarray(out)
-        view = out.data.cast("B")
-        head = ("ok", (info, out.dtype.str, out.shape), view.nbytes)
-        if slot_out is not None and view.nbytes <= slot_out.size:
-            _buf(slot_out)[: view.nbytes] = view
-            conn.send_bytes(pickle.dumps(head))
+            reply: list = [("error", _picklable(exc), 0)]
         else:
-            conn.send_bytes(pickle.dumps((*head[:2], -1)))
-            conn.send_bytes(view)
+            out = np.require(out, requirements="C")  # keeps 0-d outputs 0-d
+            view = out.data.cast("B")
+            head = ("ok", (info, out.dtype.str, out.shape), view.nbytes)
+            if slot_out is not None and view.nbytes <= slot_out.size:
+                _buf(slot_out)[: view.nbytes] = view
+                reply = [head]
+            else:
+                reply = [(*head[:2], -1), view]
+        try:
+            conn.send_bytes(pickle.dumps(reply[0]))
+            if len(reply) > 1:
+                conn.send_bytes(reply[1])
+        except OSError:  # the server closed the pool or died
+            return
 
 
 # -- the parent side ------------------------------------------------------------------------

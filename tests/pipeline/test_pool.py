@@ -208,6 +208,17 @@ def test_an_item_through_the_pipe_that_kills_workers(monkeypatch):
     assert len(os.listdir("/proc/self/fd")) <= fds, "pipes of dead or closed workers leaked"
 
 
+def test_cpu_stage_outputs_keep_their_shape_and_dtype(pool):
+    async def go():
+        scalar, _ = await pool.apply("helpers:total", np.ones((3, 4), np.float32))
+        grid, _ = await pool.apply("helpers:double", np.ones((2, 3, 5), np.float64))
+        return scalar, grid
+
+    scalar, grid = asyncio.run(go())
+    assert scalar.shape == () and float(scalar) == 12.0
+    assert grid.shape == (2, 3, 5) and grid.dtype == np.float32 and grid.sum() == 60.0
+
+
 def test_worker_errors_come_back_as_their_own_exceptions(pool):
     async def go():
         with pytest.raises(ImportError, match="cannot import"):
