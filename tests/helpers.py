@@ -156,3 +156,9 @@ def double(array: np.ndarray) -> np.ndarray:
 def total(array: np.ndarray) -> np.ndarray:
     """A cpu-stage function with a 0-d output: the sum."""
     return array.sum()
+
+
+def hold(array: np.ndarray) -> np.ndarray:
+    """A cpu-stage function that keeps its worker busy ``array[0]`` seconds; answers its pid."""
+    time.sleep(float(array[0]))
+    return np.array([os.getpid()])

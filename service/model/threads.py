@@ -6,8 +6,8 @@ are split over every core: a split op waits at its end for its slowest thread, s
 work on the machine (decoding, HTTP, the load generator) stalls every thread of it, while a
 single-threaded instance only loses the time it is descheduled; and one thread per op spends
 nothing on splitting. Measured on this project's 2-core machine (docs/BENCHMARKS.md): the
-compiled ResNet50 alone makes 36-39 images/s as two single-threaded instances against 32-35 as
-one two-threaded instance, and the service under load gains more than that.
+compiled ResNet50 alone makes 39-44 images/s as two single-threaded instances against 33-38 as
+one two-threaded instance (best buckets, six runs), and the service under load gains too.
 
 TensorFlow's intra-op pool is one per process, shared by every instance: two instances on a
 shared two-thread pool busy-wait on each other (measured: 25 images/s in the service, worse than

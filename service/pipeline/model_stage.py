@@ -92,12 +92,9 @@ class ModelStage:
         runner = ModelRunner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
-        self.instances = instance_count(
-            settings.model_instances, gpu="GPU" in runner.device, cpus=available_cpus()
-        )
-        exact = settings.batch_padding == "exact" or (
-            settings.batch_padding == "auto" and "GPU" not in runner.device
-        )
+        gpu = "GPU" in runner.device
+        self.instances = instance_count(settings.model_instances, gpu=gpu, cpus=available_cpus())
+        exact = settings.batch_padding == "exact" or (settings.batch_padding == "auto" and not gpu)
         self.batcher = DynamicBatcher(
             self.name,
             [runner.run] + [runner.sibling().run for _ in range(self.instances - 1)],

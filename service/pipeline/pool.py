@@ -147,9 +147,6 @@ def _work(kind: str, function: str, payload: bytes, meta: Any) -> tuple[np.ndarr
         array = np.frombuffer(payload, dtype=dtype).reshape(shape)
         out, seconds = _worker_apply(function, array)
         return out, (seconds,)
-    if kind == "sleep":  # tests: hold this worker busy; answers its pid
-        time.sleep(meta)
-        return np.array([os.getpid()]), ()
     raise ValueError(f"unknown work {kind!r}")
 
 
@@ -440,7 +437,7 @@ class PreprocessPool:
     async def run(self, data: bytes) -> Preprocessed:
         """Decode one image in a worker. Raises ``ImageError`` for bad input."""
         pixels, (seconds, source_size) = await self._call("decode", "", data, None)
-        return Preprocessed(pixels, seconds, tuple(source_size))
+        return Preprocessed(pixels, seconds, source_size)
 
     async def apply(self, function_path: str, array: np.ndarray) -> tuple[np.ndarray, float]:
         """A cpu stage's function on one item in a worker: ``(output, seconds)``."""

@@ -45,17 +45,22 @@ def group(count: int, seconds: float = 0.05, **kwargs):
     return batcher, instances, log
 
 
+async def burst(batcher, instances, count: int) -> list:
+    """``count`` items submitted while every instance is held, then released together."""
+    for inst in instances:
+        inst.gate.clear()
+    futures = [batcher.submit(np.array([float(i)]), far()) for i in range(count)]
+    await asyncio.sleep(0.05)
+    for inst in instances:
+        inst.gate.set()
+    return await asyncio.gather(*futures)
+
+
 def test_waiting_work_splits_over_idle_instances_that_run_at_once():
     batcher, instances, log = group(2, seconds=0.3)
 
     async def go():
-        for inst in instances:
-            inst.gate.clear()
-        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(8)]
-        await asyncio.sleep(0.05)
-        for inst in instances:
-            inst.gate.set()
-        return await asyncio.gather(*futures)
+        return await burst(batcher, instances, 8)
 
     results = asyncio.run(run_with(batcher, go()))
     assert [r[0].tolist() for r in results] == [[2.0 * i] for i in range(8)]
@@ -129,13 +134,7 @@ def test_a_failing_instance_fails_only_its_batch_and_is_used_again():
         with pytest.raises(ModelError):
             await first
         # Both instances serve again: a burst larger than one share reaches both.
-        for inst in instances:
-            inst.gate.clear()
-        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(4)]
-        await asyncio.sleep(0.05)
-        for inst in instances:
-            inst.gate.set()
-        return await asyncio.gather(*futures)
+        return await burst(batcher, instances, 4)
 
     results = asyncio.run(run_with(batcher, go()))
     assert [r[0].tolist() for r in results] == [[0.0], [2.0], [4.0], [6.0]]
