@@ -120,6 +120,7 @@ class DynamicBatcher:
         self.regroup_fraction = regroup_fraction
         self._last_batch = 0  # size of the last batch while the load continues; 0: idle
         self._last_compute_s = 0.0
+        self._last_end = 0.0  # when the last batch finished (time.monotonic)
         self.exact_sizes = sorted(exact_sizes) if exact_sizes else None
         self._run_fns: list[RunFn] = list(run_fn) if isinstance(run_fn, Sequence) else [run_fn]
         if not self._run_fns:
@@ -252,8 +253,16 @@ class DynamicBatcher:
         return True
 
     async def _regroup(self) -> None:
-        """Under load, let the next batch reach the last one's size plus what is queued."""
-        want = min(self.max_batch_size, self._last_batch + len(self._queue))
+        """Under load, let the next batch reach the last one's size plus what was already
+        queued when it finished. Items queued since are the last batch's clients coming back:
+        counting them twice would make the batch wait for one more item than will come, so
+        every batch would wait out the whole budget."""
+        earlier = 0
+        for item in self._queue:  # in arrival order
+            if item.enqueued >= self._last_end:
+                break
+            earlier += 1
+        want = min(self.max_batch_size, self._last_batch + earlier)
         if self._last_batch <= 1 or len(self._queue) >= want:
             return
         await self._wait_for_items(want, self._regroup_budget())
@@ -321,6 +330,7 @@ class DynamicBatcher:
             self._wakeup.set()
         elapsed = time.monotonic() - started
         self._last_batch, self._last_compute_s = len(batch), compute_s
+        self._last_end = time.monotonic()
         m.runner_busy_seconds.inc(elapsed)
         m.execution_count.inc()
         m.inference_count.inc(len(batch))

@@ -220,6 +220,33 @@ def test_without_regrouping_sixteen_clients_split_into_smaller_batches():
     assert 16 not in runner.batches[2:5], runner.batches
 
 
+def test_regrouping_stops_waiting_once_the_last_batchs_clients_are_back():
+    # Four closed-loop clients in one batch: after each answer all four come back within
+    # milliseconds, and the next batch must start then, not wait out the 2 s budget for a
+    # fifth item that no client will send.
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=2.0, regroup_fraction=100.0)
+    waits: list[float] = []
+
+    async def client(i: int):
+        for _ in range(4):
+            _, info = await batcher.submit(np.array([float(i)]), far())
+            waits.append(info.queue_s)
+            await asyncio.sleep(0.002)
+
+    async def go():
+        runner.gate.clear()  # the four first items form one batch
+        clients = [asyncio.ensure_future(client(i)) for i in range(4)]
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await asyncio.gather(*clients)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches[-3:] == [4, 4, 4], runner.batches
+    # Every later item waited a few ms for the others, far below the budget.
+    assert max(waits[4:]) < 1.0, waits
+
+
 def test_a_lone_client_never_waits_for_regrouping():
     runner = SlowRunner(0.02)
     batcher = make(runner, regroup_s=5.0, regroup_fraction=1.0)
