@@ -6,9 +6,10 @@
    bucket;
 2. service: `python -m service` over HTTP, 640x480 JPEGs from N concurrent clients, in paired
    rounds (``--rounds``): the ceiling again (a process kept up, idle in between; the best of
-   the search's best buckets), then the service, back to back on the same cores. This VM's speed drifts by 10 % and more from one
-   minute to the next, so a ratio of figures taken minutes apart mostly measures the drift; the
-   target ratio is the median of the rounds' ratios;
+   the search's best buckets), then the service, back to back on the same cores. This VM's
+   speed drifts by 10 % and more from one minute to the next, so a ratio of figures taken
+   minutes apart mostly measures the drift; the target ratio is the median of the rounds'
+   ratios;
 3. naive: the original tutorial's design (decode in the handler, one model.predict per request);
 4. one client alone: service p50 vs the compiled model's single-image time plus decode, the
    model timed in the ceiling's process and, for the same requests, inside the service
@@ -405,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=8,
-        help="paired rounds: the ceiling at its best bucket, then the service under load, "
-        "each --round-seconds long, alternating; the target ratio is their median",
+        help="paired rounds: the ceiling (the best of the search's near-best buckets), then "
+        "the service under load, alternating; the target ratio is the median of the rounds'",
     )
     parser.add_argument("--round-seconds", type=float, default=15, help="service, per round")
     parser.add_argument(
@@ -519,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         inf = after["serve_inference_count_total"] - before["serve_inference_count_total"]
         ex = after["serve_execution_count_total"] - before["serve_execution_count_total"]
         latencies.sort()
+        if not latencies:
+            raise RuntimeError(f"the service answered no request in the rounds ({errors} errors)")
         measured_s = args.rounds * args.round_seconds
         many = {
             "clients": args.clients,
