@@ -7,9 +7,10 @@ Policy (it costs nothing at low load and fills batches under load):
 * While the runner executes a batch, new items queue up; the moment it is done the next batch
   takes everything waiting. Batches thus grow with the load by themselves.
 * Regrouping, under load only: when the runner finishes a batch while the load continues (items
-  keep arriving), the next batch may wait for as many items as the last batch plus those
-  already queued — closed-loop clients just answered come back within milliseconds — but never
-  longer than ``regroup_s`` nor ``regroup_fraction`` of the last batch's compute time. Without
+  keep arriving), the next batch may wait for as many items as the last batch plus those that
+  were already queued when it finished — closed-loop clients just answered come back within
+  milliseconds — and starts as soon as they are there, but never waits longer than
+  ``regroup_s`` nor ``regroup_fraction`` of the last batch's compute time. Without
   it, sixteen clients settle into two alternating half-size batches, and on a CPU a batch of 8
   costs 13 % more per image than a batch of 16. An idle service (no item for longer than the
   regroup budget) never holds: a lone request runs at once.
