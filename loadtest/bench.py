@@ -145,6 +145,17 @@ def ceiling_serve(buckets: list[int], instances: int, intra: int, inter: int) ->
         print(json.dumps({"images_per_s": rate}), flush=True)
 
 
+def _self_command(buckets: list[int], *args: str) -> list[str]:
+    """This script in a fresh process (its own TensorFlow thread pools)."""
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--buckets",
+        ",".join(map(str, buckets)),
+        *args,
+    ]
+
+
 class CeilingProcess:
     """A ``--ceiling-serve`` process: the ceiling measured again and again, between rounds of
     the service, so that each service figure has a ceiling figure from the same minute.
@@ -156,14 +167,7 @@ class CeilingProcess:
     def __init__(self, buckets: list[int], config: str):
         self.buckets = buckets
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--buckets",
-                ",".join(map(str, buckets)),
-                "--ceiling-serve",
-                config,
-            ],
+            _self_command(buckets, "--ceiling-serve", config),
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -229,16 +233,7 @@ def _run_together(runners: list, batch: np.ndarray, seconds: float) -> float:
 def ceiling_in_subprocess(buckets: list[int], seconds: float, config: str) -> dict:
     """:func:`ceiling` in a fresh process (its own TensorFlow thread pools)."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--buckets",
-            ",".join(map(str, buckets)),
-            "--ceiling-seconds",
-            str(seconds),
-            "--ceiling-only",
-            config,
-        ],
+        _self_command(buckets, "--ceiling-seconds", str(seconds), "--ceiling-only", config),
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -256,6 +251,13 @@ def decode_ms(image: bytes) -> float:
         decode(image, PreprocessConfig())
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
+
+
+def percentile_ms(latencies: list[float], p: float) -> float:
+    """The ``p`` quantile of sorted ``latencies`` (seconds), in ms; NaN when there are none."""
+    if not latencies:
+        return float("nan")
+    return 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))]
 
 
 def load(
@@ -326,21 +328,14 @@ def load(
     if latencies_out is not None:
         latencies_out.extend(latencies)
 
-    def pct(p: float) -> float:
-        return (
-            1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))]
-            if latencies
-            else float("nan")
-        )
-
     return {
         "clients": clients,
         "seconds": seconds,
         "requests": len(latencies),
         "errors": errors,
         "images_per_s": len(latencies) / seconds,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
+        "p50_ms": percentile_ms(latencies, 0.50),
+        "p99_ms": percentile_ms(latencies, 0.99),
     }
 
 
@@ -487,6 +482,18 @@ def main(argv: list[str] | None = None) -> int:
         "SERVE_INTER_OP_THREADS": inter,
     }
 
+    candidates = [
+        int(b)
+        for b, rate in ceil["per_bucket_images_per_s"].items()
+        if rate >= 0.9 * ceil["images_per_s"]
+    ]
+    print(
+        f"   starting the ceiling process for the paired rounds ({configs[best]}, buckets "
+        f"{candidates})",
+        flush=True,
+    )
+    ceiling_proc = CeilingProcess(candidates, configs[best])
+
     def service_runs(url: str) -> dict:
         model_ms: list[float] = []
         single = load(url, images, 1, min(args.seconds, 30), args.warmup / 2, model_ms)
@@ -529,23 +536,12 @@ def main(argv: list[str] | None = None) -> int:
             "requests": len(latencies),
             "errors": errors,
             "images_per_s": len(latencies) / measured_s,
-            "p50_ms": 1000 * latencies[len(latencies) // 2],
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "p50_ms": percentile_ms(latencies, 0.50),
+            "p99_ms": percentile_ms(latencies, 0.99),
             "mean_batch_size": inf / ex if ex else 0.0,
         }
         return {"single": single, "loaded": many, "rounds": rounds}
 
-    candidates = [
-        int(b)
-        for b, rate in ceil["per_bucket_images_per_s"].items()
-        if rate >= 0.9 * ceil["images_per_s"]
-    ]
-    print(
-        f"   starting the ceiling process for the paired rounds ({configs[best]}, buckets "
-        f"{candidates})",
-        flush=True,
-    )
-    ceiling_proc = CeilingProcess(candidates, configs[best])
     try:
         svc = run_service(service_env, service_runs)
     finally:

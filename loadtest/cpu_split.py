@@ -1,7 +1,8 @@
 """Where the CPU goes under load, run by hand: the service (with SERVE_* overrides) under a
-closed-loop JPEG load, its images/s, batch sizes, and CPU seconds per image split into the
-server's threads (the main thread is the event loop; TensorFlow's are ``tf_Compute`` or unnamed
-``python`` threads), its preprocessing workers, and this load generator.
+closed-loop JPEG load, its images/s, batch sizes, how busy the runner instances were, how long
+images waited in the batcher, and CPU seconds per image split into the server's threads (the
+main thread is the event loop; TensorFlow's are ``tf_Compute`` or unnamed ``python`` threads),
+its preprocessing workers, and this load generator.
 
     python loadtest/cpu_split.py [--seconds 20] [--clients 16] [SERVE_MODEL_INSTANCES=1 ...]
 
@@ -71,12 +72,24 @@ def snapshot(server: int) -> dict[str, collections.Counter]:
     }
 
 
-def batch_histogram(url: str) -> dict[str, float]:
-    out = {}
+SCALARS = (
+    "serve_runner_busy_seconds_total",
+    "serve_queue_duration_seconds_sum",
+    "serve_queue_duration_seconds_count",
+)
+
+
+def scrape(url: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The batch-size histogram (by ``le``) and the scalars above, from ``/metrics``."""
+    histogram, scalars = {}, {}
     for line in httpx.get(url + "/metrics").text.splitlines():
         if line.startswith("serve_batch_size_bucket"):
-            out[line.split('le="')[1].split('"')[0]] = float(line.split()[-1])
-    return out
+            histogram[line.split('le="')[1].split('"')[0]] = float(line.split()[-1])
+        elif line.startswith('serve_model_instances{stage="model"}'):
+            scalars["instances"] = float(line.split()[-1])
+        elif line.split(" ")[0] in SCALARS:
+            scalars[line.split(" ")[0]] = float(line.split()[-1])
+    return histogram, scalars
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     def measure(url: str) -> None:
         (server,) = children(os.getpid())
         bench.load(url, images, args.clients, 3, 2)  # warm
-        before, hist0 = snapshot(server), batch_histogram(url)
+        before, (hist0, m0) = snapshot(server), scrape(url)
         started = time.monotonic()
         result = bench.load(url, images, args.clients, args.seconds, 0)
         elapsed = time.monotonic() - started
-        after, hist1 = snapshot(server), batch_histogram(url)
+        after, (hist1, m1) = snapshot(server), scrape(url)
         n = max(1, result["requests"])
         counts, below = [], 0.0
         for le, total in hist1.items():
@@ -109,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, errors {result['errors']}"
         )
         print("   batches", ", ".join(counts))
+        busy = m1["serve_runner_busy_seconds_total"] - m0["serve_runner_busy_seconds_total"]
+        waited = m1["serve_queue_duration_seconds_sum"] - m0["serve_queue_duration_seconds_sum"]
+        items = m1["serve_queue_duration_seconds_count"] - m0["serve_queue_duration_seconds_count"]
+        print(
+            f"   runner instances busy {100 * busy / (elapsed * m1['instances']):.1f} % of the "
+            f"time; mean wait in the batcher {1000 * waited / max(1.0, items):.1f} ms per image"
+        )
         used = 0.0
         for part in ("server", "workers", "loadgen"):
             for name, seconds in (after[part] - before[part]).most_common():

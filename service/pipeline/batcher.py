@@ -329,9 +329,9 @@ class DynamicBatcher:
             self.running_items -= len(batch)
             self._free.append(instance)
             self._wakeup.set()
-        elapsed = time.monotonic() - started
-        self._last_batch, self._last_compute_s = len(batch), compute_s
         self._last_end = time.monotonic()
+        elapsed = self._last_end - started
+        self._last_batch, self._last_compute_s = len(batch), compute_s
         m.runner_busy_seconds.inc(elapsed)
         m.execution_count.inc()
         m.inference_count.inc(len(batch))
