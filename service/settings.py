@@ -16,9 +16,9 @@ ModelArch = Literal[
 ]
 
 
-def default_workers() -> int:
-    """One preprocessing process per CPU this process may run on."""
-    return available_cpus()
+def default_workers(cpus: int = 0) -> int:
+    """One preprocessing process per CPU this process may run on (``cpus`` when set)."""
+    return cpus or available_cpus()
 
 
 class Settings(BaseSettings):
@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # Idle keep-alive connections are closed after this long: keep it above the idle timeout of
     # the proxies and load balancers in front (commonly 60 s).
     keepalive_timeout_s: float = Field(75.0, ge=1)
+
+    # CPUs the automatic sizes count (preprocessing workers, model instances); 0: this process's
+    # affinity mask and cgroup CPU limit. The chart sets it from the pod's CPU request, so a pod
+    # without a CPU limit on a large node does not size itself to the whole node.
+    cpus: int = Field(0, ge=0, le=1024)
 
     # -- model
     # resnet50 | resnet101 | resnet152 | resnet50v2 | resnet101v2 | resnet152v2.
@@ -201,7 +206,12 @@ class Settings(BaseSettings):
 
     @cached_property
     def workers(self) -> int:
-        return self.preprocess_workers or default_workers()
+        return self.preprocess_workers or default_workers(self.cpus)
+
+    @cached_property
+    def cpu_count(self) -> int:
+        """The CPUs automatic sizes count: ``SERVE_CPUS``, else the affinity mask and cgroup."""
+        return self.cpus or available_cpus()
 
     @field_validator("callback_allowed_hosts", mode="before")
     @classmethod

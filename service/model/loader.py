@@ -63,6 +63,7 @@ def configure_tensorflow(
     inter_op_threads: int = 0,
     mixed_precision: bool = False,
     model_instances: int = 1,
+    cpus: int = 0,
 ) -> ThreadPlan:
     """Process-wide TensorFlow settings; call before any model is built.
 
@@ -78,7 +79,7 @@ def configure_tensorflow(
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         gpu=bool(gpus),
-        cpus=available_cpus(),
+        cpus=cpus or available_cpus(),
     )
     try:
         if plan.intra_op_threads:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..metrics import Metrics
 from ..model.loader import LoadedModel
-from ..model.threads import available_cpus, instance_count
+from ..model.threads import instance_count
 from ..settings import Settings
 from .batcher import BatchInfo, DynamicBatcher
 from .config import ModelStageSpec
@@ -93,7 +93,7 @@ class ModelStage:
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
         gpu = "GPU" in runner.device
-        self.instances = instance_count(settings.model_instances, gpu=gpu, cpus=available_cpus())
+        self.instances = instance_count(settings.model_instances, gpu=gpu, cpus=settings.cpu_count)
         exact = settings.batch_padding == "exact" or (settings.batch_padding == "auto" and not gpu)
         self.batcher = DynamicBatcher(
             self.name,

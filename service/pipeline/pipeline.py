@@ -89,6 +89,7 @@ def default_model_factory(settings: Settings) -> Callable[[], LoadedModel]:
             inter_op_threads=settings.inter_op_threads,
             mixed_precision=settings.mixed_precision,
             model_instances=settings.model_instances,
+            cpus=settings.cpu_count,
         )
         return load_model(settings.model, settings.weights, strict=settings.strict)
 
