@@ -53,7 +53,7 @@ lint: venv ## ruff and mypy
 
 .PHONY: bench
 bench: venv ## Benchmark: model ceiling vs service vs naive design (run by hand, minutes)
-	$(BIN)/python loadtest/bench.py
+	$(BIN)/python -m loadtest.bench.resnet
 
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and caches

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import images, report, runner, shapes
+from .suite import images, report, runner, shapes
 
 
 def _common(p: argparse.ArgumentParser) -> None:

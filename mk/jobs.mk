@@ -1,5 +1,5 @@
-# Multi-model pipelines and asynchronous jobs (issue 4): the pipelining benchmark.
+# Multi-model pipelines: the pipelining benchmark (stand-in accelerators, docs/BENCHMARKS.md).
 
 .PHONY: bench-pipeline
 bench-pipeline: venv ## Benchmark: pipelined stages vs one after another (stand-in accelerator; ~20 s)
-	$(BIN)/python loadtest/pipeline_bench.py --json reports/pipeline-bench.json
+	$(BIN)/python -m loadtest.bench.pipeline --json reports/pipeline-bench.json

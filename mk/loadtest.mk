@@ -4,7 +4,7 @@ EXTRAS += loadtest cluster
 
 # Target URL; empty: a local service is started for the run (loopback only) and stopped after.
 HOST     ?=
-# Load shape: constant | step | spike | soak (loadtest/shapes.py).
+# Load shape: constant | step | spike | soak (loadtest/suite/shapes.py).
 SHAPE    ?= step
 USERS    ?= 8
 DURATION ?= 60s

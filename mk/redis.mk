@@ -1,4 +1,4 @@
-# Redis for the asynchronous job store (issue 4): the `redis` extra (redis-py asyncio) and
+# Redis for the asynchronous job store: the `redis` extra (redis-py asyncio) and
 # Debian's redis-server, which the job tests start on a free loopback port of their own.
 
 EXTRAS += redis

@@ -1,5 +1,5 @@
 # Reliability and security: the long runs (docs/RELIABILITY.md). Quick versions run in `make test`;
-# the long ones live in tests/reliability/long/long_*.py, a name pytest does not collect by itself.
+# the long ones (tests/system/reliability/long, marker `long`) only here.
 
 EXTRAS += reliability
 
@@ -17,4 +17,4 @@ RELIABILITY_ARGS ?=
 reliability: venv ## Long runs: 10x overload for a minute, ten-minute soak, full fuzz (figures in reports/reliability/)
 	OVERLOAD_FACTOR=$(OVERLOAD_FACTOR) OVERLOAD_S=$(OVERLOAD_S) \
 	  SOAK_S=$(SOAK_S) SOAK_RSS_PCT=$(SOAK_RSS_PCT) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
-	  $(BIN)/pytest -s -o timeout=0 $(RELIABILITY_ARGS) $(sort $(wildcard tests/reliability/long/long_*.py))
+	  $(BIN)/pytest -s -o timeout=0 -m long $(RELIABILITY_ARGS) tests/system/reliability/long

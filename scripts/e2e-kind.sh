@@ -8,7 +8,7 @@ HELM=${HELM:-helm} KUBECTL=${KUBECTL:-kubectl} PYTHON=${PYTHON:-python3}
 IMAGE=${IMAGE:-resnet-serve} TAG=${TAG:-0.1.0}
 CLUSTER=${CLUSTER:-resnet-e2e-$$}
 RELEASE=e2e NAMESPACE=resnet-e2e PORT=${PORT:-18080}
-LOCUSTFILE=${LOCUSTFILE:-loadtest/locustfile.py}
+LOCUSTFILE=${LOCUSTFILE:-loadtest/suite/locustfile.py}
 
 for tool in docker kind "$HELM" "$KUBECTL"; do
   command -v "$tool" >/dev/null || { echo "e2e-kind needs $tool on PATH" >&2; exit 2; }

@@ -31,7 +31,7 @@ def main() -> None:
             # Unlike uvicorn's own handler, the signal is not re-raised after shutdown: a drained
             # SIGTERM is a clean exit (status 0). A second SIGINT forces the exit.
             logging.getLogger("service").warning("signal %d: draining", sig)
-            app.state.pipeline.drain()
+            app.state.engine.drain()
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             else:

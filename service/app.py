@@ -20,13 +20,15 @@ from .api import classify, errors, health, tfserving, v2, web
 from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware, load_tokens
-from .api.inputs import TIMEOUT_HEADER, B64Image, ClassifyJSON
+from .api.body import TIMEOUT_HEADER
 from .api.middleware import MetricsMiddleware
-from .jobs.manager import ResponseManager, make_store
+from .codecs.classify import B64Image, ClassifyJSON
+from .dataplane.dataplane import DataPlane
+from .jobs.runner import JobRunner, make_store
 from .metrics import Metrics
-from .model.architectures import ARCHITECTURES
-from .model.loader import LoadedModel, WeightsUnavailable, find_cached_imagenet_weights
-from .pipeline.registry import Pipelines
+from .model.loader import LoadedModel, check_weights
+from .pipeline.registry import PipelineRegistry
+from .preprocess.decoder import Decoder
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,34 +44,13 @@ ROUTERS = [
 ]
 
 
-def check_weights(settings: Settings) -> None:
-    """Strict mode: refuse to start before anything is loaded if the weights are not there."""
-    if not settings.strict:
-        return
-    if settings.weights == "random":
-        raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
-    if settings.weights == "imagenet":
-        if find_cached_imagenet_weights(ARCHITECTURES[settings.model]) is None:
-            raise WeightsUnavailable(
-                f"ImageNet weights for {settings.model} are not in the Keras cache and "
-                "SERVE_STRICT=true: refusing to start (nothing is downloaded at run time)"
-            )
-        return
-    import os
-
-    if not os.path.isfile(settings.weights):
-        raise WeightsUnavailable(
-            f"weights file {settings.weights!r} does not exist (SERVE_STRICT=true)"
-        )
-
-
 def create_app(
     settings: Settings | None = None,
     *,
     model_factory: Callable[[], LoadedModel] | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
-    """Build the application.
+    """Build the application, with the pipelines in this process.
 
     Args:
         settings: configuration; read from the environment when omitted.
@@ -78,25 +59,28 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    pipelines = Pipelines(settings, metrics, model_factory)
-    pipeline = pipelines.default
-    jobs = ResponseManager(make_store(settings), pipelines, settings, metrics)
+    engine = PipelineRegistry(settings, metrics, model_factory)
+    decoder = Decoder(settings.workers, settings.preprocess_nice)
+    plane = DataPlane(settings, engine, decoder, metrics)
+    jobs = JobRunner(make_store(settings), plane, settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        check_weights(settings)
+        if settings.strict:  # refuse to start before anything is loaded
+            check_weights(settings.model, settings.weights)
         await jobs.start()
-        loading = asyncio.create_task(_load(pipelines), name="model-load")
+        loading = asyncio.create_task(_load(engine), name="model-load")
         app.state.loading = loading
         try:
             yield
         finally:
-            pipelines.drain()
+            engine.drain()
             await jobs.stop()
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
-            await pipelines.stop()
+            await engine.stop()
+            decoder.close()
 
     app = FastAPI(
         title="resnet-serve",
@@ -107,8 +91,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.pipeline = pipeline
-    app.state.pipelines = pipelines
+    app.state.engine = engine
+    app.state.dataplane = plane
     app.state.jobs = jobs
     errors.install(app)
     for router in ROUTERS:
@@ -137,9 +121,9 @@ def create_app(
     return app
 
 
-async def _load(pipelines: Pipelines) -> None:
+async def _load(engine: PipelineRegistry) -> None:
     try:
-        await pipelines.start()
+        await engine.start()
     except asyncio.CancelledError:
         raise
     except Exception:  # state is "failed": /healthz turns 503 and the kubelet restarts the pod

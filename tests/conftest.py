@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import (  # noqa: E402, F401 - re-exported for older imports
+from tests.support.helpers import (
     HARDENED_TOKEN,
-    ROOT,
     Server,
     encode,
-    free_port,
     photo_like,
     start_server,
     stop_server,
 )
-from tiny import save_tiny, tiny_loaded  # noqa: E402
+from tests.support.tiny import save_tiny, tiny_loaded
+
+# A real redis-server and a callback receiver, for the job tests (tests/support/redis.py).
+pytest_plugins = ["tests.support.redis"]
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +62,9 @@ def make_client() -> Iterator[Callable[..., object]]:
         if wait_ready:
             deadline = time.monotonic() + 120
             while client.get("/readyz").status_code != 200:
-                assert client.app.state.pipeline.state != "failed", client.app.state.pipeline.error
+                assert client.app.state.engine.get("default").state != "failed", (
+                    client.app.state.engine.get("default").error
+                )
                 assert time.monotonic() < deadline, "service did not become ready"
                 time.sleep(0.05)
         return client

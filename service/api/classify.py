@@ -1,41 +1,17 @@
-"""``POST /v1/classify``: validate, hand the images to the pipeline, shape the answer."""
+"""``POST /v1/classify``: read the body, decode it (``codecs/classify.py``), ask the dataplane."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
 
-from .deps import SettingsDep, find_pipeline
-from .errors import ApiError
-from .inputs import ClassifyJSON, parse_images, request_timeout_s
-from .pipeline_errors import pipeline_errors
+from ..codecs import classify as codec
+from ..dataplane.dataplane import DataPlane
+from ..dataplane.request import InferRequest
+from ..errors import InvalidInput
+from .body import TIMEOUT_HEADER, read_body, request_timeout_s
 
 router = APIRouter(tags=["classify"])
-
-
-class PredictionOut(BaseModel):
-    label: str = Field(description="Human-readable class name.")
-    class_id: int = Field(description="Index of the class in the model's output.")
-    score: float = Field(description="Softmax probability.")
-
-
-class TimingOut(BaseModel):
-    preprocess_ms: float = Field(description="Longest decode+resize of the request's images.")
-    queue_ms: float = Field(description="Longest wait in the batcher's queue.")
-    inference_ms: float = Field(description="Longest model execution among its batches.")
-    total_ms: float = Field(description="Time in the pipeline, end to end.")
-    batch_sizes: list[int] = Field(description="Size of the batch each image ran in.")
-
-
-class ClassifyResponse(BaseModel):
-    model: str
-    pipeline: str = Field("default", description="The pipeline that answered.")
-    predictions: list[list[PredictionOut]] = Field(
-        description="One list per image, in request order, best class first."
-    )
-    timing: TimingOut
-    warnings: list[str] = Field(description="E.g. that the model runs with random weights.")
-
 
 _IMAGE = {"schema": {"type": "string", "format": "binary"}}
 CLASSIFY_BODY = {
@@ -66,7 +42,7 @@ CLASSIFY_BODY = {
     },
     "parameters": [
         {
-            "name": "X-Request-Timeout-Ms",
+            "name": TIMEOUT_HEADER,
             "in": "header",
             "required": False,
             "schema": {"type": "number", "exclusiveMinimum": 0},
@@ -93,57 +69,37 @@ ERRORS = {
 }
 
 
-def model_warnings(pipeline) -> list[str]:
-    loaded = pipeline.loaded
-    if loaded is None:
-        return []
-    if loaded.random_weights:
-        return ["RANDOM WEIGHTS: the model is not trained; predictions are meaningless"]
-    return []
-
-
 @router.post(
     "/v1/classify",
-    response_model=ClassifyResponse,
+    response_model=codec.ClassifyResponse,
     openapi_extra=CLASSIFY_BODY,
     responses=ERRORS,  # type: ignore[arg-type]
     summary="Classify one or more images",
 )
 async def classify(
     request: Request,
-    settings: SettingsDep,
     pipeline: str | None = Query(
         None, max_length=64, description="A configured pipeline (default SERVE_PIPELINE)."
     ),
-) -> ClassifyResponse:
+) -> JSONResponse:
     """Top-k ImageNet classes for each image of the request, in request order."""
-    return await classify_with(request, settings, pipeline)
+    return await classify_with(request, pipeline)
 
 
-async def classify_with(request: Request, settings, name: str | None) -> ClassifyResponse:
+async def classify_with(request: Request, name: str | None) -> JSONResponse:
     """Classify with the pipeline ``name`` (path or query) or the body's ``pipeline`` field."""
-    pipeline = find_pipeline(request, name)
-    with pipeline_errors(settings.retry_after_s):
-        pipeline.check_ready()  # before reading a large body
+    plane: DataPlane = request.app.state.dataplane
+    settings = plane.settings
+    plane.check(name)  # before reading a large body
     timeout_s = request_timeout_s(request, settings)
-    batch = await parse_images(request, settings)
+    body = await read_body(request, settings.max_body_bytes)
+    batch = await codec.decode(
+        body, request.headers.get("content-type", ""), request.query_params.get("top_k"), settings
+    )
     named = batch.options.get("pipeline")
     if named and name and named != name:
-        raise ApiError(
-            400, "conflicting_pipeline", f"the URL names {name!r} but the body {named!r}"
-        )
-    if named:
-        pipeline = find_pipeline(request, named)
-    with pipeline_errors(settings.retry_after_s):
-        result = await pipeline.classify(batch.images, batch.top_k, timeout_s=timeout_s)
-    return ClassifyResponse(
-        model=settings.model_name if pipeline.name == "default" else pipeline.name,
-        pipeline=pipeline.name,
-        predictions=[[PredictionOut(**p.__dict__) for p in row] for row in result.predictions],
-        timing=TimingOut(**result.timing.as_dict()),  # type: ignore[arg-type]
-        warnings=model_warnings(pipeline),
+        raise InvalidInput(f"the URL names {name!r} but the body {named!r}", "conflicting_pipeline")
+    result = await plane.infer(
+        InferRequest(named or name, batch.images, top_k=batch.top_k, timeout_s=timeout_s)
     )
-
-
-# Referenced by the OpenAPI body above.
-__all__ = ["router", "ClassifyJSON"]
+    return JSONResponse(codec.answer(result))

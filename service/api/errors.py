@@ -1,4 +1,16 @@
-"""One error shape for every failure: ``{"error": {"code": ..., "message": ...}}``."""
+"""The one place where errors become HTTP answers, in each protocol's error shape.
+
+Registered once (:func:`install`). Every ``ServeError`` raised by a route, codec, stage or store
+is answered with its status and code; framework errors (unknown route, validation) and
+unexpected exceptions get the same treatment. The shape depends on the route that failed:
+
+* native routes: ``{"error": {"code": "...", "message": "...", ...details}}``;
+* routes of the standard protocols (KServe V2, TensorFlow Serving), whose clients parse
+  ``{"error": "<message>"}``: their router uses :class:`PlainErrorRoute`.
+
+Either way the code travels in ``X-Error-Code`` (the failure metric's ``reason``), and 503s
+carry ``Retry-After``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +20,14 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import ServeError
+
 log = logging.getLogger(__name__)
+
+NATIVE, PLAIN = "native", "plain"
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -27,50 +44,59 @@ _STATUS_CODES = {
 }
 
 
-class ApiError(Exception):
-    """An error answered to the client as is.
+class PlainErrorRoute(APIRoute):
+    """A route of a standard protocol: its errors are ``{"error": "<message>"}``."""
 
-    Args:
-        status: HTTP status code.
-        code: stable snake_case reason, also the ``reason`` label of the failure metric.
-        message: what is wrong, for a person.
-        headers: extra response headers (``Retry-After`` ...).
-    """
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-
-def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
-    return {"error": {"code": code, "message": message, **extra}}
+    error_shape = PLAIN
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    shape: str = NATIVE,
+    details: dict[str, object] | None = None,
 ) -> JSONResponse:
-    response = JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+    """An error answer in ``shape``; ``details`` are extra fields of the native shape."""
+    if shape == PLAIN:
+        body: dict[str, object] = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message, **(details or {})}}
+    response = JSONResponse(body, status_code=status, headers=headers)
     response.headers["X-Error-Code"] = code  # read by the metrics middleware
     return response
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that give every error the same JSON shape."""
+def _shape(request: Request) -> str:
+    return getattr(request.scope.get("route"), "error_shape", NATIVE)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+def retry_headers(request: Request) -> dict[str, str]:
+    return {"Retry-After": str(request.app.state.settings.retry_after_s)}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that answer every error in its route's shape."""
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        headers = retry_headers(request) if exc.retry else None
+        return error_response(
+            exc.status, exc.code, exc.message, headers, _shape(request), exc.details
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        shape = _shape(request)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+        if shape == PLAIN:
+            code = f"http_{exc.status_code}"
+        else:
+            code = _STATUS_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, message, dict(exc.headers or {}), shape)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -80,7 +106,10 @@ def install(app: FastAPI) -> None:
         ]
         first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
-        return error_response(422, "invalid_request", f"{where}: {first['msg']}", details=problems)
+        message = f"{where}: {first['msg']}"
+        if _shape(request) == PLAIN:
+            return error_response(400, "http_400", message, shape=PLAIN)
+        return error_response(422, "invalid_request", message, details={"details": problems})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -89,5 +118,9 @@ def install(app: FastAPI) -> None:
             "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
         )
         return error_response(
-            500, "internal_error", f"internal error; quote error id {error_id}", error_id=error_id
+            500,
+            "internal_error",
+            f"internal error; quote error id {error_id}",
+            shape=_shape(request),
+            details={"error_id": error_id},
         )

@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from .deps import MetricsDep, PipelineDep, SettingsDep
-from .errors import error_response
+from ..pipeline.info import PipelineInfo
+from ..settings import Settings
+from .deps import DataPlaneDep, MetricsDep
+from .errors import error_response, retry_headers
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="Liveness")
-async def healthz(pipeline: PipelineDep) -> JSONResponse:
+async def healthz(plane: DataPlaneDep) -> JSONResponse:
     """200 while the process can serve or is still loading; 503 once model loading failed."""
-    if pipeline.state == "failed":
-        return error_response(503, "model_failed", f"the model failed to load: {pipeline.error}")
-    return JSONResponse({"status": "ok", "state": pipeline.state})
+    info = plane.fallback
+    if info.state == "failed":
+        return error_response(503, "model_failed", f"the model failed to load: {info.error}")
+    return JSONResponse({"status": "ok", "state": info.state})
 
 
 @router.get("/readyz", summary="Readiness")
-async def readyz(pipeline: PipelineDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(request: Request, plane: DataPlaneDep) -> JSONResponse:
     """200 only once the model is loaded and every batch bucket warmed, and not while draining."""
-    if pipeline.ready:
+    info = plane.fallback
+    if info.ready:
         return JSONResponse({"status": "ready"})
     return error_response(
         503,
         "not_ready",
-        f"the service is {pipeline.state}",
-        {"Retry-After": str(settings.retry_after_s)},
-        state=pipeline.state,
+        f"the service is {info.state}",
+        retry_headers(request),
+        details={"state": info.state},
     )
 
 
@@ -63,43 +67,44 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-def model_info(pipeline, settings) -> ModelInfo:
-    loaded, runner = pipeline.loaded, pipeline.runner
-    return ModelInfo(
-        name=settings.model_name,
-        architecture=loaded.arch if loaded else settings.model,
-        weights=loaded.weights_source if loaded else settings.weights,
-        random_weights=bool(loaded and loaded.random_weights),
-        warnings=list(loaded.warnings) if loaded else [],
-        state=pipeline.state,
-        input_shape=[*(loaded.input_size if loaded else (224, 224)), 3],
-        input_dtype="uint8 RGB pixels (encoded images are decoded by the service)",
-        preprocessing={
+def model_info(info: PipelineInfo, settings: Settings, decode_threads: int) -> dict:
+    """``ModelInfo`` of a pipeline."""
+    return {
+        "name": settings.model_name,
+        "architecture": info.arch,
+        "weights": info.weights_source,
+        "random_weights": info.random_weights,
+        "warnings": list(info.warnings),
+        "state": info.state,
+        "input_shape": [*info.input_size, 3],
+        "input_dtype": "uint8 RGB pixels (encoded images are decoded by the service)",
+        "preprocessing": {
             "resize": settings.resize,
             "crop_fraction": settings.crop_fraction,
-            "normalize": loaded.normalize if loaded else None,
+            "normalize": info.normalize,
             "max_image_pixels": settings.max_image_pixels,
         },
-        num_classes=loaded.num_classes if loaded else 0,
-        batch_buckets=settings.batch_buckets,
-        max_batch_size=settings.max_batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        device=runner.device if runner else "",
-        mixed_precision=settings.mixed_precision,
-        xla=settings.xla,
-        preprocess_workers=settings.workers,
-        model_instances=pipeline.stages[0].instances if pipeline.stages else 0,
-        warmup_seconds=round(pipeline.warmup_s, 3),
-    )
+        "num_classes": info.num_classes,
+        "batch_buckets": settings.batch_buckets,
+        "max_batch_size": settings.max_batch_size,
+        "max_batch_delay_ms": settings.max_batch_delay_ms,
+        "device": info.device,
+        "mixed_precision": settings.mixed_precision,
+        "xla": settings.xla,
+        "preprocess_workers": decode_threads,
+        "model_instances": info.instances,
+        "warmup_seconds": round(info.warmup_s, 3),
+    }
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Model metadata")
-async def models(pipeline: PipelineDep, settings: SettingsDep) -> ModelList:
+async def models(plane: DataPlaneDep) -> JSONResponse:
     """The served model: name, weights source, input shape, batch buckets, device.
 
     ``GET /v1/models/{name}`` is TensorFlow Serving's model status (``api/tfserving.py``).
     """
-    return ModelList(models=[model_info(pipeline, settings)])
+    info = model_info(plane.fallback, plane.settings, plane.decoder.threads)
+    return JSONResponse({"models": [info]})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -8,18 +8,19 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from ..jobs.callbacks import CallbackRefused, check_callback_url
-from ..jobs.manager import ResponseManager
-from ..jobs.model import JobConflict, StoreFull, StoreUnavailable
+from ..codecs import classify as codec
+from ..errors import InvalidInput, NotFound
+from ..jobs.callbacks import check_callback_url
+from ..jobs.record import Job
+from ..jobs.runner import JobRunner
+from .body import read_body
 from .classify import CLASSIFY_BODY
-from .deps import SettingsDep, find_pipeline
-from .errors import ApiError
-from .inputs import ClassifyJSON, parse_images
+from .deps import DataPlaneDep
 
 router = APIRouter(tags=["jobs"])
 
 
-class JobJSON(ClassifyJSON):
+class JobJSON(codec.ClassifyJSON):
     """JSON body of ``POST /v1/jobs``: the classify body and an optional callback."""
 
     callback_url: str | None = Field(
@@ -30,11 +31,11 @@ class JobJSON(ClassifyJSON):
     )
 
 
-async def get_manager(request: Request) -> ResponseManager:
+async def get_runner(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
-ManagerDep = Annotated[ResponseManager, Depends(get_manager)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 JOB_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown job, or its result expired (SERVE_JOB_TTL_S)."},
 }
@@ -65,62 +66,62 @@ JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def submit_job(
     request: Request,
-    settings: SettingsDep,
-    manager: ManagerDep,
+    plane: DataPlaneDep,
+    runner: RunnerDep,
     pipeline: str | None = Query(None, max_length=64, description="A configured pipeline."),
 ) -> JSONResponse:
     """Accept images as ``/v1/classify`` does (up to SERVE_MAX_IMAGES_PER_JOB); answer 202 with
     the job id and its ``Location`` at once."""
+    settings = plane.settings
     limits = settings.model_copy(
         update={
             "max_images_per_request": settings.max_images_per_job,
             "max_body_bytes": settings.max_job_bytes,
         }
     )
-    batch = await parse_images(request, limits, JobJSON)
+    body = await read_body(request, limits.max_body_bytes)
+    batch = await codec.decode(
+        body,
+        request.headers.get("content-type", ""),
+        request.query_params.get("top_k"),
+        limits,
+        JobJSON,
+    )
     name = batch.options.get("pipeline") or pipeline
     if batch.options.get("pipeline") and pipeline and batch.options["pipeline"] != pipeline:
-        raise ApiError(
-            400, "conflicting_pipeline", "the query and the body name different pipelines"
+        raise InvalidInput(
+            "the query and the body name different pipelines", "conflicting_pipeline"
         )
-    chosen = find_pipeline(request, name)
+    chosen = plane.resolve(name)
     callback = batch.options.get("callback_url") or request.query_params.get("callback_url")
     if callback:
-        try:
-            check_callback_url(callback, settings.callback_allowed_hosts)
-        except CallbackRefused as exc:
-            raise ApiError(400, exc.code, exc.message) from None
+        check_callback_url(callback, settings.callback_allowed_hosts)
         if not settings.callback_secret.get_secret_value():
-            raise ApiError(
-                400, "callbacks_disabled", "callbacks need SERVE_CALLBACK_SECRET to sign them"
+            raise InvalidInput(
+                "callbacks need SERVE_CALLBACK_SECRET to sign them", "callbacks_disabled"
             )
-    try:
-        job = await manager.submit(batch.images, batch.top_k, chosen.name, callback)
-    except (StoreFull, StoreUnavailable) as exc:
-        code = "jobs_full" if isinstance(exc, StoreFull) else "jobs_unavailable"
-        raise ApiError(
-            503, code, f"{exc}; retry", {"Retry-After": str(settings.retry_after_s)}
-        ) from None
+    job = await runner.submit(batch.images, batch.top_k, chosen.name, callback)
     location = f"/v1/jobs/{job.id}"
     return JSONResponse(
         {**job.public(), "location": location}, status_code=202, headers={"Location": location}
     )
 
 
-async def _job_or_404(manager: ResponseManager, job_id: str):
-    try:
-        job = await manager.store.get(job_id) if len(job_id) <= 64 else None
-    except StoreUnavailable as exc:
-        raise ApiError(503, "jobs_unavailable", f"{exc}; retry", {"Retry-After": "1"}) from None
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id[:64]!r} (unknown, or it expired)", "job_not_found")
+
+
+async def _job_or_404(runner: JobRunner, job_id: str) -> Job:
+    job = await runner.store.get(job_id) if len(job_id) <= 64 else None
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id[:64]!r} (unknown, or it expired)")
+        raise _not_found(job_id)
     return job
 
 
 @router.get("/v1/jobs/{job_id}", responses=JOB_ERRORS, summary="A job's state and result")
-async def get_job(job_id: str, manager: ManagerDep) -> JSONResponse:
+async def get_job(job_id: str, runner: RunnerDep) -> JSONResponse:
     """``queued | running | succeeded | failed | cancelled``, timestamps, result or error."""
-    job = await _job_or_404(manager, job_id)
+    job = await _job_or_404(runner, job_id)
     return JSONResponse(job.public())
 
 
@@ -129,19 +130,11 @@ async def get_job(job_id: str, manager: ManagerDep) -> JSONResponse:
     responses={**JOB_ERRORS, 409: {"description": "The job is running or finished."}},
     summary="Cancel a queued job",
 )
-async def cancel_job(job_id: str, manager: ManagerDep) -> JSONResponse:
+async def cancel_job(job_id: str, runner: RunnerDep) -> JSONResponse:
     """Cancel a job that has not started; 409 ``job_running`` / ``job_finished`` otherwise."""
-    await _job_or_404(manager, job_id)
-    try:
-        job = await manager.store.cancel(job_id)
-    except StoreUnavailable as exc:
-        raise ApiError(503, "jobs_unavailable", f"{exc}; retry", {"Retry-After": "1"}) from None
-    except JobConflict as exc:
-        code = "job_running" if exc.status == "running" else "job_finished"
-        raise ApiError(
-            409, code, f"job {job_id} is {exc.status}; only queued jobs can be cancelled"
-        ) from None
+    await _job_or_404(runner, job_id)
+    job = await runner.store.cancel(job_id)
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id!r} (unknown, or it expired)")
-    manager.metrics.jobs.labels("cancelled").inc()
+        raise _not_found(job_id)
+    runner.metrics.jobs.labels("cancelled").inc()
     return JSONResponse(job.public())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from ..pipeline.config import CpuStageSpec
-from ..pipeline.model_stage import CpuStage
-from ..pipeline.pipeline import Pipeline
-from .classify import CLASSIFY_BODY, ERRORS, ClassifyResponse, classify_with
-from .deps import PipelinesDep, SettingsDep, find_pipeline
+from ..codecs.classify import ClassifyResponse
+from ..pipeline.info import PipelineInfo
+from .classify import CLASSIFY_BODY, ERRORS, classify_with
+from .deps import DataPlaneDep
 
 router = APIRouter(tags=["pipelines"])
 
@@ -17,7 +17,8 @@ router = APIRouter(tags=["pipelines"])
 class StageOut(BaseModel):
     name: str = Field(description="The stage's label in metrics (serve_queue_depth{stage}).")
     kind: str = Field(
-        description="decode (process pool), model (batcher + runner), cpu (process pool) or topk."
+        description="decode (front-end threads), model (batcher + runner), cpu (worker "
+        "processes) or topk."
     )
     model: str | None = Field(default=None, description="Model stages: architecture or file.")
     function: str | None = Field(default=None, description="Cpu stages: module:function.")
@@ -42,68 +43,44 @@ class PipelineList(BaseModel):
     pipelines: list[PipelineOut]
 
 
-def describe(pipeline: Pipeline, default: bool) -> PipelineOut:
-    stages = [StageOut(name=pipeline.stage_label("preprocess"), kind="decode")]
-    if pipeline.chain:
-        for stage in pipeline.chain:
-            if isinstance(stage, CpuStage):
-                stages.append(StageOut(name=stage.name, kind="cpu", function=stage.function))
-                continue
-            runner = stage.runner
-            stages.append(
-                StageOut(
-                    name=stage.name,
-                    kind="model",
-                    model=stage.loaded.arch,
-                    weights=stage.loaded.weights_source,
-                    input_shape=list(runner.input_shape) if runner else None,
-                    input_dtype=str(runner.input_dtype) if runner else None,
-                )
-            )
-    else:  # not loaded yet: what the configuration says
-        for spec in pipeline.spec.chain:
-            if isinstance(spec, CpuStageSpec):
-                stages.append(
-                    StageOut(
-                        name=pipeline.stage_label(spec.name), kind="cpu", function=spec.function
-                    )
-                )
-                continue
-            stages.append(
-                StageOut(
-                    name=pipeline.stage_label(spec.name),
-                    kind="model",
-                    model=spec.arch or spec.file,
-                    weights=spec.weights if spec.arch else spec.file,
-                )
-            )
-    stages.append(StageOut(name=pipeline.stage_label("topk"), kind="topk"))
-    loaded = pipeline.loaded
-    return PipelineOut(
-        name=pipeline.name,
-        default=default,
-        state=pipeline.state,
-        error=pipeline.error,
-        num_classes=loaded.num_classes if loaded else 0,
-        random_weights=bool(loaded and loaded.random_weights),
-        stages=stages,
-    )
+def describe(info: PipelineInfo, default: bool) -> dict:
+    stages = [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "model": s.model,
+            "function": s.function,
+            "weights": s.weights,
+            "input_shape": list(s.input_shape) if s.input_shape is not None else None,
+            "input_dtype": s.input_dtype,
+        }
+        for s in info.stages
+    ]
+    return {
+        "name": info.name,
+        "default": default,
+        "state": info.state,
+        "error": info.error,
+        "num_classes": info.num_classes,
+        "random_weights": info.random_weights,
+        "stages": stages,
+    }
 
 
 @router.get("/v1/pipelines", response_model=PipelineList, summary="Configured pipelines")
-async def list_pipelines(pipelines: PipelinesDep) -> PipelineList:
+async def list_pipelines(plane: DataPlaneDep) -> JSONResponse:
     """Every configured pipeline, its stages and state; ``default`` marks the one served when
     a request names none."""
-    return PipelineList(
-        pipelines=[describe(p, p is pipelines.default) for p in pipelines],
-    )
+    fallback = plane.engine.fallback
+    infos = [plane.engine.info(name) for name in plane.engine.names()]
+    return JSONResponse({"pipelines": [describe(i, i.name == fallback) for i in infos]})
 
 
 @router.get("/v1/pipelines/{name}", response_model=PipelineOut, summary="One pipeline")
-async def get_pipeline(name: str, request: Request, pipelines: PipelinesDep) -> PipelineOut:
+async def get_pipeline(name: str, plane: DataPlaneDep) -> JSONResponse:
     """One pipeline; 404 ``pipeline_not_found`` for an unknown name."""
-    pipeline = find_pipeline(request, name)
-    return describe(pipeline, pipeline is pipelines.default)
+    info = plane.resolve(name)
+    return JSONResponse(describe(info, info.name == plane.engine.fallback))
 
 
 @router.post(
@@ -113,6 +90,6 @@ async def get_pipeline(name: str, request: Request, pipelines: PipelinesDep) -> 
     responses={**ERRORS, 404: {"description": "No pipeline of that name."}},  # type: ignore[dict-item]
     summary="Classify with a named pipeline",
 )
-async def classify_pipeline(name: str, request: Request, settings: SettingsDep) -> ClassifyResponse:
+async def classify_pipeline(name: str, request: Request) -> JSONResponse:
     """``POST /v1/classify`` through the pipeline ``name``."""
-    return await classify_with(request, settings, name)
+    return await classify_with(request, name)

@@ -12,7 +12,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from .errors import ApiError
+from ..errors import NotFound
 
 router = APIRouter(tags=["demo"], include_in_schema=False)
 
@@ -61,5 +61,5 @@ async def favicon() -> Response:
 async def web_asset(name: str) -> Response:
     """The page's script and stylesheet."""
     if name not in ASSETS:
-        raise ApiError(404, "not_found", f"no such file: /web/{name}")
+        raise NotFound(f"no such file: /web/{name}")
     return _serve(name)

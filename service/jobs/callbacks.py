@@ -16,19 +16,19 @@ import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Signature-256"
 MAX_URL = 2048
 
 
-class CallbackRefused(ValueError):
+class CallbackRefused(InvalidInput):
     """The callback URL is malformed or its host is not in ``SERVE_CALLBACK_ALLOWED_HOSTS``."""
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code)
 
 
 def check_callback_url(url: str, allowed_hosts: list[str]) -> str:

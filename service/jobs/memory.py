@@ -10,7 +10,7 @@ import asyncio
 import collections
 import time
 
-from .model import QUEUED, RUNNING, Claim, Job, JobStore, StoreFull
+from .record import QUEUED, RUNNING, Claim, Job, JobStore, StoreFull
 
 
 class MemoryJobStore(JobStore):
@@ -41,7 +41,7 @@ class MemoryJobStore(JobStore):
                 del self._jobs[job.id]
                 return
         raise StoreFull(
-            f"{len(self._jobs)} jobs are queued or running; the limit is {self.max_jobs}"
+            f"{len(self._jobs)} jobs are queued or running; the limit is {self.max_jobs}; retry"
         )
 
     async def submit(self, job: Job, images: list[bytes]) -> None:

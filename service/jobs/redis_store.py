@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from .model import (
+from .record import (
     CANCELLED,
     QUEUED,
     RUNNING,
@@ -61,7 +61,7 @@ def _reachable() -> Iterator[None]:
     try:
         yield
     except (ConnectionError, TimeoutError) as exc:
-        raise StoreUnavailable(f"the job store (Redis) is unreachable: {exc}") from None
+        raise StoreUnavailable(f"the job store (Redis) is unreachable: {exc}; retry") from None
 
 
 class RedisJobStore(JobStore):
@@ -122,7 +122,7 @@ class RedisJobStore(JobStore):
 
     async def _submit(self, job: Job, images: list[bytes]) -> None:
         if await self.redis.xlen(self.stream) >= self.max_jobs:
-            raise StoreFull(f"{self.max_jobs} jobs are queued or running; the limit")
+            raise StoreFull(f"{self.max_jobs} jobs are queued or running; the limit; retry")
         async with self.redis.pipeline(transaction=True) as tx:
             tx.hset(self._job_key(job.id), mapping={"status": job.status, "job": job.to_json()})
             if images:
@@ -145,7 +145,7 @@ class RedisJobStore(JobStore):
             return None
         if not await self._cas(job.cancelled(self.ttl_s), QUEUED):
             current = await self.get(job_id)
-            raise JobConflict(current.status if current else "expired")
+            raise JobConflict(job_id, current.status if current else "expired")
         await self._finish_keys(job.id)
         return job
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..pipeline.preprocess import NormalizeMode
+from .normalize import NormalizeMode
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.preprocess import NormalizeMode
 from .architectures import ARCHITECTURES, Architecture
+from .normalize import NormalizeMode
 from .threads import ThreadPlan, available_cpus, plan_threads
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,27 @@ class LoadedModel:
     random_weights: bool
     outputs_probabilities: bool = False
     warnings: list[str] = field(default_factory=list)
+
+
+def check_weights(arch_name: str, weights: str) -> None:
+    """Strict mode, before anything is built: the weights must be there.
+
+    Raises:
+        WeightsUnavailable: ``random``, ImageNet weights missing from the Keras cache, or a
+            weights file that does not exist.
+    """
+    if weights == "random":
+        raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
+    if weights == "imagenet":
+        arch = ARCHITECTURES[arch_name]
+        if find_cached_imagenet_weights(arch) is None:
+            raise WeightsUnavailable(
+                f"ImageNet weights for {arch_name} are not in the Keras cache and "
+                "SERVE_STRICT=true: refusing to start (nothing is downloaded at run time)"
+            )
+        return
+    if not os.path.isfile(weights):
+        raise WeightsUnavailable(f"weights file {weights!r} does not exist (SERVE_STRICT=true)")
 
 
 def keras_cache_dirs() -> list[Path]:
@@ -152,14 +173,16 @@ def load_model(
             return _random(arch, notes, build)
         model = build()
         model.load_weights(str(path))
-        return _loaded(model, arch, f"imagenet:{path}", random=False, notes=notes)
+        return _loaded(
+            model, arch.name, arch.normalize, f"imagenet:{path}", random=False, notes=notes
+        )
     if weights == "random":
+        if strict:
+            check_weights(arch_name, weights)
         notes.append(
             "SERVE_WEIGHTS=random: serving RANDOM weights, predictions are meaningless "
             "(tests and benchmarks)."
         )
-        if strict:
-            raise WeightsUnavailable("SERVE_WEIGHTS=random is not allowed with SERVE_STRICT=true")
         return _random(arch, notes, build)
     path = Path(weights)
     if not path.is_file():
@@ -169,44 +192,48 @@ def load_model(
         notes.append(message + ". Serving RANDOM weights: predictions are meaningless.")
         return _random(arch, notes, build)
     if path.suffix == ".keras":
-        import keras
-
-        model = keras.saving.load_model(str(path), compile=False)
         # A whole model: its own input size; it expects the preprocessing of SERVE_MODEL's family.
-        return _loaded(model, arch, str(path), random=False, notes=notes, whole_model=True)
+        return load_keras_file(str(path), arch.normalize, arch=arch.name)
     model = build()
     model.load_weights(str(path))
-    return _loaded(model, arch, str(path), random=False, notes=notes)
+    return _loaded(model, arch.name, arch.normalize, str(path), random=False, notes=notes)
 
 
-def _random(arch: Architecture, notes: list[str], build: Any = None) -> LoadedModel:
+def load_keras_file(path: str, normalize: NormalizeMode = "none", *, arch: str = "keras-file"):
+    """A whole Keras model from a ``.keras`` file (a classification head, a fine-tuned model);
+    its input size is the model's own."""
+    import keras
+
+    model = keras.saving.load_model(path, compile=False)
+    return _loaded(model, arch, normalize, path, random=False, notes=[])
+
+
+def _random(arch: Architecture, notes: list[str], build: Any) -> LoadedModel:
     for note in notes:
         log.warning("!!! %s", note)
-    model = build() if build is not None else build_architecture(arch.name)
-    return _loaded(model, arch, "random", random=True, notes=notes)
+    return _loaded(build(), arch.name, arch.normalize, "random", random=True, notes=notes)
 
 
 def _loaded(
     model: Any,
-    arch: Architecture,
+    arch: str,
+    normalize: NormalizeMode,
     source: str,
     *,
     random: bool,
     notes: list[str],
-    whole_model: bool = False,
 ) -> LoadedModel:
-    num_classes = int(model.output_shape[-1])
+    """What the service needs to know of a built model, read from the model itself."""
+    shape = model.input_shape
+    size = (int(shape[1]), int(shape[2])) if len(shape) == 4 else (0, 0)
     last = model.layers[-1]
     activation = getattr(getattr(last, "activation", None), "__name__", "")
-    size = arch.input_size
-    if whole_model:
-        size = (int(model.input_shape[1]), int(model.input_shape[2]))
     return LoadedModel(
         model=model,
-        arch=arch.name,
-        normalize=arch.normalize,
+        arch=arch,
+        normalize=normalize,
         input_size=size,
-        num_classes=num_classes,
+        num_classes=int(model.output_shape[-1]),
         weights_source=source,
         random_weights=random,
         outputs_probabilities=activation == "softmax",

@@ -5,15 +5,12 @@ instances (OpenVINO calls them streams, Triton an instance group) beat one insta
 are split over every core: a split op waits at its end for its slowest thread, so any other
 work on the machine (decoding, HTTP, the load generator) stalls every thread of it, while a
 single-threaded instance only loses the time it is descheduled; and one thread per op spends
-nothing on splitting. Measured on this project's 2-core machine (docs/BENCHMARKS.md): the
-compiled ResNet50 alone makes 39-44 images/s as two single-threaded instances against 33-38 as
-one two-threaded instance (best buckets, six runs), and the service under load gains too.
+nothing on splitting. docs/BENCHMARKS.md has the measurements, model alone and service.
 
 TensorFlow's intra-op pool is one per process, shared by every instance: two instances on a
-shared two-thread pool busy-wait on each other (measured: 25 images/s in the service, worse than
-one instance). So with several instances on a CPU, unless set explicitly, ops run in the
-inter-op thread that calls them (``intra_op_threads`` 1) and there are at least as many inter-op
-threads as instances.
+shared two-thread pool busy-wait on each other (slower than one instance, measured). So with
+several instances on a CPU, unless set explicitly, ops run in the inter-op thread that calls
+them (``intra_op_threads`` 1) and there are at least as many inter-op threads as instances.
 """
 
 from __future__ import annotations

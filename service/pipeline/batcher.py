@@ -12,7 +12,7 @@ Policy (it costs nothing at low load and fills batches under load):
   milliseconds — and starts as soon as they are there, but never waits longer than
   ``regroup_s`` nor ``regroup_fraction`` of the last batch's compute time. Without
   it, sixteen clients settle into two alternating half-size batches, and on a CPU a batch of 8
-  costs 13 % more per image than a batch of 16. An idle service (no item for longer than the
+  costs more per image than a batch of 16. An idle service (no item for longer than the
   regroup budget) never holds: a lone request runs at once.
 * ``max_batch_delay_ms`` > 0 (off by default) additionally holds a partial batch, with an idle
   runner, until it is full or its oldest item has waited that long (Triton's
@@ -43,35 +43,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
 from ..metrics import Metrics
+from .info import BatchInfo
 
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[list[np.ndarray]], tuple[np.ndarray, int, float]]
 
 
-class DeadlineExceeded(TimeoutError):
-    """The item's deadline passed before it reached the model."""
-
-
-class QueueFull(RuntimeError):
+class QueueFull(Overloaded):
     """The batcher's queue is at its bound."""
-
-
-class ModelError(RuntimeError):
-    """The model raised while executing a batch; ``error_id`` names it in the log."""
-
-    error_id: str = ""
-
-
-@dataclass
-class BatchInfo:
-    """What happened to one item in the model stage, for the response's timing block."""
-
-    queue_s: float
-    compute_s: float
-    batch_size: int
-    padded_size: int
 
 
 @dataclass
@@ -167,14 +149,17 @@ class DynamicBatcher:
         while self._queue:
             item = self._queue.popleft()
             if not item.future.done():
-                item.future.set_exception(RuntimeError("the service is shutting down"))
+                item.future.set_exception(ShuttingDown("the service is shutting down"))
         for executor in self._executors:
             executor.shutdown(wait=True)
 
     def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
         """Queue one item; the future resolves to ``(output_row, BatchInfo)``."""
         if len(self._queue) >= self.max_queue:
-            raise QueueFull(f"the {self.name} queue is full ({self.max_queue} items)")
+            raise QueueFull(
+                f"the service is at capacity (the {self.name} queue is full, {self.max_queue} "
+                "items); retry"
+            )
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(payload, future, deadline))
         self._metrics.queue_depth.labels(self.name).set(len(self._queue))
@@ -192,7 +177,9 @@ class DynamicBatcher:
                 self._metrics.expired.inc()
             elif item.deadline <= now:
                 self._metrics.expired.inc()
-                item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                item.future.set_exception(
+                    DeadlineExceeded("the request did not finish before its deadline")
+                )
             else:
                 live.append(item)
         self._queue = live
@@ -313,13 +300,15 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(RuntimeError("the service is shutting down"))
+                    item.future.set_exception(ShuttingDown("the service is shutting down"))
             raise
-        except Exception as exc:  # the model failed: fail this batch only, keep serving
+        except Exception:  # the model failed: fail this batch only, keep serving
             error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
             log.exception("%s: batch of %d failed, error id %s", self.name, len(batch), error_id)
-            error = ModelError(f"{type(exc).__name__} while executing the batch")
-            error.error_id = error_id
+            error = ModelError(
+                f"the model failed on this batch; error id {error_id}",
+                error_id=error_id,
+            )
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)

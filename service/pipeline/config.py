@@ -6,7 +6,7 @@ A pipeline is a list of stages, run in order on every image::
       resnet50-head:
         labels: head-labels.txt          # optional; default class_<i> (ImageNet for 1000)
         stages:
-          - kind: decode                 # CPU: decode + resize in the process pool
+          - kind: decode                 # CPU: decode + resize, in the front end
           - kind: model                  # a Keras ResNet, here as a feature extractor
             name: backbone
             arch: resnet50
@@ -20,23 +20,23 @@ A pipeline is a list of stages, run in order on every image::
 
 A ``cpu`` stage may follow any model stage (between two models, or before ``topk``)::
 
-          - kind: cpu                    # runs in the preprocessing process pool
+          - kind: cpu                    # runs in the pipeline's worker processes
             name: unit
             function: service.pipeline.cpu_functions:l2_normalize
 
 Its function takes one item's output row of the previous stage (a NumPy array) and returns one
-NumPy array (sent on as ``float32``). Its module is imported in the spawned pool workers, so it
-must not import TensorFlow.
+NumPy array (sent on as ``float32``). Its module is imported in the spawned worker processes,
+so it must not import TensorFlow.
 
-The pipeline named ``default`` is always today's service: decode -> ``SERVE_MODEL`` with
-``SERVE_WEIGHTS`` -> top-k (a file may not redefine it). This module only parses and validates;
+The pipeline named ``default`` is always decode -> ``SERVE_MODEL`` with ``SERVE_WEIGHTS`` ->
+top-k (a file may not redefine it). This module only parses and validates;
 it imports neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +73,7 @@ class ModelStageSpec:
 @dataclass(frozen=True)
 class CpuStageSpec:
     """A CPU stage between model stages: ``function`` (``package.module:function``) applied to
-    each item in the preprocessing process pool."""
+    each item in the pipeline's worker processes."""
 
     name: str
     function: str
@@ -87,7 +87,6 @@ class PipelineSpec:
     name: str
     models: tuple[ModelStageSpec, ...]
     labels_file: str = ""
-    stage_kinds: tuple[str, ...] = field(default=())
     steps: tuple[ModelStageSpec | CpuStageSpec, ...] = ()  # between decode and topk; () = models
 
     @property
@@ -98,15 +97,13 @@ class PipelineSpec:
     @property
     def stages(self) -> list[str]:
         """Stage names in order, as in metrics labels (``decode`` is ``preprocess``)."""
-        names = ["preprocess"] + [m.name for m in self.chain] + ["topk"]
-        return names
+        return ["preprocess", *(step.name for step in self.chain), "topk"]
 
 
 def default_spec() -> PipelineSpec:
-    """Today's service; its model stage comes from the settings (or a test's factory)."""
-    return PipelineSpec(
-        DEFAULT, (ModelStageSpec("model"),), stage_kinds=("decode", "model", "topk")
-    )
+    """decode -> ``SERVE_MODEL`` -> top-k; its model comes from the settings (or a test's
+    factory)."""
+    return PipelineSpec(DEFAULT, (ModelStageSpec("model"),))
 
 
 def load_pipelines(path: str) -> dict[str, PipelineSpec]:
@@ -189,9 +186,7 @@ def _parse_pipeline(name: str, body: Any, where: str, base: Path) -> PipelineSpe
     labels = body.get("labels") or ""
     if labels and not isinstance(labels, str):
         raise PipelineConfigError(f"{where}: labels must be a file path")
-    return PipelineSpec(
-        name, models, _path(labels, base) if labels else "", tuple(kinds), steps=steps
-    )
+    return PipelineSpec(name, models, _path(labels, base) if labels else "", steps=steps)
 
 
 def _stage_name(stage: dict[str, Any], where: str, allowed: set[str], kind: str) -> str:

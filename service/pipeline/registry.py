@@ -1,93 +1,100 @@
-"""The configured pipelines by name, started and stopped together.
+"""The configured pipelines by name, started and stopped together, in this process.
 
-Routes of every protocol find a pipeline with :meth:`Pipelines.get` (``api/deps.py`` wraps it
-as ``get_pipeline(request, name)``, answering 404 for an unknown name).
+This is the in-process engine: what the dataplane asks to run an item through a pipeline's
+model and cpu stages, to describe a pipeline and to follow its state. In the front-end/
+accelerator layout the accelerator process holds one of these and the front ends reach it
+through ``engine/``'s client, which answers the same questions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
+import numpy as np
+
+from ..errors import NotFound
 from ..metrics import Metrics
-from ..model.loader import LoadedModel
 from ..settings import Settings
 from .config import DEFAULT, load_pipelines
-from .pipeline import Pipeline
+from .info import BatchInfo, PipelineInfo
+from .pipeline import ModelFactory, Pipeline
 
 log = logging.getLogger(__name__)
 
 
-class UnknownPipeline(LookupError):
+class PipelineNotFound(NotFound):
     """No pipeline of that name is configured."""
 
-    def __init__(self, name: str, known: list[str]):
-        super().__init__(f"unknown pipeline {name!r}; configured: {known}")
-        self.name = name
-        self.known = known
+    default_code = "pipeline_not_found"
+
+    @classmethod
+    def of(cls, name: str, known: list[str]) -> PipelineNotFound:
+        return cls(f"unknown pipeline {name!r}; configured: {known}")
 
 
-class Pipelines:
-    """Every configured pipeline; ``default`` (today's service) is always one of them.
+class PipelineRegistry:
+    """Every configured pipeline; ``default`` (``SERVE_MODEL``) is always one of them.
 
     Args:
-        settings: ``pipelines_file`` names the YAML file, ``pipeline`` the one requests get
-            when they name none.
+        settings: ``pipelines_file`` names the YAML file; ``pipeline`` the one a request gets
+            when it names none (the *fallback*, whose readiness is the service's).
         metrics: shared by all pipelines (stage labels are ``pipeline/stage`` outside default).
-        model_factory: the default pipeline's model (tests pass a tiny one).
+        model_factory: the ``default`` pipeline's model (tests pass a tiny one).
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        model_factory: Callable[[], LoadedModel] | None = None,
+        self, settings: Settings, metrics: Metrics, model_factory: ModelFactory | None = None
     ):
         specs = load_pipelines(settings.pipelines_file)
         if settings.pipeline not in specs:
-            raise UnknownPipeline(settings.pipeline, list(specs))
+            raise PipelineNotFound.of(settings.pipeline, list(specs))
         self.settings = settings
-        self.default_name = settings.pipeline
+        self.metrics = metrics
+        self.fallback = settings.pipeline
         self._pipelines = {
             name: Pipeline(settings, metrics, model_factory if name == DEFAULT else None, spec)
             for name, spec in specs.items()
         }
-        for pipeline in self:
-            pipeline.owns_ready = pipeline.name == self.default_name
 
     def __iter__(self) -> Iterator[Pipeline]:
         return iter(self._pipelines.values())
 
-    def __len__(self) -> int:
-        return len(self._pipelines)
-
     def names(self) -> list[str]:
         return list(self._pipelines)
 
-    @property
-    def default(self) -> Pipeline:
-        """The pipeline served when a request names none (``SERVE_PIPELINE``)."""
-        return self._pipelines[self.default_name]
-
-    def get(self, name: str | None = None) -> Pipeline:
-        """The pipeline called ``name`` (None or empty: the default one)."""
-        if not name:
-            return self.default
+    def get(self, name: str) -> Pipeline:
         try:
             return self._pipelines[name]
         except KeyError:
-            raise UnknownPipeline(name, self.names()) from None
+            raise PipelineNotFound.of(name, self.names()) from None
+
+    # -- what the dataplane asks -----------------------------------------------------------
+
+    def info(self, name: str) -> PipelineInfo:
+        """The pipeline's description and state; raises ``PipelineNotFound``."""
+        return self.get(name).info
+
+    async def run(
+        self, name: str, item: np.ndarray, deadline: float
+    ) -> tuple[np.ndarray, BatchInfo]:
+        """One item through the pipeline's stages after decode."""
+        return await self._pipelines[name].run(item, deadline)
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the default pipeline first (readiness follows it), then the others.
+        """Start the fallback pipeline first (readiness follows it), then the others.
 
         A configured pipeline that fails to load is reported (its state is ``failed`` and its
-        requests answer 503) but does not take the default one down.
+        requests answer 503) but does not take the fallback one down.
         """
-        await self.default.start()
+        fallback = self._pipelines[self.fallback]
+        await fallback.start()
+        self.metrics.ready.set(1)
         for pipeline in self:
-            if pipeline is self.default:
+            if pipeline is fallback:
                 continue
             try:
                 await pipeline.start()
@@ -97,9 +104,11 @@ class Pipelines:
                 log.error("pipeline %s failed to start; the others keep serving", pipeline.name)
 
     def drain(self) -> None:
+        self.metrics.ready.set(0)
         for pipeline in self:
             pipeline.drain()
 
     async def stop(self) -> None:
+        self.drain()
         for pipeline in self:
             await pipeline.stop()

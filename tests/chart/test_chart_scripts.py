@@ -11,8 +11,9 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from chart_helpers import CHART
-from helpers import JsonHandler
+
+from tests.chart.chart_helpers import CHART
+from tests.support.helpers import JsonHandler
 
 FETCH = CHART / "files" / "fetch_weights_url.py"
 HELM_TEST = CHART / "files" / "helm_test.py"

@@ -7,7 +7,14 @@ import json
 import re
 import subprocess
 
-from chart_helpers import CHECKOV, CI_VALUES, PLATFORM_VALUES, ROOT, render_text, require
+from tests.chart.chart_helpers import (
+    CHECKOV,
+    CI_VALUES,
+    PLATFORM_VALUES,
+    ROOT,
+    render_text,
+    require,
+)
 
 # (check, kind) -> why the chart deliberately does not do what the check asks.
 EXPLAINED = {

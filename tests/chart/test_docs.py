@@ -6,7 +6,8 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from chart_helpers import CHART, ROOT, helm
+
+from tests.chart.chart_helpers import CHART, ROOT, helm
 
 
 def install_commands(path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from chart_helpers import (
+
+from tests.chart.chart_helpers import (
     CHART,
     CI_VALUES,
     GPU_PLATFORM_VALUES,

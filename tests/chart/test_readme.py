@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 import yaml
-from chart_helpers import CHART, ROOT
+
+from tests.chart.chart_helpers import CHART, ROOT
 
 
 def load_generator():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from chart_helpers import (
+
+from tests.chart.chart_helpers import (
     CI_VALUES,
     CRD_KINDS,
     K8S_VERSIONS,

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from chart_helpers import CHART, CI_VALUES, PLATFORM_VALUES, find, one, render, server_container
-from test_render_validate import MATRIX
 
 from service.settings import Settings
+from tests.chart.chart_helpers import (
+    CHART,
+    CI_VALUES,
+    PLATFORM_VALUES,
+    find,
+    one,
+    render,
+    server_container,
+)
+from tests.chart.test_render_validate import MATRIX
 
 SETTINGS = {f"SERVE_{name.upper()}" for name in Settings.model_fields}
 # The Redis URL variable (values `redis.urlEnvName`) belongs to the job store of issue 4,

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import yaml
-from chart_helpers import CHART, lint, render
+
+from tests.chart.chart_helpers import CHART, lint, render
 
 BAD_VALUES = {
     "unknown top-level key": ("replicas=3", "additional properties 'replicas' not allowed"),

@@ -4,18 +4,14 @@ its reading of the answers, not the behaviour of a real API server."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fake_kube import FakeKube, Served, daemonset, deployment, event, node, pod  # noqa: E402
-
-from service.cluster.__main__ import main  # noqa: E402
-from service.cluster.doctor import tolerates  # noqa: E402
+from service.cluster.__main__ import main
+from service.cluster.doctor import tolerates
+from tests.cluster.fake_kube import FakeKube, Served, daemonset, deployment, event, node, pod
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "resnet-serve"
@@ -120,9 +116,9 @@ def test_doctor_without_gpu_nodes_or_plugin(kube, capsys):
 
 def test_unreachable_cluster_exits_2(tmp_path, capsys):
     import yaml
-    from fake_kube import kubeconfig
 
     from service.cluster.__main__ import main as cli
+    from tests.cluster.fake_kube import kubeconfig
 
     path = tmp_path / "kubeconfig"
     with __import__("socket").socket() as s:  # a port nobody listens on

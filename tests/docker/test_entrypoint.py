@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dockerfile import RUNTIME, arg_default, env_of
+
+from tests.docker.test_dockerfile import RUNTIME, arg_default, env_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = Path(sys.executable).parent / "resnet-serve"

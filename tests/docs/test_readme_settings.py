@@ -3,9 +3,8 @@
 import subprocess
 import sys
 
-from helpers import ROOT
-
 from service.settings import Settings
+from tests.support.helpers import ROOT
 
 
 def test_readme_settings_table_is_current():

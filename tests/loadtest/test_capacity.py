@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.capacity import Level, hpa_target, replicas_for, search
+from loadtest.suite.capacity import Level, hpa_target, replicas_for, search
 
 
 def level(users, rps, p99, failures=0, requests=1000, mean=50.0, start=None, **server):

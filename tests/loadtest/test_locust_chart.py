@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "chart"))
+from tests.chart.chart_helpers import HELM, K8S_VERSIONS, require, validation_errors
 
-from chart_helpers import HELM, K8S_VERSIONS, require, validation_errors  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 CHART = ROOT / "charts" / "locust"
 CI_VALUES = sorted(f"ci/{p.name}" for p in (CHART / "ci").glob("*.yaml"))

@@ -12,10 +12,10 @@ import threading
 from http.server import ThreadingHTTPServer
 
 import pytest
-from helpers import JsonHandler
 from PIL import Image
 
-from loadtest import runner, shapes
+from loadtest.suite import runner, shapes
+from tests.support.helpers import JsonHandler
 
 
 class Fake(JsonHandler):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from loadtest import report, runner, shapes
+from loadtest.suite import report, runner, shapes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

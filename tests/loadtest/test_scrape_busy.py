@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.scrape import parse, summarize
+from loadtest.suite.scrape import parse, summarize
 
 
 def exposition(busy_seconds: float, instances: int) -> str:

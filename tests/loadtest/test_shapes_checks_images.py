@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from loadtest import checks, images, shapes
+from loadtest.suite import checks, images, shapes
 
 
 def test_step_plan_adds_users_each_step_and_ends():

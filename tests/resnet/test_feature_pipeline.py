@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import encode, photo_like
 
-from service.pipeline.preprocess import PreprocessConfig, decode, normalize
+from service.model.normalize import normalize
+from service.preprocess.decode import PreprocessConfig, decode
+from tests.support.helpers import encode, photo_like
 
 pytestmark = pytest.mark.resnet
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_resnet50_features_then_a_keras_head_serve_the_example(tmp_path, monkeypatch):
     import keras
     from fastapi.testclient import TestClient
-    from tiny import tiny_loaded
 
     from service.app import create_app
     from service.settings import Settings
+    from tests.support.tiny import tiny_loaded
 
     shutil.copy(ROOT / "examples" / "pipelines.yaml", tmp_path / "pipelines.yaml")
     made = subprocess.run(
@@ -41,13 +42,13 @@ def test_resnet50_features_then_a_keras_head_serve_the_example(tmp_path, monkeyp
         pipelines_file=str(tmp_path / "pipelines.yaml"),
     )
     with TestClient(create_app(settings, model_factory=tiny_loaded)) as client:
-        pipeline = client.app.state.pipelines.get("resnet50-head")
+        pipeline = client.app.state.engine.get("resnet50-head")
         deadline = time.monotonic() + 600
         while pipeline.state not in ("ready", "failed"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert pipeline.state == "ready", pipeline.error
-        backbone, head = pipeline.stages
+        backbone, head = pipeline.chain.stages
         assert backbone.loaded.model.output_shape == (None, 2048)
         assert backbone.runner.input_dtype == np.uint8 and head.runner.input_shape == (2048,)
         image = encode(photo_like(seed=7))

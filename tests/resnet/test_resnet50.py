@@ -4,11 +4,12 @@ import importlib
 
 import numpy as np
 import pytest
-from helpers import encode, photo_like
 
 from service.model.architectures import ARCHITECTURES
 from service.model.labels import imagenet_labels
-from service.pipeline.preprocess import PreprocessConfig, decode, normalize
+from service.model.normalize import normalize
+from service.preprocess.decode import PreprocessConfig, decode
+from tests.support.helpers import encode, photo_like
 
 pytestmark = pytest.mark.resnet
 
@@ -34,7 +35,7 @@ def test_each_architecture_uses_its_own_keras_preprocessing(name):
 def test_compiled_runner_equals_keras_predict_on_preprocess_input(resnet50):
     from keras.applications.resnet50 import preprocess_input
 
-    from service.pipeline.runner import ModelRunner
+    from service.model.runner import ModelRunner
 
     runner = ModelRunner(resnet50, [1, 2, 4])
     runner.warmup()

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import encode, photo_like, start_server, stop_server
 from PIL import Image
+
+from tests.support.helpers import encode, photo_like, start_server, stop_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,1 +1,1 @@
-../../../loadtest/checks.py
+../../../loadtest/suite/checks.py

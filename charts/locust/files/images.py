@@ -1,1 +1,1 @@
-../../../loadtest/images.py
+../../../loadtest/suite/images.py

@@ -1,1 +1,1 @@
-../../../loadtest/locustfile.py
+../../../loadtest/suite/locustfile.py

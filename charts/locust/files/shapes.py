@@ -1,1 +1,1 @@
-../../../loadtest/shapes.py
+../../../loadtest/suite/shapes.py

@@ -1,0 +1,78 @@
+"""Helpers the Locust suite's runner and the benchmarks share: a free port, waiting for a
+server, one percentile definition, one reader of ``/metrics``."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(
+    url: str,
+    path: str = "/readyz",
+    timeout: float = 120.0,
+    proc: subprocess.Popen | None = None,
+) -> None:
+    """Until ``url + path`` answers 200; raises if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=5) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:g} s ({last})")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (as Locust reports them), ``q`` in [0, 100]; NaN for none."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text scrape: (name, labels, value)."""
+    return [
+        (s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """A scrape as ``{'name{label="value",...}': value}`` (``name`` alone without labels)."""
+    out: dict[str, float] = {}
+    for name, labels, value in samples(text):
+        if labels:
+            inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            name = f"{name}{{{inner}}}"
+        out[name] = value
+    return out
+
+
+def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """``metric_values`` of ``url + /metrics``."""
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as r:
+        return metric_values(r.read().decode())

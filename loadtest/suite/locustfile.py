@@ -1,0 +1,437 @@
+"""Locust users of the service, one class per API, selected by tags.
+
+    locust -f loadtest/suite/locustfile.py --headless --host http://127.0.0.1:8000 \\
+        --tags classify-raw --shape step --step-users 2 --steps 5 --step-time 30
+
+Tags: ``classify-raw``, ``classify-multipart``, ``classify-b64`` (all three: ``classify``),
+``v2`` (KServe V2 infer), ``tfserving`` (TF Serving predict), ``jobs`` (asynchronous jobs).
+The last three are also tagged ``protocols``: ``--exclude-tags protocols`` leaves them out.
+Every answer is checked (checks.py); a malformed answer counts as a failure.
+
+Closed loop (default): each user sends, waits for the answer, thinks ``--think-time`` seconds.
+Open loop (``--arrival-rate R``): requests arrive at R per second in total (Poisson gaps),
+whatever the latency; R scales with the shape's user count (R at its largest).
+
+The shape comes from ``--shape`` (shapes.py). This file also runs from a flat folder
+(the in-cluster ConfigMap) next to shapes.py, checks.py and images.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import itertools
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import gevent
+import gevent.pool
+from locust import FastHttpUser, LoadTestShape, events, tag, task
+from locust.user.task import filter_tasks_by_tags
+
+try:
+    from loadtest.suite import checks, images, shapes
+except ImportError:  # flat folder (the chart's ConfigMap)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import checks  # type: ignore[no-redef]
+    import images  # type: ignore[no-redef]
+    import shapes  # type: ignore[no-redef]
+
+# Locust writes the history CSV once a second (its default; set here so a change upstream
+# does not silently coarsen the reports).
+import locust.stats  # noqa: E402
+
+locust.stats.CSV_STATS_INTERVAL_SEC = 1
+
+IMAGES: list[tuple[str, bytes, str]] = []
+JSON = {"Content-Type": "application/json"}
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    add = parser.add_argument
+    add("--shape", choices=shapes.SHAPES, default="constant", help="load shape")
+    add("--step-users", type=int, default=2, help="step: users added per step")
+    add("--step-time", type=shapes.seconds, default=30.0, help="step: seconds per step")
+    add("--steps", type=int, default=5, help="step: number of steps")
+    add("--spike-users", type=int, default=16, help="spike: users during the spike")
+    add("--spike-at", type=shapes.seconds, default=20.0, help="spike: seconds before it")
+    add("--spike-duration", type=shapes.seconds, default=10.0, help="spike: its length")
+    add("--ramp-time", type=shapes.seconds, default=60.0, help="soak: ramp-up seconds")
+    add("--arrival-rate", type=float, default=0.0, help="open loop: requests/s (0: closed)")
+    add("--max-in-flight", type=int, default=64, help="open loop: cap per user")
+    add("--think-time", type=float, default=0.0, help="closed loop: seconds between requests")
+    add("--images-dir", default=os.environ.get("LOADTEST_IMAGES", ""), help="image folder")
+    add("--images-per-request", type=int, default=1, help="multipart/b64/v2/tfserving/jobs")
+    add("--top-k", type=int, default=5, help="classes per image")
+    add("--model-name", default="", help="model name for v2/tfserving (default: /v1/models)")
+    add("--job-timeout", type=float, default=60.0, help="jobs: seconds to wait for a result")
+    add("--request-log", default="", help="CSV of every request (one file per process)")
+    add("--seed", type=int, default=0, help="seed of the image choice and arrival gaps")
+
+
+def options_to_params(o) -> shapes.ShapeParams:
+    return shapes.ShapeParams(
+        users=max(1, int(o.num_users or 1)),
+        spawn_rate=float(o.spawn_rate or 1),
+        run_time=float(o.run_time or 0),
+        step_users=o.step_users,
+        step_time=o.step_time,
+        steps=o.steps,
+        spike_users=o.spike_users,
+        spike_at=o.spike_at,
+        spike_duration=o.spike_duration,
+        ramp_time=o.ramp_time,
+    )
+
+
+def stages_of(o) -> list[shapes.Stage] | None:
+    """The plan of the chosen shape; None: constant with no run time (runs until stopped)."""
+    if o.shape == "constant" and not o.run_time:
+        return None
+    return shapes.plan(o.shape, options_to_params(o))
+
+
+class PlannedShape(LoadTestShape):
+    """Walks the plan of ``--shape``; ``-u``, ``-r`` and ``-t`` feed the constant shape."""
+
+    use_common_options = True
+
+    def tick(self):
+        o = self.runner.environment.parsed_options
+        stages = stages_of(o)
+        if stages is None:
+            return max(1, int(o.num_users or 1)), float(o.spawn_rate or 1)
+        stage = shapes.at(stages, self.get_run_time())
+        return None if stage is None else (stage.users, stage.spawn_rate)
+
+
+@events.init.add_listener
+def _init(environment, **_kwargs) -> None:
+    o = environment.parsed_options
+    if o is None:
+        return
+    stages_of(o)  # fail fast on impossible shape parameters
+    if not IMAGES:
+        if o.images_dir:
+            IMAGES.extend(images.load_folder(Path(o.images_dir)))
+        else:
+            IMAGES.extend(images.builtin_set(8, o.seed))
+    # Locust filters tasks by tag only when the test starts and then fails on a user class
+    # left with none: filter now (filtering twice is harmless) and drop those classes.
+    for user_class in environment.user_classes:
+        filter_tasks_by_tags(
+            user_class, set(o.tags) if o.tags else None, set(o.exclude_tags or ()) or None
+        )
+    environment.user_classes[:] = [u for u in environment.user_classes if u.tasks]
+    if not environment.user_classes:
+        raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
+    if o.request_log:
+        RequestLog.start(environment, Path(o.request_log))
+
+
+class RequestLog:
+    """Every request as a CSV row: end time (unix s), name, response time (ms), ok, users."""
+
+    rows: list[tuple] = []
+    path: Path | None = None
+
+    @classmethod
+    def start(cls, environment, path: Path) -> None:
+        if environment.parsed_options.worker:  # one file per worker process
+            path = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cls.path = path
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerow(["time", "type", "name", "response_time_ms", "ok", "users"])
+
+        def on_request(request_type, name, response_time, exception=None, **_kw):
+            cls.rows.append(
+                (
+                    f"{time.time():.3f}",
+                    request_type,
+                    name,
+                    f"{response_time:.2f}",
+                    int(exception is None),
+                    environment.runner.user_count if environment.runner else 0,
+                )
+            )
+            if len(cls.rows) >= 500:
+                cls.flush()
+
+        environment.events.request.add_listener(on_request)
+        environment.events.test_stop.add_listener(lambda **_kw: cls.flush())
+        environment.events.quitting.add_listener(lambda **_kw: cls.flush())
+
+    @classmethod
+    def flush(cls) -> None:
+        if cls.path is None or not cls.rows:
+            return
+        rows, cls.rows = cls.rows, []
+        with cls.path.open("a", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+
+_user_ids = itertools.count()
+
+
+class ApiUser(FastHttpUser):
+    """Shared machinery: image choice, closed or open loop, answer checks."""
+
+    abstract = True
+    # Connections per user: open-loop users send many requests at once.
+    concurrency = 64
+    network_timeout = 120.0
+    connection_timeout = 30.0
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        o = environment.parsed_options
+        self.o = o
+        self.rng = random.Random(o.seed * 1_000_003 + next(_user_ids))
+        stages = stages_of(o)
+        most = shapes.max_users(stages) if stages else max(1, int(o.num_users or 1))
+        self.rate = o.arrival_rate / most if o.arrival_rate > 0 else 0.0
+        self.pool = gevent.pool.Pool(o.max_in_flight)
+        self.next_arrival: float | None = None
+
+    def wait_time(self) -> float:
+        return 0.0 if self.rate else self.o.think_time
+
+    def on_stop(self) -> None:
+        self.pool.kill(block=False)
+
+    def images(self, n: int) -> list[tuple[str, bytes, str]]:
+        return [self.rng.choice(IMAGES) for _ in range(n)]
+
+    def b64(self, n: int) -> list[str]:
+        return [base64.b64encode(data).decode() for _, data, _ in self.images(n)]
+
+    def post_json(self, path: str, body: dict, name: str):
+        return self.client.post(
+            path, data=json.dumps(body), headers=JSON, name=name, catch_response=True
+        )
+
+    def fire(self, send) -> None:
+        """Closed loop: send now. Open loop: wait for the next Poisson arrival, send without
+        waiting for the answer (up to ``--max-in-flight`` at once; beyond that the arrival is
+        recorded as a failure, since the load generator itself is the bottleneck)."""
+        if not self.rate:
+            send()
+            return
+        now = time.monotonic()
+        if self.next_arrival is None:
+            self.next_arrival = now + self.rng.expovariate(self.rate)
+        if self.next_arrival > now:
+            gevent.sleep(self.next_arrival - now)
+        self.next_arrival += self.rng.expovariate(self.rate)
+        if self.pool.full():
+            self.environment.events.request.fire(
+                request_type="OPEN",
+                name="open-loop overflow",
+                response_time=0,
+                response_length=0,
+                exception=RuntimeError(f"more than {self.o.max_in_flight} requests in flight"),
+                context={},
+            )
+            return
+        self.pool.spawn(send)
+
+    def check(self, response, problem_of) -> None:
+        """Mark ``response`` failed unless it is 200 with a well-formed JSON body."""
+        if response.status_code != 200:
+            code = ""
+            try:
+                code = response.json()["error"]["code"]
+            except Exception:
+                pass
+            response.failure(f"HTTP {response.status_code} {code}".strip())
+            return
+        try:
+            body = response.json()
+        except Exception:
+            response.failure("the answer is not JSON")
+            return
+        problem = problem_of(body)
+        if problem:
+            response.failure(problem)
+        else:
+            response.success()
+
+    def model_name(self) -> str:
+        if self.o.model_name:
+            return self.o.model_name
+        with self.client.get("/v1/models", name="/v1/models", catch_response=True) as r:
+            try:
+                name = r.json()["models"][0]["name"]
+                r.success()
+                return name
+            except Exception:
+                r.failure("GET /v1/models gave no model name")
+                return "resnet50"
+
+
+class ClassifyRawUser(ApiUser):
+    """``POST /v1/classify`` with one image as the raw body."""
+
+    @tag("classify", "classify-raw")
+    @task
+    def classify_raw(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        _, data, ctype = self.images(1)[0]
+        k = self.o.top_k
+        with self.client.post(
+            f"/v1/classify?top_k={k}",
+            data=data,
+            headers={"Content-Type": ctype},
+            name="/v1/classify [raw]",
+            catch_response=True,
+        ) as r:
+            self.check(r, lambda b: checks.classify(b, 1, k))
+
+
+class ClassifyMultipartUser(ApiUser):
+    """``POST /v1/classify`` with ``--images-per-request`` images as multipart/form-data."""
+
+    @tag("classify", "classify-multipart")
+    @task
+    def classify_multipart(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n, k = self.o.images_per_request, self.o.top_k
+        boundary = f"loadtest{self.rng.getrandbits(64):016x}"
+        parts = []
+        for i, (name, data, ctype) in enumerate(self.images(n)):
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+                f'filename="{i}-{name}"\r\nContent-Type: {ctype}\r\n\r\n'.encode()
+                + data
+                + b"\r\n"
+            )
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n{k}\r\n'
+            f"--{boundary}--\r\n".encode()
+        )
+        with self.client.post(
+            "/v1/classify",
+            data=b"".join(parts),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            name="/v1/classify [multipart]",
+            catch_response=True,
+        ) as r:
+            self.check(r, lambda b: checks.classify(b, n, k))
+
+
+class ClassifyB64User(ApiUser):
+    """``POST /v1/classify`` with JSON ``{"images": [{"b64": ...}], "top_k": k}``."""
+
+    @tag("classify", "classify-b64")
+    @task
+    def classify_b64(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n, k = self.o.images_per_request, self.o.top_k
+        body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
+        with self.post_json("/v1/classify", body, "/v1/classify [b64]") as r:
+            self.check(r, lambda b: checks.classify(b, n, k))
+
+
+class V2InferUser(ApiUser):
+    """KServe V2 ``POST /v2/models/{name}/infer`` (docs/PROTOCOLS.md): the ``images`` BYTES
+    input in base64, the top k of ``probabilities`` through the classification extension."""
+
+    def on_start(self) -> None:
+        self.model = self.model_name()
+
+    @tag("protocols", "v2")
+    @task
+    def v2_infer(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n = self.o.images_per_request
+        n, k = self.o.images_per_request, self.o.top_k
+        body = {
+            "inputs": [{"name": "images", "shape": [n], "datatype": "BYTES", "data": self.b64(n)}],
+            # Triton's classification extension: the top k as "score:index:label" strings.
+            "outputs": [{"name": "probabilities", "parameters": {"classification": k}}],
+        }
+        path = f"/v2/models/{self.model}/infer"
+        with self.post_json(path, body, "/v2/models/{name}/infer") as r:
+            self.check(r, lambda b: checks.v2_infer(b, self.model, shape=[n, k]))
+
+
+class TFServingUser(ApiUser):
+    """TF Serving REST ``POST /v1/models/{name}:predict`` with ``{"instances": [{"b64": ...}]}``."""
+
+    def on_start(self) -> None:
+        self.model = self.model_name()
+
+    @tag("protocols", "tfserving")
+    @task
+    def tfserving_predict(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n = self.o.images_per_request
+        body = {"instances": [{"b64": b} for b in self.b64(n)]}
+        path = f"/v1/models/{self.model}:predict"
+        with self.post_json(path, body, "/v1/models/{name}:predict") as r:
+            self.check(r, lambda b: checks.tfserving_predict(b, n))
+
+
+class JobsUser(ApiUser):
+    """``POST /v1/jobs`` then ``GET /v1/jobs/{id}`` until done; also reports the job's
+    end-to-end time as ``job (submit to result)``."""
+
+    @tag("protocols", "jobs")
+    @task
+    def job(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n, k = self.o.images_per_request, self.o.top_k
+        body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
+        start = time.perf_counter()
+        with self.post_json("/v1/jobs", body, "/v1/jobs") as r:
+            jid = checks.job_id(r.json()) if r.status_code in (200, 201, 202) else None
+            if jid is None:
+                r.failure(f"HTTP {r.status_code}: no job id in the answer")
+                return
+            r.success()
+        problem = self._poll(jid, start)
+        self.environment.events.request.fire(
+            request_type="JOB",
+            name="job (submit to result)",
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=0,
+            exception=RuntimeError(problem) if problem else None,
+            context={},
+        )
+
+    def _poll(self, jid: str, start: float) -> str | None:
+        delay = 0.05
+        while time.perf_counter() - start < self.o.job_timeout:
+            with self.client.get(f"/v1/jobs/{jid}", name="/v1/jobs/{id}", catch_response=True) as r:
+                if r.status_code != 200:
+                    r.failure(f"HTTP {r.status_code}")
+                    return f"polling gave HTTP {r.status_code}"
+                body = r.json()
+                r.success()
+            state = checks.job_state(body)
+            if state == "failed":
+                return f"job failed: {body.get('error', body)}"
+            if state == "done":
+                result = body.get("result", body)
+                return checks.classify(result, self.o.images_per_request, self.o.top_k)
+            gevent.sleep(delay)
+            delay = min(1.0, delay * 2)
+        return f"no result within {self.o.job_timeout:g} s"

@@ -1,0 +1,162 @@
+"""One headless Locust run against a URL, with /metrics scraped, then the report.
+
+Load goes only where ``--host`` points; ``--start-local`` starts the service on a free
+loopback port for the run and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+from ..common import free_port, wait_ready
+from . import report, shapes
+from .scrape import Scraper
+
+log = logging.getLogger(__name__)
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass
+class RunConfig:
+    """What to run. Durations in seconds; ``tags`` empty: every user class."""
+
+    host: str
+    out: Path
+    shape: str = "constant"
+    params: shapes.ShapeParams = field(default_factory=shapes.ShapeParams)
+    tags: list[str] = field(default_factory=lambda: ["classify-raw"])
+    exclude_tags: list[str] = field(default_factory=list)
+    arrival_rate: float = 0.0
+    think_time: float = 0.0
+    images_dir: str = ""
+    images_per_request: int = 1
+    top_k: int = 5
+    seed: int = 0
+    scrape_interval: float = 1.0
+    processes: int = 0  # Locust worker processes on this machine (0: one process)
+    extra: list[str] = field(default_factory=list)
+
+    def stages(self) -> list[shapes.Stage]:
+        return shapes.plan(self.shape, self.params)
+
+
+def locust_command(cfg: RunConfig) -> list[str]:
+    p = cfg.params
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", cfg.host, "--only-summary",
+        "--csv", str(cfg.out / report.PREFIX), "--csv-full-history",
+        "--html", str(cfg.out / "locust.html"),
+        "--shape", cfg.shape,
+        "-u", str(p.users), "-r", str(p.spawn_rate),
+        "--step-users", str(p.step_users), "--step-time", str(p.step_time), "--steps", str(p.steps),
+        "--spike-users", str(p.spike_users), "--spike-at", str(p.spike_at),
+        "--spike-duration", str(p.spike_duration), "--ramp-time", str(p.ramp_time),
+        "--arrival-rate", str(cfg.arrival_rate), "--think-time", str(cfg.think_time),
+        "--images-per-request", str(cfg.images_per_request), "--top-k", str(cfg.top_k),
+        "--seed", str(cfg.seed), "--stop-timeout", "10",
+        "--request-log", str(cfg.out / "requests.csv"),
+    ]  # fmt: skip
+    if cfg.shape in ("constant",):
+        cmd += ["-t", f"{int(p.run_time)}s"]
+    if cfg.images_dir:
+        cmd += ["--images-dir", cfg.images_dir]
+    if cfg.tags:
+        cmd += ["--tags", *cfg.tags]
+    if cfg.exclude_tags:
+        cmd += ["--exclude-tags", *cfg.exclude_tags]
+    if cfg.processes:
+        cmd += ["--processes", str(cfg.processes)]
+    return cmd + cfg.extra
+
+
+def run(cfg: RunConfig, ready_timeout: float = 120.0, **report_args) -> dict:
+    """Run Locust headless into ``cfg.out`` and build the report; returns the summary."""
+    stages = cfg.stages()  # refuses impossible shapes before anything starts
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    for old in cfg.out.glob("requests*.csv"):
+        old.unlink()
+    wait_ready(cfg.host, timeout=ready_timeout)
+    meta = {
+        "name": cfg.out.name,
+        "host": cfg.host,
+        "shape": cfg.shape,
+        "params": asdict(cfg.params),
+        "stages": [asdict(s) for s in stages],
+        "planned_seconds": shapes.total_time(stages),
+        "tags": cfg.tags,
+        "exclude_tags": cfg.exclude_tags,
+        "arrival_rate": cfg.arrival_rate,
+        "images_dir": cfg.images_dir or "(built-in small set)",
+        "images_per_request": cfg.images_per_request,
+        "command": locust_command(cfg),
+    }
+    limit = shapes.total_time(stages) + 60
+    with (cfg.out / "locust.log").open("wb") as logf:
+        with Scraper(cfg.host.rstrip("/") + "/metrics", cfg.scrape_interval) as scraper:
+            meta["locust_started"] = time.time()
+            proc = subprocess.run(
+                meta["command"], stdout=logf, stderr=subprocess.STDOUT, timeout=limit
+            )
+        meta["locust_ended"] = time.time()
+    scraper.write(cfg.out / "server_metrics.csv")
+    # Locust exits 1 when any request failed; the report says which. Other codes: broken run.
+    meta["locust_exit_code"] = proc.returncode
+    (cfg.out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if proc.returncode not in (0, 1) or not (cfg.out / f"{report.PREFIX}_stats.csv").exists():
+        tail = (cfg.out / "locust.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"locust exited {proc.returncode}:\n{tail}")
+    return report.build(cfg.out, **report_args)
+
+
+@contextmanager
+def local_service(env: dict[str, str], log_path: Path, timeout: float = 600.0):
+    """``python -m service`` on a free loopback port for the duration of the block."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **env,
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_PORT": str(port),
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=full_env, stdout=logf, stderr=subprocess.STDOUT
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the local service exited {proc.returncode}; see {log_path}"
+                    )
+                try:
+                    if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the local service was not ready in {timeout:g} s")
+                time.sleep(0.5)
+            log.info("local service ready at %s", url)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

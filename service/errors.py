@@ -1,0 +1,158 @@
+"""The service's errors: one class per kind of failure, each with its HTTP status and code.
+
+Stages, codecs and stores raise these; they know nothing about HTTP or gRPC. One place per
+transport maps them onto the wire (``api/errors.py`` for HTTP, in each protocol's error shape;
+the gRPC servicer onto status codes). A subclass names the kind; ``code`` is the stable
+machine-readable reason (also the ``reason`` label of the failure metric) and may be more
+precise than the class's default (``InvalidInput("...", "invalid_base64")``).
+
+To add an error: subclass the kind it is (or ``ServeError`` for a new kind), give it a default
+``code``, and raise it. Nothing else changes.
+
+This module imports nothing beyond the standard library: the spawned preprocessing workers
+raise these, and they cross process boundaries by pickling.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServeError(Exception):
+    """A failure answered to the client as is.
+
+    Args:
+        message: what is wrong, for a person.
+        code: the stable reason; default: the class's.
+        **details: extra fields of the JSON error body (``error_id``, ``state``...).
+    """
+
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+    # 503s: the client should retry after Retry-After (the transport adds the header).
+    retry: ClassVar[bool] = False
+
+    def __init__(self, message: str, code: str | None = None, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.details = details
+
+    def __reduce__(self):  # keep code and details across process boundaries
+        return (_rebuild, (type(self), self.message, self.code, self.details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[ServeError], message: str, code: str, details: dict) -> ServeError:
+    error = cls.__new__(cls)
+    ServeError.__init__(error, message, code, **details)
+    return error
+
+
+# -- the client sent something wrong (4xx) ------------------------------------------------
+
+
+class InvalidInput(ServeError):
+    """The request or one of its images is not usable (400)."""
+
+    status = 400
+    default_code = "invalid_input"
+
+
+class Unauthorized(ServeError):
+    """No valid token (401)."""
+
+    status = 401
+    default_code = "unauthorized"
+
+
+class NotFound(ServeError):
+    """No such pipeline, model, version, job or route (404)."""
+
+    status = 404
+    default_code = "not_found"
+
+
+class Conflict(ServeError):
+    """The thing exists but its state forbids the operation (409)."""
+
+    status = 409
+    default_code = "conflict"
+
+
+class PayloadTooLarge(ServeError):
+    """A body over its limit (413)."""
+
+    status = 413
+    default_code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServeError):
+    """A Content-Type or Content-Encoding the service does not take (415)."""
+
+    status = 415
+    default_code = "unsupported_media_type"
+
+
+# -- the service cannot take it now (503, retry) or in time (504) ----------------------------
+
+
+class Unavailable(ServeError):
+    """The service cannot take this request now; retry after Retry-After (503)."""
+
+    status = 503
+    default_code = "unavailable"
+    retry = True
+
+
+class Overloaded(Unavailable):
+    """Admitting the request would exceed the bound of images in flight."""
+
+    default_code = "overloaded"
+
+
+class NotReady(Unavailable):
+    """The pipeline is loading, warming up, draining, failed or stopped."""
+
+    default_code = "not_ready"
+
+    @classmethod
+    def of(cls, state: str) -> NotReady:
+        """The error for a pipeline in ``state``."""
+        what = "draining" if state in ("draining", "stopped") else f"not ready ({state})"
+        return cls(f"the service is {what}; retry", state=state)
+
+
+class ShuttingDown(Unavailable):
+    """A stage was closed under the request (the service is stopping)."""
+
+    default_code = "shutting_down"
+
+
+class WorkerLost(Unavailable):
+    """A worker process died on this item twice."""
+
+    default_code = "worker_lost"
+
+
+class DeadlineExceeded(ServeError):
+    """The request's deadline passed before it was answered (504)."""
+
+    status = 504
+    default_code = "deadline_exceeded"
+
+
+# -- the service failed (5xx) ---------------------------------------------------------------
+
+
+class ModelError(ServeError):
+    """The model raised while executing a batch; ``error_id`` names it in the log (500)."""
+
+    status = 500
+    default_code = "model_error"
+
+    @property
+    def error_id(self) -> str:
+        return str(self.details.get("error_id", ""))

@@ -1,0 +1,122 @@
+"""Connections and limits at the HTTP layer, on a real uvicorn server: keep-alive idle timeout,
+a body cut off while it streams in, the request-head limit, malformed HTTP."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from urllib.parse import urlsplit
+
+from service.settings import Settings
+from tests.support.helpers import HARDENED_TOKEN
+
+GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length body; (0, {}, b"") if the peer closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, {}, b""
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return status, headers, rest[:length]
+
+
+def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
+    ready, _, _ = select.select([sock], [], [], within_s)
+    return bool(ready) and sock.recv(1) == b""
+
+
+def test_default_keepalive_outlives_common_proxy_idle_timeouts():
+    assert Settings().keepalive_timeout_s > 60
+
+
+def test_idle_connection_is_reused_below_the_keepalive_timeout_and_closed_above(
+    hardened_server,
+):
+    # The hardened server runs with SERVE_KEEPALIVE_TIMEOUT_S=1.
+    with _connect(hardened_server.url) as sock:
+        for _ in range(3):
+            sock.sendall(GET_HEALTHZ)
+            assert _read_response(sock)[0] == 200
+            time.sleep(0.3)  # idle for less than the timeout: the connection is reused
+        assert not _closed_by_peer(sock, 0.1)
+        # Idle for longer: the server closes it (EOF), well before this generous bound.
+        assert _closed_by_peer(sock, 10)
+
+
+def test_a_slow_chunked_upload_is_cut_off_before_it_is_all_sent(hardened_server):
+    """The body limit (1 MB here) is enforced as the body streams in: the 413 arrives while
+    most of a 20 MB upload is still unsent."""
+    chunk = b"\xff" * 65536
+    planned = 20 * 1024 * 1024
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\n"
+            b"Authorization: Bearer " + HARDENED_TOKEN.encode() + b"\r\n"
+            b"Content-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        sent = 0
+        answered = False
+        while sent < planned:
+            ready, _, _ = select.select([sock], [], [], 0)
+            if ready:
+                answered = True
+                break
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except (BrokenPipeError, ConnectionResetError):
+                answered = True
+                break
+            sent += len(chunk)
+            time.sleep(0.01)  # a slow client
+        assert answered, "the whole body was accepted"
+        assert sent < 4 * 1024 * 1024, f"{sent} bytes were taken before the refusal"
+        status, headers, body = _read_response(sock)
+    assert status == 413
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+
+
+def test_a_request_head_over_the_limit_gets_431_json(hardened_server):
+    # SERVE_MAX_HEADER_BYTES=4096 on the hardened server.
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Padding: " + b"a" * 8000)
+        status, headers, body = _read_response(sock)
+    assert status == 431
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "header_too_large"
+
+
+def test_headers_under_the_limit_are_served(hardened_server):
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Padding: " + b"a" * 2000 + b"\r\n\r\n"
+        )
+        assert _read_response(sock)[0] == 200
+
+
+def test_malformed_http_gets_a_json_400(hardened_server):
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        status, headers, body = _read_response(sock)
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "bad_http_request"

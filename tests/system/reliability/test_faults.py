@@ -1,0 +1,192 @@
+"""Faults: a model exception, a cpu-stage worker killed with SIGKILL under load, SIGTERM
+under load, overload. Each is survived: only the affected requests fail, with a status the
+client can act on, and the service stays ready."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.support.harness import GatedRunner, closed_loop, slow_png
+from tests.support.helpers import HARDENED_TOKEN, encode, photo_like, start_server, stop_server
+from tests.support.tiny import build_tiny_backbone, build_tiny_head
+
+AUTH = {"Authorization": f"Bearer {HARDENED_TOKEN}"}
+JPEG = {"content-type": "image/jpeg"}
+
+
+def test_a_model_exception_fails_only_its_batch(make_client, jpeg_bytes, caplog):
+    client = make_client()
+    gate = GatedRunner(client.app.state.engine.get("default").batcher)
+    inner = gate.inner
+
+    def failing_first(payloads):
+        if gate.calls == 1:
+            raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS (simulated)")
+        return inner(payloads)
+
+    gate.inner = failing_first
+    results: dict = {}
+
+    def post(key):
+        results[key] = client.post(
+            "/v1/classify", content=jpeg_bytes, headers={"content-type": "image/jpeg"}
+        )
+
+    caplog.set_level(logging.INFO)
+    threads = [threading.Thread(target=post, args=("failed",))]
+    threads[0].start()
+    assert gate.entered.wait(30)
+    # Two more requests queue behind the failing batch: they form the next batch.
+    threads += [threading.Thread(target=post, args=(k,)) for k in ("next1", "next2")]
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(client.app.state.engine.get("default").batcher) < 2:
+        assert time.monotonic() < deadline, "the next requests never queued"
+        time.sleep(0.01)
+    gate.release.set()
+    for t in threads:
+        t.join(60)
+
+    failed = results["failed"]
+    assert failed.status_code == 500
+    body = failed.json()
+    assert body["error"]["code"] == "model_error"
+    error_id = re.search(r"error id ([0-9a-f]{12})", body["error"]["message"]).group(1)
+    assert "Traceback" not in failed.text and "CUDA_ERROR" not in failed.text
+    assert error_id in caplog.text, "the error id is not in the log"
+    assert "CUDA_ERROR_ILLEGAL_ADDRESS" in caplog.text, "the cause is not in the log"
+    for key in ("next1", "next2"):
+        assert results[key].status_code == 200, results[key].text
+    assert gate.calls == 2, "the next two requests should have run as one batch"
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_killed_cpu_stage_worker_is_replaced_under_load(make_client, tmp_path):
+    """SIGKILL of a busy worker of a cpu stage: it is replaced, the item it held is retried on
+    the other worker, and no request fails."""
+    build_tiny_backbone(features=6).save(tmp_path / "backbone.keras")
+    build_tiny_head(features=6, classes=3).save(tmp_path / "head.keras")
+    (tmp_path / "pipelines.yaml").write_text(
+        "pipelines:\n"
+        "  slow: {stages: [{kind: decode},"
+        " {kind: model, name: backbone, file: backbone.keras, normalize: caffe},"
+        " {kind: cpu, name: twice, function: 'tests.support.helpers:slow_double'},"
+        " {kind: model, name: head, file: head.keras}, {kind: topk}]}\n"
+    )
+    client = make_client(pipelines_file=str(tmp_path / "pipelines.yaml"), preprocess_workers=2)
+    pipeline = client.app.state.engine.get("slow")
+    deadline = time.monotonic() + 120
+    while pipeline.state != "ready":
+        assert pipeline.state != "failed" and time.monotonic() < deadline, pipeline.error
+        time.sleep(0.05)
+    before = set(pipeline.pool.worker_pids())
+    assert len(before) == 2
+    image = encode(photo_like(64, 64))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def user() -> None:
+        while not stop.is_set():
+            r = client.post("/v1/pipelines/slow/classify", content=image, headers=JPEG)
+            statuses.append(r.status_code)
+
+    users = [threading.Thread(target=user) for _ in range(4)]
+    for t in users:
+        t.start()
+    time.sleep(1.0)
+    victim = next(w.process.pid for w in pipeline.pool._workers if w.task is not None)
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(1.5)
+    stop.set()
+    for t in users:
+        t.join(30)
+    assert len(statuses) > 10 and set(statuses) == {200}, statuses
+    after = set(pipeline.pool.worker_pids())
+    assert len(after) == 2 and victim not in after
+    metrics = client.get("/metrics").text
+    assert re.search(r"^serve_preprocess_pool_restarts_total [1-9]", metrics, re.M), metrics
+
+
+def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
+    tiny_model_file, tmp_path
+):
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_LOG_FORMAT": "json"}, tmp_path / "log"
+    )
+    body = slow_png(2500)  # ~150 ms each: 24 of them keep two workers busy for ~2 s
+    url = srv.url + "/v1/classify"
+    in_flight: list = []
+
+    def send():
+        try:
+            r = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=60)
+            in_flight.append(r.status_code)
+        except httpx.HTTPError as exc:
+            in_flight.append(type(exc).__name__)
+
+    try:
+        senders = [threading.Thread(target=send) for _ in range(24)]
+        for t in senders:
+            t.start()
+        time.sleep(0.5)  # all connected and admitted, most still queued
+        srv.process.send_signal(signal.SIGTERM)
+        # From the signal on, readiness is never 200 again and new requests are refused.
+        probes = []
+        for _ in range(10):
+            try:
+                probes.append(httpx.get(srv.url + "/readyz", timeout=2).status_code)
+            except httpx.HTTPError:
+                probes.append("refused")
+            time.sleep(0.05)
+        assert 200 not in probes, probes
+        try:
+            late = httpx.post(
+                url, content=body, headers={"content-type": "image/png"}, timeout=5
+            ).status_code
+        except httpx.HTTPError:
+            late = "refused"
+        assert late in (503, "refused")
+        for t in senders:
+            t.join(60)
+        assert srv.process.wait(60) == 0
+    finally:
+        stop_server(srv)
+    assert in_flight.count(200) == 24, in_flight
+    lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    assert any("draining" in line["message"] for line in lines)
+
+
+def test_overload_refuses_at_once_and_loses_nothing(tiny_model_file, tmp_path):
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_PREPROCESS_WORKERS": "1",
+            "SERVE_MAX_QUEUE_IMAGES": "2",
+            "SERVE_RETRY_AFTER_S": "2",
+        },
+        tmp_path / "log",
+    )
+    try:
+        result = asyncio.run(closed_loop(srv.url + "/v1/classify", slow_png(2000), 12, 3.0))
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+    finally:
+        stop_server(srv)
+    accepted, refused = result.of(200), result.of(503)
+    assert accepted and refused
+    assert not result.lost(), result.lost()[:5]
+    assert all(o.retry_after == "2" and o.code == "overloaded" for o in refused)
+    # Refusals come at once, not after queueing (generous bound: "at once" vs "waits").
+    refused_p50 = result.percentile([o.seconds for o in refused], 50)
+    accepted_p50 = result.percentile([o.seconds for o in accepted], 50)
+    assert refused_p50 < accepted_p50, (refused_p50, accepted_p50)
+    assert refused_p50 < 1.0

@@ -1,0 +1,74 @@
+"""The model stage's executor: one trace, bucketed padding, outputs equal to the model's."""
+
+import numpy as np
+import pytest
+
+from service.model.normalize import normalize
+from service.model.runner import ModelRunner
+from tests.support.tiny import tiny_loaded
+
+
+@pytest.fixture(scope="module")
+def runner():
+    r = ModelRunner(tiny_loaded(), [1, 2, 4, 8])
+    r.warmup()
+    return r
+
+
+def test_warmup_traces_once_and_no_batch_size_retraces(runner):
+    assert runner.tracing_count == 1
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 5, 7, 8, 2, 6):
+        out, padded, _ = runner.run(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+        assert out.shape == (n, 10)
+        assert padded == runner.bucket_for(n) and padded >= n
+    assert runner.tracing_count == 1
+
+
+def test_buckets_pick_the_smallest_that_fits(runner):
+    assert [runner.bucket_for(n) for n in (1, 2, 3, 4, 5, 8)] == [1, 2, 4, 4, 8, 8]
+    with pytest.raises(ValueError):
+        runner.bucket_for(9)
+
+
+def test_outputs_equal_the_model_on_keras_preprocessed_input(runner):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    out, _, _ = runner.run(list(pixels))
+    expected = runner.loaded.model(normalize(pixels, "caffe"), training=False).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_padding_does_not_change_real_rows(runner):
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    alone = np.concatenate([runner.run(pixels[i : i + 1])[0] for i in range(3)])
+    together, padded, _ = runner.run(pixels)
+    assert padded == 4
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_sibling_instances_share_the_trace_and_run_at_the_same_time(runner):
+    import threading
+
+    siblings = [runner, runner.sibling(), runner.sibling()]
+    rng = np.random.default_rng(2)
+    batches = [rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8) for n in (3, 5, 8)]
+    expected = [runner.run(b)[0] for b in batches]
+    outputs: list = [None] * 3
+    start = threading.Barrier(3)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(20):  # concurrently, each into its own buffers
+            outputs[i] = siblings[i].run(batches[i])[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, want in zip(outputs, expected, strict=True):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert runner.tracing_count == 1  # one compiled function for all of them
+    assert siblings[1]._buffers is not runner._buffers

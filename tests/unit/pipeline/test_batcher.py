@@ -1,0 +1,265 @@
+"""The dynamic batcher: immediate dispatch when idle, batches that grow under load."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.errors import DeadlineExceeded, ModelError
+from service.metrics import Metrics
+from service.pipeline.batcher import DynamicBatcher, QueueFull
+from tests.support.helpers import far, run_with
+
+
+class SlowRunner:
+    """Stands in for a model: a fixed cost per batch that releases the GIL."""
+
+    def __init__(self, seconds: float = 0.05, fail_on: int | None = None):
+        self.seconds = seconds
+        self.batches: list[int] = []
+        self.fail_on = fail_on
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, payloads):
+        self.gate.wait(5)
+        self.batches.append(len(payloads))
+        if self.fail_on is not None and len(self.batches) == self.fail_on:
+            raise RuntimeError("boom")
+        time.sleep(self.seconds)
+        out = np.stack([p.astype(np.float32) * 2 for p in payloads])
+        return out, len(payloads), self.seconds
+
+
+def make(runner, **kwargs):
+    kwargs.setdefault("max_batch_size", 8)
+    return DynamicBatcher("model", runner, metrics=Metrics(), **kwargs)
+
+
+def test_a_lone_item_runs_at_once_alone():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_delay_s=0.0)
+
+    async def go():
+        row, info = await batcher.submit(np.array([1.0]), far())
+        return row, info
+
+    row, info = asyncio.run(run_with(batcher, go()))
+    assert row.tolist() == [2.0]
+    assert runner.batches == [1]
+    assert info.batch_size == 1
+    assert info.queue_s < 0.5  # dispatched at once, not after any delay
+
+
+def test_items_arriving_while_the_runner_is_busy_form_one_batch():
+    runner = SlowRunner(0.05)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()  # hold the first batch in the runner
+        first = batcher.submit(np.array([0.0]), far())
+        await asyncio.sleep(0.05)
+        rest = [batcher.submit(np.array([float(i)]), far()) for i in range(1, 7)]
+        runner.gate.set()
+        results = await asyncio.gather(first, *rest)
+        return [r[0].tolist() for r in results]
+
+    rows = asyncio.run(run_with(batcher, go()))
+    assert rows == [[2.0 * i] for i in range(7)]  # every item gets its own answer
+    assert runner.batches == [1, 6]
+
+
+def test_batches_never_exceed_the_maximum():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, max_batch_size=4)
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(10)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(run_with(batcher, go()))
+    assert max(runner.batches) == 4 and sum(runner.batches) == 10
+
+
+def test_max_delay_holds_a_partial_batch_for_an_idle_runner():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_delay_s=0.3)
+
+    async def go():
+        a = batcher.submit(np.array([1.0]), far())
+        await asyncio.sleep(0.05)
+        b = batcher.submit(np.array([2.0]), far())
+        await asyncio.gather(a, b)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [2]
+
+
+def test_expired_items_never_reach_the_model():
+    runner = SlowRunner(0.0)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()
+        busy = batcher.submit(np.array([0.0]), far())
+        await asyncio.sleep(0.02)
+        late = batcher.submit(np.array([1.0]), time.monotonic() + 0.01)
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await busy
+        with pytest.raises(DeadlineExceeded):
+            await late
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [1]
+
+
+def test_a_model_error_fails_only_its_batch():
+    runner = SlowRunner(0.0, fail_on=1)
+    batcher = make(runner)
+
+    async def go():
+        with pytest.raises(ModelError):
+            await batcher.submit(np.array([1.0]), far())
+        row, _ = await batcher.submit(np.array([3.0]), far())
+        return row
+
+    assert asyncio.run(run_with(batcher, go())).tolist() == [6.0]
+
+
+def test_the_queue_is_bounded():
+    runner = SlowRunner(0.0)
+    batcher = make(runner, max_queue=2)
+
+    async def go():
+        runner.gate.clear()
+        batcher.submit(np.array([1.0]), far())
+        batcher.submit(np.array([1.0]), far())
+        with pytest.raises(QueueFull):
+            batcher.submit(np.array([1.0]), far())
+        runner.gate.set()
+
+    asyncio.run(run_with(batcher, go()))
+
+
+def test_exact_sizes_take_the_largest_full_bucket_and_never_pad():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, exact_sizes=[1, 2, 4, 8])
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(11)]
+        runner.gate.set()
+        rows = await asyncio.gather(*futures)
+        return [r[0].tolist() for r in rows]
+
+    rows = asyncio.run(run_with(batcher, go()))
+    assert rows == [[2.0 * i] for i in range(11)]
+    assert runner.batches == [8, 2, 1]  # 11 = 8 + 2 + 1: every batch is a bucket size
+
+
+def test_exact_sizes_pad_a_batch_that_nearly_fills_the_next_bucket():
+    runner = SlowRunner(0.01)
+    batcher = make(runner, max_batch_size=16, exact_sizes=[1, 2, 4, 8, 16])
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(15)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [15]  # 1 padded slot of 16, rather than 8 + 4 + 2 + 1
+
+
+def test_without_exact_sizes_a_batch_takes_everything_up_to_the_maximum():
+    runner = SlowRunner(0.01)
+    batcher = make(runner)
+
+    async def go():
+        runner.gate.clear()
+        futures = [batcher.submit(np.array([float(i)]), far()) for i in range(11)]
+        runner.gate.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [8, 3]
+
+
+def _closed_loop(batcher, clients: int, rounds: int, think_s: float):
+    """``clients`` clients starting a few ms apart, each submitting again ``think_s`` after its
+    answer (what a closed-loop load test does)."""
+
+    async def client(i: int):
+        await asyncio.sleep(0.004 * i)
+        for _ in range(rounds):
+            await batcher.submit(np.array([float(i)]), far())
+            await asyncio.sleep(think_s)
+
+    async def go():
+        await asyncio.gather(*(client(i) for i in range(clients)))
+
+    asyncio.run(run_with(batcher, go()))
+
+
+def test_under_load_batches_regroup_instead_of_alternating_halves():
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=0.02)
+    _closed_loop(batcher, clients=16, rounds=6, think_s=0.002)
+    # After the staggered start, every client is in one batch (until they finish one by one).
+    assert runner.batches[2:5] == [16, 16, 16], runner.batches
+
+
+def test_without_regrouping_sixteen_clients_split_into_smaller_batches():
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=0.0)
+    _closed_loop(batcher, clients=16, rounds=6, think_s=0.002)
+    assert 16 not in runner.batches[2:5], runner.batches
+
+
+def test_regrouping_stops_waiting_once_the_last_batchs_clients_are_back():
+    # Four closed-loop clients in one batch: after each answer all four come back within
+    # milliseconds, and the next batch must start then, not wait out the 2 s budget for a
+    # fifth item that no client will send.
+    runner = SlowRunner(0.05)
+    batcher = make(runner, max_batch_size=16, regroup_s=2.0, regroup_fraction=100.0)
+    waits: list[float] = []
+
+    async def client(i: int):
+        for _ in range(4):
+            _, info = await batcher.submit(np.array([float(i)]), far())
+            waits.append(info.queue_s)
+            await asyncio.sleep(0.002)
+
+    async def go():
+        runner.gate.clear()  # the four first items form one batch
+        clients = [asyncio.ensure_future(client(i)) for i in range(4)]
+        await asyncio.sleep(0.05)
+        runner.gate.set()
+        await asyncio.gather(*clients)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches[-3:] == [4, 4, 4], runner.batches
+    # Every later item waited a few ms for the others, far below the budget.
+    assert max(waits[4:]) < 1.0, waits
+
+
+def test_a_lone_client_never_waits_for_regrouping():
+    runner = SlowRunner(0.02)
+    batcher = make(runner, regroup_s=5.0, regroup_fraction=1.0)
+
+    async def go():
+        waits = []
+        for _ in range(4):
+            _, info = await batcher.submit(np.array([1.0]), far())
+            waits.append(info.queue_s)
+            await asyncio.sleep(0.001)
+        return waits
+
+    waits = asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [1, 1, 1, 1]
+    assert max(waits) < 1.0  # a hold would have lasted up to the 5 s budget
