@@ -23,7 +23,9 @@ from .api.auth import AuthMiddleware, load_tokens
 from .api.body import TIMEOUT_HEADER
 from .api.middleware import MetricsMiddleware
 from .codecs.classify import B64Image, ClassifyJSON
-from .dataplane.dataplane import DataPlane
+from .dataplane.admission import Bound
+from .dataplane.dataplane import DataPlane, Engine
+from .jobs.record import JobStore
 from .jobs.runner import JobRunner, make_store
 from .metrics import Metrics
 from .model.loader import LoadedModel, check_weights
@@ -49,36 +51,50 @@ def create_app(
     *,
     model_factory: Callable[[], LoadedModel] | None = None,
     metrics: Metrics | None = None,
+    engine: Engine | None = None,
+    admission: Bound | None = None,
+    job_store: JobStore | None = None,
+    job_workers: int | None = None,
 ) -> FastAPI:
-    """Build the application, with the pipelines in this process.
+    """Build the application.
+
+    By default everything is in this process: the pipelines (a ``PipelineRegistry``), the
+    admission bound, the job store. A front-end process of the pod passes its client of the
+    accelerator process, the pod's admission bound and the pod's job store instead.
 
     Args:
         settings: configuration; read from the environment when omitted.
         model_factory: builds the model (tests pass a tiny one); default: ``SERVE_MODEL``.
         metrics: metrics registry; a fresh one when omitted.
+        engine: runs items through the stages after decode; default: the pipelines, here.
+        admission: the bound of images in flight; default: this process's.
+        job_store: where jobs wait; default: ``SERVE_REDIS_URL``'s, else in memory.
+        job_workers: jobs this process runs at once; default: ``SERVE_JOB_CONCURRENCY``.
     """
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    engine = PipelineRegistry(settings, metrics, model_factory)
-    decoder = Decoder(settings.workers, settings.preprocess_nice)
-    plane = DataPlane(settings, engine, decoder, metrics)
-    jobs = JobRunner(make_store(settings), plane, settings, metrics)
+    engine = engine or PipelineRegistry(settings, metrics, model_factory)
+    decoder = Decoder(niceness=settings.preprocess_nice)
+    plane = DataPlane(settings, engine, decoder, metrics, admission)
+    jobs = JobRunner(job_store or make_store(settings), plane, settings, metrics, job_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.strict:  # refuse to start before anything is loaded
             check_weights(settings.model, settings.weights)
         await jobs.start()
-        loading = asyncio.create_task(_load(engine), name="model-load")
+        loading = asyncio.create_task(_start(engine), name="engine-start")
         app.state.loading = loading
+        ticking = asyncio.create_task(_tick(metrics), name="metrics-refresh")
         try:
             yield
         finally:
-            engine.drain()
+            plane.drain()
             await jobs.stop()
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loading
+            for task in (loading, ticking):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await engine.stop()
             decoder.close()
 
@@ -121,7 +137,15 @@ def create_app(
     return app
 
 
-async def _load(engine: PipelineRegistry) -> None:
+async def _tick(metrics: Metrics) -> None:
+    """With several processes, this one's computed gauges reach the pod's scrape this way."""
+    while metrics.multiprocess:
+        metrics.refresh()
+        await asyncio.sleep(1.0)
+
+
+async def _start(engine: Engine) -> None:
+    """Load the pipelines here, or connect to the process that has them."""
     try:
         await engine.start()
     except asyncio.CancelledError:

@@ -137,6 +137,12 @@ class WorkerLost(Unavailable):
     default_code = "worker_lost"
 
 
+class EngineUnavailable(Unavailable):
+    """The accelerator process is not reachable (starting, or restarting after a crash)."""
+
+    default_code = "engine_unavailable"
+
+
 class DeadlineExceeded(ServeError):
     """The request's deadline passed before it was answered (504)."""
 

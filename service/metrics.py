@@ -3,16 +3,36 @@
 Mean batch size = ``serve_inference_count_total / serve_execution_count_total``.
 Runner busy fraction = ``rate(serve_runner_busy_seconds_total[1m])``, also exported directly as
 ``serve_runner_busy_ratio`` over the last ``window_s`` seconds.
+
+One view of the pod: with several processes (the front ends and the accelerator process),
+``PROMETHEUS_MULTIPROC_DIR`` is set before any of them imports prometheus-client, every process
+writes its samples there, and a scrape of any front end sums counters and histograms over all
+of them (prometheus-client's multiprocess mode). Each gauge says how its processes' values
+combine (``multiprocess_mode``); gauges computed on demand (busy windows, queue depths) are
+copied into their samples by :meth:`Metrics.refresh` once a second and at every scrape.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # `_created` series double the output and no dashboard uses them.
 disable_created_metrics()
@@ -123,10 +143,26 @@ W = TypeVar("W", "BusyWindow", "WorkWindow")
 
 
 class Metrics:
-    """All metrics of one service instance, in their own registry (tests build many apps)."""
+    """All metrics of one service instance, in their own registry (tests build many apps).
 
-    def __init__(self, registry: CollectorRegistry | None = None, window_s: float = 10.0):
+    Args:
+        registry: where they register (single process); default: a fresh one.
+        window_s: the window of the busy ratios.
+        share: this process's share of a pod-wide ratio it computes alone (1 / the number of
+            front-end processes, which each report their own decode and top-k busy fractions;
+            the scrape sums them).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        window_s: float = 10.0,
+        share: float = 1.0,
+    ):
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.share = share
+        self._watched: list[tuple[Any, Callable[[], float]]] = []
         r = self.registry
         # -- requests (HTTP)
         self.request_success = Counter(
@@ -146,7 +182,10 @@ class Metrics:
             registry=r,
         )
         self.pending_requests = Gauge(
-            "serve_pending_requests", "Requests being handled right now.", registry=r
+            "serve_pending_requests",
+            "Requests being handled right now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         # -- pipeline
         self.images_in_flight = Gauge(
@@ -154,15 +193,21 @@ class Metrics:
             "Images admitted into the pipeline and not yet answered (bounded by "
             "SERVE_MAX_QUEUE_IMAGES).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_depth = Gauge(
-            "serve_queue_depth", "Items waiting in front of a stage.", ["stage"], registry=r
+            "serve_queue_depth",
+            "Items waiting in front of a stage.",
+            ["stage"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.stage_busy = Gauge(
             "serve_stage_busy_ratio",
             "Fraction of the last window a stage spent working.",
             ["stage"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.stage_seconds = Histogram(
             "serve_stage_duration_seconds",
@@ -214,6 +259,7 @@ class Metrics:
             "Runner instances of each model stage (SERVE_MODEL_INSTANCES, resolved).",
             ["stage"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.expired = Counter(
             "serve_expired_items",
@@ -225,7 +271,12 @@ class Metrics:
             "Preprocessing workers replaced after dying (the item a worker held is retried once).",
             registry=r,
         )
-        self.ready = Gauge("serve_ready", "1 when the service is ready for traffic.", registry=r)
+        self.ready = Gauge(
+            "serve_ready",
+            "1 when the service is ready for traffic (with several front ends: any of them).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.window_s = window_s
         self._stage_windows: dict[str, BusyWindow | WorkWindow] = {}
         # The default pipeline's model stage ("model"): read from the window its batcher records
@@ -237,8 +288,9 @@ class Metrics:
             f"Fraction of the last {window_s:g} s the default model stage's runner instances "
             "were executing (1: all of them, all the time).",
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.runner_busy_ratio.set_function(lambda: self._stage_windows["model"].ratio())
+        self.watch(self.runner_busy_ratio, lambda: self._stage_windows["model"].ratio())
         # -- asynchronous jobs (service/jobs)
         self.jobs = Counter(
             "serve_jobs",
@@ -263,5 +315,31 @@ class Metrics:
         if not isinstance(window, kind) or window.capacity != capacity:
             window = kind(capacity, self.window_s)
             self._stage_windows[stage] = window
-            self.stage_busy.labels(stage).set_function(window.ratio)
+            share = self.share
+            self.watch(self.stage_busy.labels(stage), lambda: window.ratio() * share)
         return window
+
+    # -- values computed on demand, and the scrape -----------------------------------------
+
+    def watch(self, gauge: Any, value: Callable[[], float]) -> None:
+        """``gauge`` shows ``value()``: at each scrape in one process, else after each refresh
+        (a multiprocess scrape reads only what the processes have written)."""
+        if not self.multiprocess:
+            gauge.set_function(value)
+            return
+        self._watched = [(g, f) for g, f in self._watched if g is not gauge]
+        self._watched.append((gauge, value))
+
+    def refresh(self) -> None:
+        """Write every watched value into its gauge (multiprocess mode)."""
+        for gauge, value in self._watched:
+            gauge.set(value())
+
+    def render(self) -> tuple[bytes, str]:
+        """The scrape: this process's registry, or every process's samples summed."""
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        self.refresh()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

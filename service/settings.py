@@ -73,8 +73,15 @@ class Settings(BaseSettings):
     # core (up to 8) without one.
     model_instances: int = Field(0, ge=0, le=64)
 
+    # -- processes
+    # HTTP front-end processes sharing the port: each parses, authenticates, validates and
+    # decodes its own requests, and all feed the one accelerator process; 0: one per CPU the
+    # pod may use (SERVE_CPUS, else the affinity mask and cgroup CPU limit).
+    frontend_processes: int = Field(0, ge=0, le=256)
+
     # -- preprocessing
-    # Decode/resize worker processes; 0: one per CPU this process may use.
+    # Worker processes of the cpu stages between model stages (started only for a pipeline
+    # that has one); 0: one per CPU the pod may use.
     preprocess_workers: int = Field(0, ge=0)
     # CPU niceness of the workers: they yield the CPU to the model runner (0: same priority).
     preprocess_nice: int = Field(10, ge=0, le=19)
@@ -207,6 +214,11 @@ class Settings(BaseSettings):
     @cached_property
     def workers(self) -> int:
         return self.preprocess_workers or default_workers(self.cpus)
+
+    @cached_property
+    def frontends(self) -> int:
+        """``SERVE_FRONTEND_PROCESSES`` resolved."""
+        return self.frontend_processes or self.cpu_count
 
     @cached_property
     def cpu_count(self) -> int:

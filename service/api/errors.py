@@ -81,7 +81,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        headers = retry_headers(request) if exc.retry else None
+        headers = retry_headers(request) if exc.retry else {}
+        if exc.status == 413:  # the body is not read on: close (lingering, server/http.py)
+            headers["Connection"] = "close"
         return error_response(
             exc.status, exc.code, exc.message, headers, _shape(request), exc.details
         )

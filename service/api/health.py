@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from ..pipeline.info import PipelineInfo
@@ -27,15 +26,14 @@ async def healthz(plane: DataPlaneDep) -> JSONResponse:
 @router.get("/readyz", summary="Readiness")
 async def readyz(request: Request, plane: DataPlaneDep) -> JSONResponse:
     """200 only once the model is loaded and every batch bucket warmed, and not while draining."""
-    info = plane.fallback
-    if info.ready:
+    if plane.ready:
         return JSONResponse({"status": "ready"})
     return error_response(
         503,
         "not_ready",
-        f"the service is {info.state}",
+        f"the service is {plane.state}",
         retry_headers(request),
-        details={"state": info.state},
+        details={"state": plane.state},
     )
 
 
@@ -109,5 +107,6 @@ async def models(plane: DataPlaneDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus text format."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format (with several processes: the whole pod's)."""
+    body, media_type = metrics.render()
+    return Response(body, media_type=media_type)

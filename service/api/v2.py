@@ -55,10 +55,9 @@ async def server_live(plane: DataPlaneDep) -> Response:
 @router.get("/v2/health/ready", summary="Server ready")
 async def server_ready(plane: DataPlaneDep) -> Response:
     """200 once the model is warmed; 400 (the protocol's "false") while loading or draining."""
-    info = plane.fallback
-    if info.ready:
+    if plane.ready:
         return JSONResponse({"ready": True})
-    return _no(f"the server is {info.state}", "not_ready")
+    return _no(f"the server is {plane.state}", "not_ready")
 
 
 @router.get("/v2/models/{name}/ready", summary="Model ready")
@@ -66,7 +65,7 @@ async def server_ready(plane: DataPlaneDep) -> Response:
 async def model_ready(plane: DataPlaneDep, name: str, version: str | None = None) -> Response:
     """200 when the model can infer; 400 while it loads or drains; 404 for an unknown model."""
     info = _model(plane, name, version)
-    if info.ready:
+    if info.ready and not plane.draining:
         return JSONResponse({"name": name, "ready": True})
     return _no(f"model {name!r} is {info.state}", "not_ready")
 

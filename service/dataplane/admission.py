@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from ..errors import Overloaded
 from ..metrics import Metrics
+
+
+class Bound(Protocol):
+    """What the dataplane needs of a bound: this one, or the pod's (``server/admission.py``)."""
+
+    def admit(self, n: int) -> AbstractContextManager[None]: ...
 
 
 class Admission:

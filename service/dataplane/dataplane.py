@@ -28,7 +28,7 @@ from ..pipeline.registry import PipelineNotFound
 from ..preprocess.decode import PreprocessConfig
 from ..preprocess.decoder import Decoder
 from ..settings import Settings
-from .admission import Admission
+from .admission import Admission, Bound
 from .request import InferRequest, InferResult, Timing
 
 
@@ -44,6 +44,12 @@ class Engine(Protocol):
     async def run(
         self, name: str, item: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, BatchInfo]: ...
+
+    async def start(self) -> None: ...
+
+    def drain(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class DataPlane:
@@ -61,13 +67,15 @@ class DataPlane:
         engine: Engine,
         decoder: Decoder,
         metrics: Metrics,
-        admission: Admission | None = None,
+        admission: Bound | None = None,
     ):
         self.settings = settings
         self.engine = engine
         self.decoder = decoder
         self.metrics = metrics
-        self.admission = admission or Admission(settings.max_queue_images, metrics)
+        self.admission: Bound = admission or Admission(settings.max_queue_images, metrics)
+        self.draining = False
+        metrics.watch(metrics.ready, lambda: 1.0 if self.ready else 0.0)
         self._configs: dict[tuple[int, int], PreprocessConfig] = {}
         self._decoding = dict.fromkeys(engine.names(), 0)  # images being decoded, by pipeline
         # pipeline -> busy windows of its decode and top-k stages
@@ -79,7 +87,7 @@ class DataPlane:
                 metrics.stage_work_window(decode, decoder.threads),
                 metrics.stage_work_window(topk),
             )
-            metrics.queue_depth.labels(decode).set_function(self._depth(name))
+            metrics.watch(metrics.queue_depth.labels(decode), self._depth(name))
 
     def _depth(self, name: str) -> Callable[[], float]:
         return lambda: float(self._decoding[name])
@@ -105,6 +113,8 @@ class DataPlane:
     def check(self, name: str | None) -> PipelineInfo:
         """The pipeline, if it can take a request now (before a large body is read)."""
         info = self.resolve(name)
+        if self.draining:
+            raise NotReady.of("draining")
         if not info.ready:
             raise NotReady.of(info.state)
         return info
@@ -112,6 +122,23 @@ class DataPlane:
     @property
     def fallback(self) -> PipelineInfo:
         return self.engine.info(self.engine.fallback)
+
+    # -- the service's state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The fallback pipeline's state, or ``draining`` once this process drains."""
+        return "draining" if self.draining else self.fallback.state
+
+    @property
+    def ready(self) -> bool:
+        """Whether this process takes requests (``/readyz``)."""
+        return not self.draining and self.fallback.ready
+
+    def drain(self) -> None:
+        """Take no new requests (SIGTERM); what is in flight finishes."""
+        self.draining = True
+        self.engine.drain()
 
     # -- inference -------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The in-memory job store: one replica, bounded, finished jobs expire after a TTL.
 
-Jobs live and die with the process: use the Redis store when several replicas serve, or when
-an accepted job must survive a restart.
+Jobs live and die with the pod (with several front-end processes the supervisor holds the store
+and serves it to them, ``jobs/shared.py``): use the Redis store when several replicas serve, or
+when an accepted job must survive a restart.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ class MemoryJobStore(JobStore):
 
     async def renew(self, claim: Claim) -> None:
         return None
+
+    def requeue(self, job_id: str) -> None:
+        """A running job whose runner went away (its front end died): queued again."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.status == RUNNING:
+            job.status = QUEUED
+            self._queue.put_nowait(job_id)
 
     async def save(self, job: Job) -> None:
         if job.finished:

@@ -62,21 +62,30 @@ class JobRunner:
     plane: runs a job's images (each job names its pipeline).
     settings: job and callback settings.
     metrics: ``serve_jobs_total{event}``.
+    workers: jobs this runner works on at once (default ``SERVE_JOB_CONCURRENCY``; each
+        front-end process runs its share of the pod's).
     """
 
-    def __init__(self, store: JobStore, plane: DataPlane, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        store: JobStore,
+        plane: DataPlane,
+        settings: Settings,
+        metrics: Metrics,
+        workers: int | None = None,
+    ):
         self.store = store
         self.plane = plane
         self.settings = settings
         self.metrics = metrics
+        self.workers = settings.job_concurrency if workers is None else workers
         self._workers: list[asyncio.Task] = []
         self._stopping = False
 
     async def start(self) -> None:
         await self.store.start()
         self._workers = [
-            asyncio.create_task(self._work(), name=f"job-worker-{i}")
-            for i in range(self.settings.job_concurrency)
+            asyncio.create_task(self._work(), name=f"job-worker-{i}") for i in range(self.workers)
         ]
 
     async def stop(self) -> None:

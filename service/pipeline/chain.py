@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +28,15 @@ class Chain:
     @property
     def models(self) -> list[ModelStage]:
         return [s for s in self.stages if isinstance(s, ModelStage)]
+
+    def submit(self, item: np.ndarray, deadline: float) -> asyncio.Future:
+        """``run`` as a future, without a task of its own when the chain is one model stage
+        (the common case: the batcher's own future is the answer)."""
+        if len(self.stages) == 1:
+            batcher = self.first.batcher
+            assert batcher is not None, f"stage {self.first.name} is not started"
+            return batcher.submit(item, deadline)
+        return asyncio.ensure_future(self.run(item, deadline))
 
     async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
         """Feed one item through every stage in order; the timing sums over the stages, the

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import NotReady
 from ..metrics import Metrics
 from ..model.labels import load_labels
 from ..model.loader import LoadedModel
@@ -68,6 +69,39 @@ def load_stage_model(spec: ModelStageSpec, settings: Settings) -> LoadedModel:
     return loaded
 
 
+def stage_label(pipeline: str, stage: str) -> str:
+    """Metrics label of a stage: its name in ``default``, else ``pipeline/stage``."""
+    return stage if pipeline == DEFAULT else f"{pipeline}/{stage}"
+
+
+def model_name(settings: Settings, pipeline: str) -> str:
+    """A pipeline's name in the APIs: SERVE_MODEL_NAME for ``default``."""
+    return settings.model_name if pipeline == DEFAULT else pipeline
+
+
+def configured_info(settings: Settings, spec: PipelineSpec) -> PipelineInfo:
+    """A pipeline before it has loaded: what its configuration says."""
+    default = spec.name == DEFAULT
+    stages = [StageInfo(stage_label(spec.name, "preprocess"), "decode")]
+    for step in spec.chain:
+        label = stage_label(spec.name, step.name)
+        if isinstance(step, CpuStageSpec):
+            stages.append(StageInfo(label, "cpu", function=step.function))
+        elif default:
+            stages.append(StageInfo(label, "model", model=settings.model, weights=settings.weights))
+        else:
+            weights = step.weights if step.arch else step.file
+            stages.append(StageInfo(label, "model", model=step.arch or step.file, weights=weights))
+    stages.append(StageInfo(stage_label(spec.name, "topk"), "topk"))
+    return PipelineInfo(
+        name=spec.name,
+        model_name=model_name(settings, spec.name),
+        arch=settings.model if default else "",
+        weights_source=settings.weights if default else "",
+        stages=tuple(stages),
+    )
+
+
 class Pipeline:
     """One named pipeline: its stages after decode and their lifecycle.
 
@@ -95,18 +129,17 @@ class Pipeline:
         self.error: str | None = None
         self.chain: Chain | None = None
         self.pool: WorkerPool | None = None
+        self.on_change: Callable[[PipelineInfo], None] | None = None  # set by the registry
         self._info = self._configured_info()
 
     # -- naming ----------------------------------------------------------------------------
 
     def stage_label(self, stage: str) -> str:
-        """Metrics label of a stage: its name in ``default``, else ``pipeline/stage``."""
-        return stage if self.name == DEFAULT else f"{self.name}/{stage}"
+        return stage_label(self.name, stage)
 
     @property
     def model_name(self) -> str:
-        """The pipeline's name in the APIs: SERVE_MODEL_NAME for ``default``."""
-        return self.settings.model_name if self.name == DEFAULT else self.name
+        return model_name(self.settings, self.name)
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -125,32 +158,15 @@ class Pipeline:
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         self.state, self.error = state, error
-        self._info = dataclasses.replace(self._info, state=state, error=error)
+        self._publish(dataclasses.replace(self._info, state=state, error=error))
+
+    def _publish(self, info: PipelineInfo) -> None:
+        self._info = info
+        if self.on_change is not None:
+            self.on_change(info)
 
     def _configured_info(self) -> PipelineInfo:
-        """Before loading: what the configuration says."""
-        stages = [StageInfo(self.stage_label("preprocess"), "decode")]
-        for step in self.spec.chain:
-            label = self.stage_label(step.name)
-            if isinstance(step, CpuStageSpec):
-                stages.append(StageInfo(label, "cpu", function=step.function))
-            else:
-                model = step.arch or step.file
-                weights = step.weights if step.arch else step.file
-                if self.name == DEFAULT:
-                    model, weights = self.settings.model, self.settings.weights
-                stages.append(StageInfo(label, "model", model=model, weights=weights))
-        stages.append(StageInfo(self.stage_label("topk"), "topk"))
-        arch = self.settings.model if self.name == DEFAULT else ""
-        weights = self.settings.weights if self.name == DEFAULT else ""
-        return PipelineInfo(
-            name=self.name,
-            model_name=self.model_name,
-            state=self.state,
-            arch=arch,
-            weights_source=weights,
-            stages=tuple(stages),
-        )
+        return configured_info(self.settings, self.spec)
 
     def _loaded_info(self, models: list[LoadedModel], chain: Chain) -> PipelineInfo:
         first, last = models[0], models[-1]
@@ -228,7 +244,7 @@ class Pipeline:
                 await pool_started
             self.chain = chain
             await chain.check()
-            self._info = self._loaded_info(models, chain)
+            self._publish(self._loaded_info(models, chain))
         except Exception as exc:
             self._set_state("failed", f"{type(exc).__name__}: {exc}")
             log.exception("pipeline %s failed to load", self.name)
@@ -259,5 +275,10 @@ class Pipeline:
 
     async def run(self, item: np.ndarray, deadline: float):
         """One item through the stages after decode: ``(output row, BatchInfo)``."""
-        assert self.chain is not None, f"pipeline {self.name} is not started"
-        return await self.chain.run(item, deadline)
+        return await self.submit(item, deadline)
+
+    def submit(self, item: np.ndarray, deadline: float) -> asyncio.Future:
+        """``run`` as a future (see ``Chain.submit``)."""
+        if self.chain is None:
+            raise NotReady.of(self.state)
+        return self.chain.submit(item, deadline)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -57,6 +57,20 @@ class PipelineRegistry:
             name: Pipeline(settings, metrics, model_factory if name == DEFAULT else None, spec)
             for name, spec in specs.items()
         }
+        self._watchers: list[Callable[[PipelineInfo], None]] = []
+        for pipeline in self:
+            pipeline.on_change = self._changed
+
+    def watch(self, callback: Callable[[PipelineInfo], None]) -> None:
+        """Call ``callback`` with a pipeline's new description whenever it changes."""
+        self._watchers.append(callback)
+
+    def _changed(self, info: PipelineInfo) -> None:
+        for callback in self._watchers:
+            callback(info)
+
+    def infos(self) -> dict[str, PipelineInfo]:
+        return {name: p.info for name, p in self._pipelines.items()}
 
     def __iter__(self) -> Iterator[Pipeline]:
         return iter(self._pipelines.values())
@@ -80,7 +94,11 @@ class PipelineRegistry:
         self, name: str, item: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, BatchInfo]:
         """One item through the pipeline's stages after decode."""
-        return await self._pipelines[name].run(item, deadline)
+        return await self.submit(name, item, deadline)
+
+    def submit(self, name: str, item: np.ndarray, deadline: float) -> asyncio.Future:
+        """``run`` as a future (the accelerator process answers through its callback)."""
+        return self.get(name).submit(item, deadline)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -92,7 +110,6 @@ class PipelineRegistry:
         """
         fallback = self._pipelines[self.fallback]
         await fallback.start()
-        self.metrics.ready.set(1)
         for pipeline in self:
             if pipeline is fallback:
                 continue
@@ -104,7 +121,6 @@ class PipelineRegistry:
                 log.error("pipeline %s failed to start; the others keep serving", pipeline.name)
 
     def drain(self) -> None:
-        self.metrics.ready.set(0)
         for pipeline in self:
             pipeline.drain()
 

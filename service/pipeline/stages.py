@@ -141,7 +141,7 @@ class CpuStage(Stage):
         self.pending = 0
         self._output_shape: tuple[int, ...] = ()
         self._busy = metrics.stage_work_window(name, pool.workers)
-        metrics.queue_depth.labels(name).set_function(lambda: float(self.pending))
+        metrics.watch(metrics.queue_depth.labels(name), lambda: float(self.pending))
 
     def output_shape(self) -> tuple[int, ...]:
         return self._output_shape

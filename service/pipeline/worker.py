@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-import signal
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -19,25 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ..lifetime import die_with_parent
+
 _FUNCTIONS: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the server process dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers notice a broken pipe instead
-        pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _worker_init(niceness: int = 0) -> None:
-    _die_with_parent()
+    die_with_parent()
     # The workers yield the CPU to the model runner's threads: on a CPU node both compete, and
     # a worker that preempts one of TensorFlow's intra-op threads stalls the whole op. On a GPU
     # node the runner mostly waits on the device, so the workers get the CPU anyway.

@@ -20,6 +20,11 @@ from .decode import PreprocessConfig, Preprocessed, decode
 
 log = logging.getLogger(__name__)
 
+# One thread per front-end process: the front ends are the parallelism (one per core). Measured
+# (docs/BENCHMARKS.md): decoding in one thread beat decoding inline on the event loop, which
+# then cannot read or answer meanwhile, and beat two threads, which contend for the GIL.
+THREADS = 1
+
 
 def _lower_priority(niceness: int) -> None:
     """Linux: a thread has its own nice value (``setpriority`` on its thread id)."""
@@ -39,7 +44,7 @@ class Decoder:
         niceness: added to the threads' CPU niceness (0: same priority as the event loop).
     """
 
-    def __init__(self, threads: int = 1, niceness: int = 0):
+    def __init__(self, threads: int = THREADS, niceness: int = 0):
         if threads < 1:
             raise ValueError("a decoder needs at least one thread")
         self.threads = threads

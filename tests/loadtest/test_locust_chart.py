@@ -75,7 +75,7 @@ def test_configmap_carries_the_suite_and_it_runs_from_a_flat_folder(tmp_path):
     (cm,) = [o for o in render() if o["kind"] == "ConfigMap"]
     assert sorted(cm["data"]) == sorted(SUITE)
     for name in SUITE:
-        assert cm["data"][name] == (ROOT / "loadtest" / name).read_text().rstrip("\n")
+        assert cm["data"][name] == (ROOT / "loadtest" / "suite" / name).read_text().rstrip("\n")
         (tmp_path / name).write_text(cm["data"][name] + "\n")
     # Outside the repository, where `loadtest` is not importable: the locustfile imports its
     # neighbours and Locust lists its user classes.

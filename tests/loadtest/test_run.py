@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from loadtest.suite import report, runner, shapes
+from tests.support.helpers import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -167,7 +168,7 @@ def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
         [*cmd, "--shape", "spike", "--users", "4", "--spike-users", "2"],
         capture_output=True,
         text=True,
-        cwd=runner.LOCUSTFILE.parent.parent,
+        cwd=ROOT,
         timeout=60,
     )
     assert bad.returncode != 0 and "spike_users must exceed" in bad.stderr

@@ -70,6 +70,7 @@ def start_server(
         **os.environ,
         "SERVE_HOST": "127.0.0.1",
         "SERVE_PORT": str(port),
+        "SERVE_FRONTEND_PROCESSES": "2",
         "SERVE_PREPROCESS_WORKERS": "2",
         "SERVE_MAX_BATCH_SIZE": "8",
         "SERVE_BATCH_BUCKETS": "1,2,4,8",

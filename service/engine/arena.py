@@ -1,0 +1,110 @@
+"""A front end's shared-memory arena: fixed-size slots for items going to the accelerator
+process and the rows coming back.
+
+The front end owns it: it creates the segment, hands out slots, copies a decoded image into a
+slot and frees the slot when the engine answers (the row is in the same slot by then). The
+engine attaches to it by name and only reads items and writes rows. An item or row larger than
+a slot, or any item while every slot is taken, travels inline in the message instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Arena:
+    """``slots`` slots of ``slot_bytes`` in one segment.
+
+    Args:
+        slots: how many items may be in flight through slots at once.
+        slot_bytes: the largest item or row a slot holds.
+        name: attach to this existing segment (the engine) instead of creating one.
+    """
+
+    def __init__(self, slots: int, slot_bytes: int, name: str | None = None):
+        self.slots = slots
+        self.slot_bytes = slot_bytes
+        self.owner = name is None
+        size = max(1, slots * slot_bytes)
+        if self.owner:
+            self.shm = SharedMemory(create=True, size=size)
+            _reserve(self.shm, size)
+        else:
+            self.shm = SharedMemory(name=name)
+            # Attaching registers the segment with this process's resource tracker, which
+            # would unlink it when this process exits: the owner's tracker does that.
+            with contextlib.suppress(Exception):
+                resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
+        self.name = self.shm.name
+        self._free: collections.deque[int] = collections.deque(range(slots))
+
+    @classmethod
+    def create(cls, slots: int, slot_bytes: int) -> Arena | None:
+        """A new arena, or None where ``/dev/shm`` has no room (every item goes inline)."""
+        try:
+            return cls(slots, slot_bytes)
+        except OSError as exc:
+            log.warning(
+                "no shared memory for %d x %d bytes (%s): items go inline", slots, slot_bytes, exc
+            )
+            return None
+
+    # -- the owner: slots ------------------------------------------------------------------
+
+    def take(self) -> int:
+        """A free slot, or -1 when all are taken."""
+        return self._free.popleft() if self._free else -1
+
+    def give(self, slot: int) -> None:
+        self._free.append(slot)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    # -- both ends: contents ---------------------------------------------------------------
+
+    def view(self, slot: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """The slot's contents as an array (no copy: valid while the slot is held)."""
+        buf = self.shm.buf
+        assert buf is not None
+        return np.ndarray(shape, dtype=dtype, buffer=buf, offset=slot * self.slot_bytes)
+
+    def fits(self, array: np.ndarray) -> bool:
+        return array.nbytes <= self.slot_bytes
+
+    def write(self, slot: int, array: np.ndarray) -> None:
+        self.view(slot, array.shape, array.dtype.str)[...] = array
+
+    def close(self) -> bool:
+        """Unmap (and, for the owner, remove) the segment; False while views are still alive."""
+        try:
+            self.shm.close()
+        except BufferError:
+            return False
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.shm.unlink()
+        return True
+
+
+def _reserve(shm: SharedMemory, size: int) -> None:
+    """Reserve the pages now, so a full ``/dev/shm`` is an error here, not a SIGBUS later."""
+    fd = getattr(shm, "_fd", -1)
+    if fd < 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        shm.close()
+        shm.unlink()
+        raise

@@ -1,0 +1,33 @@
+"""What every process of the service does to live and die with the others."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, even by SIGKILL, so that no
+    front end, accelerator process or worker outlives the process that started it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: children notice a broken pipe instead
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` on uvloop where it is installed (it is, with ``uvicorn[standard]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

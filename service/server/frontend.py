@@ -1,0 +1,120 @@
+"""A front-end process: the HTTP server on the pod's shared listening socket.
+
+    python -m service.server.frontend --index I --fd N --run-dir DIR   (started by the supervisor)
+
+It parses, authenticates, validates and decodes its own requests, and sends the decoded pixels
+to the accelerator process (``engine/client.py``). Several of them accept on one socket (the
+kernel hands each new connection to one of them), so the HTTP work scales with the cores. On
+SIGTERM it stops taking requests (readiness 503), finishes those in flight within
+``SERVE_GRACEFUL_TIMEOUT_S`` and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from ..lifetime import die_with_parent
+from ..settings import Settings
+
+log = logging.getLogger("service.frontend")
+
+ADMISSION = "admission"
+JOBS_SOCKET = "jobs.sock"
+# Items that travel through shared memory at once, per front end (more go inline).
+ARENA_SLOTS = 64
+
+
+def item_bytes(settings: Settings) -> int:
+    """The largest decoded image a slot must hold: the model input, 224x224 RGB by default."""
+    from ..model.architectures import ARCHITECTURES
+
+    height, width = ARCHITECTURES[settings.model].input_size
+    return height * width * 3
+
+
+def job_workers(settings: Settings, index: int, processes: int) -> int:
+    """This front end's share of the pod's ``SERVE_JOB_CONCURRENCY`` job workers."""
+    total = settings.job_concurrency
+    return total // processes + (1 if index < total % processes else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a front-end process (internal)")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--fd", type=int, required=True, help="the listening socket")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    die_with_parent()
+
+    import uvicorn
+
+    from ..app import create_app
+    from ..engine.client import EngineClient
+    from ..engine.process import SOCKET
+    from ..jobs.shared import SharedJobStore
+    from ..logs import configure_logging
+    from ..metrics import Metrics
+    from .admission import SharedAdmission
+    from .http import ServeHttpProtocol
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    metrics = Metrics(share=1 / args.processes)
+    engine = EngineClient(
+        settings,
+        args.run_dir / SOCKET,
+        index=args.index,
+        slots=ARENA_SLOTS,
+        slot_bytes=item_bytes(settings),
+    )
+    admission = SharedAdmission(
+        args.run_dir / ADMISSION, args.index, settings.max_queue_images, metrics
+    )
+    store = None if settings.redis_url else SharedJobStore(str(args.run_dir / JOBS_SOCKET))
+    app = create_app(
+        settings,
+        metrics=metrics,
+        engine=engine,
+        admission=admission,
+        job_store=store,
+        job_workers=job_workers(settings, args.index, args.processes),
+    )
+    sock = socket.socket(fileno=args.fd)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+            # Readiness turns false at once; uvicorn then stops accepting and waits for what
+            # is in flight. The signal is not re-raised: a drained SIGTERM exits 0.
+            app.state.dataplane.drain()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        # Longer than the idle timeout of the proxies in front (commonly 60 s), so the server
+        # never closes a connection just as a proxy reuses it (docs/RELIABILITY.md).
+        timeout_keep_alive=int(settings.keepalive_timeout_s),
+        http=ServeHttpProtocol,
+        ws="none",
+        loop="uvloop",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        lifespan="on",
+    )
+    log.info("front end %d (pid %d) serving", args.index, os.getpid())
+    Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""The pod's processes: one accelerator process, N front ends on one listening socket, and
+this supervisor, which starts them, watches them and stops them.
+
+    python -m service   (or resnet-serve)
+
+* It binds the port once and passes the socket to every front end (they accept on it in
+  turn), creates the run directory (Unix sockets, the admission file, the multiprocess
+  metrics) and, without Redis, holds the pod's in-memory job store.
+* A front end that dies is replaced at once; only the requests on its own connections are
+  lost (the socket and its queue of new connections stay with the others).
+* The accelerator process is restarted when it dies; meanwhile the front ends answer 503
+  (readiness too). Dying ``ENGINE_RESTARTS`` times within ``ENGINE_WINDOW_S`` ends the pod
+  (exit 1): the kubelet restarts the container, with its backoff.
+* SIGTERM: the front ends drain (readiness 503 at once, in-flight requests finish within
+  ``SERVE_GRACEFUL_TIMEOUT_S``), then the accelerator process stops, then this process
+  exits 0. A second SIGINT kills everything at once.
+
+It imports neither TensorFlow nor the web framework: it stays small, and it is what the
+container's PID 1 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from ..metrics import MULTIPROC_ENV
+from ..settings import Settings
+
+log = logging.getLogger("service.supervisor")
+
+ENGINE_RESTARTS = 5
+ENGINE_WINDOW_S = 300.0
+# After the front ends' graceful timeout, how long they may still take to exit.
+EXIT_GRACE_S = 10.0
+
+
+def run_dir() -> Path:
+    """A fresh private directory, in memory where the pod has a writable /dev/shm."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="resnet-serve-", dir=base))
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Runs the pod's processes until SIGTERM.
+
+    Args:
+        settings: what the children read too (they inherit the environment).
+        directory: the run directory.
+        sock: the listening socket.
+    """
+
+    def __init__(self, settings: Settings, directory: Path, sock: socket.socket):
+        self.settings = settings
+        self.dir = directory
+        self.sock = sock
+        self.processes = settings.frontends
+        self.frontends: dict[int, asyncio.subprocess.Process] = {}
+        self.engine: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self.failed = False
+        self._engine_deaths: deque[float] = deque()
+        self._watchers: set[asyncio.Task] = set()
+        self._stopped = asyncio.Event()
+
+    # -- children --------------------------------------------------------------------------
+
+    async def _spawn(self, *args: str, fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+        # A session of its own: a terminal's Ctrl-C (or any signal to the supervisor's
+        # process group) reaches the supervisor alone, which stops the children in order.
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *args, "--run-dir", str(self.dir), pass_fds=fds, start_new_session=True
+        )
+
+    async def start_engine(self) -> None:
+        self.engine = await self._spawn("-m", "service.engine.process")
+        log.info("accelerator process started (pid %d)", self.engine.pid)
+        self._watch(self.engine, self._engine_exited)
+
+    async def start_frontend(self, index: int) -> None:
+        fd = self.sock.fileno()
+        process = await self._spawn(
+            "-m",
+            "service.server.frontend",
+            "--index",
+            str(index),
+            "--processes",
+            str(self.processes),
+            "--fd",
+            str(fd),
+            fds=(fd,),
+        )
+        self.frontends[index] = process
+        self._watch(process, lambda code: self._frontend_exited(index, process, code))
+
+    def _watch(self, process: asyncio.subprocess.Process, on_exit) -> None:  # type: ignore[no-untyped-def]
+        async def wait() -> None:
+            code = await process.wait()
+            _mark_dead(process.pid)
+            await on_exit(code)
+
+        task = asyncio.create_task(wait())
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _frontend_exited(
+        self, index: int, process: asyncio.subprocess.Process, code: int
+    ) -> None:
+        if self.frontends.get(index) is not process:
+            return
+        from . import admission
+
+        admission.reset(self.dir / "admission", index)
+        if self.stopping:
+            return
+        log.error("front end %d (pid %d) exited with %s; replacing it", index, process.pid, code)
+        await self.start_frontend(index)
+
+    async def _engine_exited(self, code: int) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        self._engine_deaths.append(now)
+        while self._engine_deaths and self._engine_deaths[0] < now - ENGINE_WINDOW_S:
+            self._engine_deaths.popleft()
+        if len(self._engine_deaths) >= ENGINE_RESTARTS:
+            log.critical(
+                "the accelerator process died %d times in %.0f s; stopping the pod",
+                len(self._engine_deaths),
+                ENGINE_WINDOW_S,
+            )
+            self.failed = True
+            self.stop()
+            return
+        log.error("the accelerator process exited with %s; restarting it", code)
+        await self.start_engine()
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from . import admission
+
+        admission.create(self.dir / "admission", self.processes)
+        store = await self._job_store()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGINT, self._on_signal, signal.SIGINT)
+        await self.start_engine()
+        for index in range(self.processes):
+            await self.start_frontend(index)
+        log.info(
+            "serving on %s:%d: %d front-end processes, 1 accelerator process",
+            self.settings.host,
+            self.settings.port,
+            self.processes,
+        )
+        await self._stopped.wait()
+        await self._shutdown()
+        if store is not None:
+            await store.close()
+        return 1 if self.failed else 0
+
+    async def _job_store(self):  # type: ignore[no-untyped-def]
+        """Without Redis, the pod's in-memory job store lives here."""
+        if self.settings.redis_url:
+            return None
+        from ..jobs.memory import MemoryJobStore
+        from ..jobs.shared import StoreServer
+
+        s = self.settings
+        server = StoreServer(MemoryJobStore(s.max_jobs, s.job_ttl_s))
+        await server.listen(str(self.dir / "jobs.sock"))
+        return server
+
+    def _on_signal(self, sig: int) -> None:
+        if self.stopping and sig == signal.SIGINT:
+            log.warning("second SIGINT: killing every process")
+            for process in self._children():
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            return
+        log.warning("signal %d: draining", sig)
+        self.stop()
+
+    def stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._stopped.set()
+
+    def _children(self) -> list[asyncio.subprocess.Process]:
+        children = list(self.frontends.values())
+        return children + ([self.engine] if self.engine is not None else [])
+
+    async def _shutdown(self) -> None:
+        # New connections must not queue where no front end will ever accept them.
+        self.sock.close()
+        grace = self.settings.graceful_timeout_s + EXIT_GRACE_S
+        await _terminate(list(self.frontends.values()), grace)
+        if self.engine is not None:
+            await _terminate([self.engine], 30.0)
+        for task in list(self._watchers):
+            task.cancel()
+
+
+async def _terminate(processes: list[asyncio.subprocess.Process], timeout: float) -> None:
+    """SIGTERM, then SIGKILL what has not exited after ``timeout`` seconds."""
+    for process in processes:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+    waits = [asyncio.create_task(p.wait()) for p in processes]
+    if not waits:
+        return
+    _, late = await asyncio.wait(waits, timeout=timeout)
+    for process in processes:
+        if process.returncode is None:
+            log.error("pid %d did not stop in %.0f s; killing it", process.pid, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+    if late:
+        await asyncio.wait(late, timeout=5)
+
+
+def _mark_dead(pid: int) -> None:
+    """Its gauges leave the pod's view (prometheus-client's live modes)."""
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(Exception):
+        multiprocess.mark_process_dead(pid)
+
+
+def main() -> int:
+    from ..lifetime import run
+    from ..logs import configure_logging
+    from ..model.loader import WeightsUnavailable, check_weights
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    if settings.strict:
+        try:
+            check_weights(settings.model, settings.weights)
+        except WeightsUnavailable as exc:
+            log.critical("%s", exc)
+            return 3  # what uvicorn answers for a failed startup
+    directory = run_dir()
+    (directory / "metrics").mkdir()
+    os.environ[MULTIPROC_ENV] = str(directory / "metrics")
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        log.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        shutil.rmtree(directory, ignore_errors=True)
+        return 1
+    try:
+        return run(Supervisor(settings, directory, sock).run())
+    finally:
+        sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
