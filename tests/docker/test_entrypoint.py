@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dockerfile import RUNTIME, arg_default, env_of
+from image_helpers import RUNTIME, arg_default, env_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = Path(sys.executable).parent / "resnet-serve"
