@@ -17,7 +17,7 @@ chart-readme: ## Regenerate the values table of charts/resnet-serve/README.md fr
 	$(PYTHON) scripts/chart_readme.py --write
 
 .PHONY: e2e-kind
-e2e-kind: tools ## Throwaway kind cluster: CPU image, helm install, helm test, 1-minute Locust run (needs Docker + kind)
+e2e-kind: tools ## Throwaway kind cluster: CPU image, install with Redis, helm test, a job, in-cluster Locust Job (needs Docker + kind)
 	HELM=$(HELM) KUBECTL=$(KUBECTL) IMAGE=$(IMAGE) TAG=$(TAG) PYTHON=$(BIN)/python \
 	  bash scripts/e2e-kind.sh
 
