@@ -100,7 +100,11 @@ def test_both_images_carry_every_feature_the_chart_can_switch_on(variant_name):
     )
 
 
-@pytest.mark.parametrize("values, sets", SCENARIOS)
+@pytest.mark.parametrize(
+    "values, sets",
+    SCENARIOS,
+    ids=[v[0] if v else "|".join(x.split("=")[-1] for x in s) or "defaults" for v, s in SCENARIOS],
+)
 def test_every_rendered_pod_finds_what_it_needs_in_its_image(values, sets):
     for pod, container, wanted in server_image_containers(render(values, sets)):
         missing = wanted - provided(variant(container["image"]))
