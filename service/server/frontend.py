@@ -26,7 +26,7 @@ log = logging.getLogger("service.frontend")
 ADMISSION = "admission"
 JOBS_SOCKET = "jobs.sock"
 # Items that travel through shared memory at once, per front end (more go inline).
-ARENA_SLOTS = 64
+ARENA_SLOTS = 32
 
 
 def item_bytes(settings: Settings) -> int:

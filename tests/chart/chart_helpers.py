@@ -14,6 +14,7 @@ from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "resnet-serve"
+LOCUST_CHART = ROOT / "charts" / "locust"
 TOOLS = ROOT / ".tools"
 HELM = TOOLS / "bin" / "helm"
 KUBECTL = TOOLS / "bin" / "kubectl"
@@ -43,10 +44,10 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-def value_args(values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
+def value_args(values: tuple[str, ...], sets: tuple[str, ...], chart: Path = CHART) -> list[str]:
     args: list[str] = []
     for v in values:
-        args += ["-f", str(CHART / v)]
+        args += ["-f", str(chart / v)]
     for s in sets:
         args += ["--set", s]
     return args
@@ -60,15 +61,19 @@ def lint(
 
 @functools.cache
 def render_text(
-    values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel"
+    values: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    release: str = "rel",
+    namespace: str = "serving",
+    chart: Path = CHART,
 ) -> str:
     out = helm(
         "template",
         release,
-        str(CHART),
+        str(chart),
         "--namespace",
-        "serving",
-        *value_args(values, sets),
+        namespace,
+        *value_args(values, sets, chart),
         check=False,
     )
     if out.returncode != 0:
@@ -77,10 +82,16 @@ def render_text(
 
 
 def render(
-    values: tuple[str, ...] = (), sets: tuple[str, ...] = (), release: str = "rel"
+    values: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    release: str = "rel",
+    namespace: str = "serving",
+    chart: Path = CHART,
 ) -> list[dict]:
     """Rendered objects (fresh copies: tests may not share mutations)."""
-    return [d for d in yaml.safe_load_all(render_text(values, sets, release)) if d]
+    return [
+        d for d in yaml.safe_load_all(render_text(values, sets, release, namespace, chart)) if d
+    ]
 
 
 def find(objs: list[dict], kind: str, component: str | None = None) -> list[dict]:

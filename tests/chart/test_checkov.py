@@ -31,13 +31,18 @@ EXPLAINED = {
     (
         "CKV_K8S_15",
         "Pod",
-    ): "the helm test pod reuses the server image already on the node (IfNotPresent)",
+    ): "the helm test pod's image is a pinned tag of a small Python image (or the server's, "
+    "already on its node): IfNotPresent, like the server",
     (
         "CKV_K8S_43",
         "Deployment",
     ): "the chart cannot know the digest of the user's build: image.digest is supported and "
     "ci/servicemonitor-values.yaml renders it; the default is the release tag",
-    ("CKV_K8S_43", "Pod"): "as for the Deployment: the test pod uses the same image reference",
+    (
+        "CKV_K8S_43",
+        "Pod",
+    ): "the test pod's image is a tag of a public Python image (tests.image, digest-free so "
+    "mirrors can serve it) or the server's own reference",
     ("CKV_K8S_8", "Pod"): "the helm test pod is a one-shot client that exits; probes do not apply",
     ("CKV_K8S_9", "Pod"): "the helm test pod is a one-shot client that exits; probes do not apply",
     (

@@ -42,4 +42,18 @@ def test_documented_install_command_renders(doc, command, monkeypatch):
     args = [a for a in args if a != "--create-namespace"]
     out = helm("template", *args, check=False)
     assert out.returncode == 0, f"{doc}: {command}\n{out.stderr}"
-    assert "kind: Deployment" in out.stdout
+    # The server runs as a Deployment, the load test (charts/locust) as Jobs.
+    assert ("kind: Job" if "charts/locust" in command else "kind: Deployment") in out.stdout
+
+
+def test_deploy_guide_states_what_each_platform_needs_and_what_was_proven():
+    text = (ROOT / "docs" / "DEPLOY.md").read_text()
+    aks = text.split("### AKS", 1)[1].split("###", 1)[0]
+    assert "device plugin" in aks and "GPU Operator" in aks
+    assert "kubernetes.azure.com/accelerator" in aks
+    assert "does not exist" not in text  # the Redis URL setting does
+    assert "SERVE_REDIS_URL" in text and "`redis` extra" in text
+    assert "## What is proven, and how" in text and "**Not proven here.**" in text
+    size = text.split("### Expected size (an estimate)", 1)[1].split("##", 1)[0]
+    assert "GPU image" in size and "GB" in size
+    assert "helm test resnet --namespace ml --logs --timeout 900s" in text

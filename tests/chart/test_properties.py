@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
 import yaml
 
@@ -43,19 +46,43 @@ def test_gpu_files_request_gpus_and_tolerate_the_pool_taint(values_file):
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["tolerations"] == values["tolerations"] and pod["tolerations"]
     assert any(t["effect"] == "NoSchedule" for t in pod["tolerations"])
-    assert pod["nodeSelector"] == values["nodeSelector"] and pod["nodeSelector"]
+    # A node selector, or node affinity terms where one label does not fit every provisioner.
+    assert pod.get("nodeSelector") == values.get("nodeSelector")
+    assert pod.get("affinity") == values.get("affinity")
+    assert pod.get("nodeSelector") or pod["affinity"]["nodeAffinity"]
     assert (
         one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
         == "resnet-serve:0.1.0"
     )
 
 
+def node_terms(values_file: str) -> list[dict[str, tuple[str, ...]]]:
+    """The required node affinity terms of a values file, as {label: allowed values}."""
+    affinity = load(values_file).get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    return [
+        {e["key"]: tuple(e.get("values", [])) for e in term["matchExpressions"]}
+        for term in terms.get("nodeSelectorTerms", [])
+    ]
+
+
 def test_platform_files_match_each_providers_gpu_conventions():
     tol = lambda f: {(t["key"], t.get("value"), t["effect"]) for t in load(f)["tolerations"]}  # noqa: E731
     assert ("sku", "gpu", "NoSchedule") in tol("values-aks.yaml")
+    # AKS's own GPU label; `accelerator` is in AKS's list of deprecated labels.
+    assert load("values-aks.yaml")["nodeSelector"] == {"kubernetes.azure.com/accelerator": "nvidia"}
     assert ("nvidia.com/gpu", "present", "NoSchedule") in tol("values-gke.yaml")
     assert "cloud.google.com/gke-accelerator" in load("values-gke.yaml")["nodeSelector"]
     assert ("nvidia.com/gpu", None, "NoSchedule") in tol("values-eks.yaml")
+    # EKS: no pinned instance type; any of Karpenter's, Auto Mode's or GPU Feature Discovery's
+    # labels for an NVIDIA GPU node will do.
+    eks = load("values-eks.yaml")
+    assert "nodeSelector" not in eks and "instance-type" not in str(eks)
+    assert node_terms("values-eks.yaml") == [
+        {"karpenter.k8s.aws/instance-gpu-manufacturer": ("nvidia",)},
+        {"eks.amazonaws.com/instance-gpu-manufacturer": ("nvidia",)},
+        {"nvidia.com/gpu.present": ("true",)},
+    ]
     operator = load("values-gpu-operator.yaml")
     assert operator["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     pod = one(render(("values-gpu-operator.yaml",)), "Deployment")["spec"]["template"]["spec"]
@@ -334,15 +361,39 @@ def test_redis_modes():
     assert one(external, "Secret")["stringData"] == {"SERVE_LOG_LEVEL": "info"}
 
 
-def test_network_policy_lets_in_only_the_port_and_the_test_pod():
+def test_network_policy_lets_in_only_the_port_the_test_pod_and_prometheus():
     objs = render(("ci/redis-internal-netpol-values.yaml",))
     policy = one(objs, "NetworkPolicy", "server")
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    clients, scrapers = policy["spec"]["ingress"]
+    assert clients["ports"] == scrapers["ports"] == [{"port": "http", "protocol": "TCP"}]
     test_pod = one(objs, "Pod", "test")
-    selectors = [p["podSelector"]["matchLabels"] for p in rule["from"] if "podSelector" in p]
+    selectors = [p["podSelector"]["matchLabels"] for p in clients["from"] if "podSelector" in p]
     assert any(s.items() <= test_pod["metadata"]["labels"].items() for s in selectors)
+    assert scrapers["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
     assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
+    # No callbacks configured: no egress beyond DNS and Redis.
+    assert len(policy["spec"]["egress"]) == 2
+
+
+def checksum(objs: list[dict]) -> str:
+    return one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_checksum_rolls_the_pods_when_the_secret_or_the_scripts_change(tmp_path):
+    base = checksum(render(sets=("secretSettings.SERVE_AUTH_TOKENS=a",)))
+    assert checksum(render(sets=("secretSettings.SERVE_AUTH_TOKENS=b",))) != base
+    # A chart whose weights script differs (as after an upgrade of the chart) rolls too.
+    copy = tmp_path / "resnet-serve"
+    shutil.copytree(CHART, copy)
+    script = copy / "files" / "fetch_weights_url.py"
+    script.write_text(script.read_text() + "\n# changed\n")
+    changed = helm("template", "rel", str(copy), "--namespace", "serving").stdout
+    original = helm("template", "rel", str(CHART), "--namespace", "serving").stdout
+    assert checksum(list(yaml.safe_load_all(changed))) != checksum(
+        list(yaml.safe_load_all(original))
+    )
 
 
 def test_settings_configmap_feeds_the_server_and_rolls_it_on_change():
@@ -375,10 +426,52 @@ def test_helm_test_hook_waits_for_readiness_and_classifies():
     assert scripts["data"]["helm_test.py"] == (CHART / "files" / "helm_test.py").read_text()
 
 
+@pytest.mark.parametrize("values_file", GPU_PLATFORM_VALUES)
+def test_helm_test_pod_pulls_a_small_image_off_the_gpu_nodes(values_file):
+    """The test pod needs only Python: a small image, on any node, with the release's pull
+    secrets; not the multi-GB GPU image pulled onto a system node."""
+    objs = render((values_file,), ("imagePullSecrets[0].name=regcred",))
+    pod = one(objs, "Pod", "test")["spec"]
+    server = server_container(objs)
+    (container,) = pod["containers"]
+    assert container["image"] != server["image"] and container["image"].startswith("python:3")
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    assert not any("gpu" in k for k in container["resources"]["limits"])
+
+
+@pytest.mark.parametrize("values_file", GPU_PLATFORM_VALUES)
+def test_helm_test_pod_with_the_server_image_goes_where_that_image_is(values_file):
+    objs = render((values_file,), ("tests.image.repository=", "imagePullSecrets[0].name=regcred"))
+    test_pod = one(objs, "Pod", "test")["spec"]
+    server_pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert test_pod["containers"][0]["image"] == server_container(objs)["image"]
+    assert test_pod["imagePullSecrets"] == [{"name": "regcred"}]
+    for key in ("tolerations", "nodeSelector", "affinity"):
+        assert test_pod.get(key) == server_pod.get(key), key
+
+
+@pytest.mark.parametrize("values", ALL_VALUES, ids=IDS)
+def test_helm_test_waits_as_long_as_the_startup_probe_and_helm_waits_longer(values):
+    objs = render(values)
+    startup = server_container(objs)["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    args = one(objs, "Pod", "test")["spec"]["containers"][0]["args"]
+    ready_timeout = int(args[args.index("--ready-timeout") + 1])
+    assert ready_timeout >= budget
+    notes = notes_of(values)
+    timeout = re.search(r"helm test \S+ .*--timeout (\d+)s", notes)
+    assert timeout and int(timeout.group(1)) > ready_timeout, notes
+
+
+def notes_of(values: tuple[str, ...] = (), release: str = "demo") -> str:
+    files = [a for v in values for a in ("-f", str(CHART / v))]
+    out = helm("install", release, str(CHART), "--dry-run=client", "--namespace", "ml", *files)
+    return out.stdout.split("NOTES:", 1)[1]
+
+
 def test_notes_print_the_exact_port_forward_command():
-    out = helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", "ml")
-    notes = out.stdout.split("NOTES:", 1)[1]
-    lines = [line.strip() for line in notes.splitlines()]
+    lines = [line.strip() for line in notes_of().splitlines()]
     assert "kubectl --namespace ml port-forward service/demo-resnet-serve 8080:80" in lines
     assert "curl -s http://127.0.0.1:8080/readyz" in lines
-    assert "helm test demo --namespace ml --logs" in lines
+    assert "helm test demo --namespace ml --logs --timeout 900s" in lines

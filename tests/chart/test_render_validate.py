@@ -45,6 +45,14 @@ DIMENSIONS = {
         ("weights.source=pvc", "weights.pvc.claimName=weights"),
         ("weights.source=url", "weights.url.href=https://example.org/w.h5"),
     ],
+    "kernelCache": [
+        ("kernelCache.type=emptyDir",),
+        ("kernelCache.type=pvc", "kernelCache.pvc.claimName=kernel-cache"),
+    ],
+    "scrape": [
+        ("metrics.podAnnotations=true",),
+        ("metrics.podAnnotations=false", "metrics.serviceMonitor.enabled=true"),
+    ],
 }
 
 
@@ -140,5 +148,13 @@ def test_custom_resources_have_the_fields_their_operators_need():
     service = next(o for o in objs if o["kind"] == "Service")
     labels = service["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    ]
+    assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+    assert set(monitor["spec"]["podTargetLabels"]) == {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+    }
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"

@@ -30,6 +30,14 @@ BAD_VALUES = {
         "podDisruptionBudget.maxUnavailable=0",
         "/podDisruptionBudget/maxUnavailable",
     ),
+    "a hostPath kernel cache": ("kernelCache.type=hostPath", "/kernelCache/type"),
+    "a CUDA cache above the driver's maximum": (
+        "kernelCache.cudaMaxSizeBytes=8589934592",
+        "/kernelCache/cudaMaxSizeBytes",
+    ),
+    "a typo in the Locust peer": ("networkPolicy.locust.enable=true", "'enable' not allowed"),
+    "a test image without a tag": ("tests.image.tag=", "/tests/image/tag"),
+    "an ephemeral extra that is no size": ("ephemeralStorageExtra=lots", "/ephemeralStorageExtra"),
 }
 
 

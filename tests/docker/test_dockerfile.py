@@ -1,79 +1,33 @@
 """docker/Dockerfile, checked without a Docker engine: hadolint, and the facts the image and
-the chart rely on (entry point, settings, user, port, signal, CUDA base, weights path)."""
+the chart rely on (entry point, settings, user, port, signal, weights path). The CUDA stack:
+test_cuda_stack.py; what the chart's features need from the image: test_chart_image_contract.py."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import re
-import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "docker" / "Dockerfile"
+from tests.docker.image_helpers import (
+    DOCKERFILE,
+    PYPROJECT,
+    ROOT,
+    RUNTIME,
+    arg_default,
+    build_arg,
+    env_of,
+    image_extras,
+    last,
+    stages,
+)
+
 HADOLINT = ROOT / ".tools" / "venv" / "bin" / "hadolint"
 CHART = ROOT / "charts" / "resnet-serve"
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out, buf = [], ""
-    for line in text.splitlines():
-        if line.lstrip().startswith("#") and not buf:
-            continue
-        if line.lstrip().startswith("#"):
-            continue
-        buf += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
-        if not line.rstrip().endswith("\\"):
-            if buf.strip():
-                word, _, rest = buf.strip().partition(" ")
-                out.append((word.upper(), rest.strip()))
-            buf = ""
-    return out
-
-
-STEPS = instructions(DOCKERFILE.read_text())
-
-
-def stages() -> dict[str, list[tuple[str, str]]]:
-    named: dict[str, list[tuple[str, str]]] = {}
-    current = None
-    for word, rest in STEPS:
-        if word == "FROM":
-            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
-            named[current] = []
-        elif current:
-            named[current].append((word, rest))
-    return named
-
-
-RUNTIME = stages()["runtime"]
-
-
-def env_of(steps) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, rest in steps:
-        if word == "ENV":
-            for pair in shlex.split(rest):
-                key, _, value = pair.partition("=")
-                env[key] = value
-    return env
-
-
-def last(word: str, steps=RUNTIME) -> str:
-    return [rest for w, rest in steps if w == word][-1]
-
-
-def arg_default(name: str) -> str:
-    return next(
-        rest.split("=", 1)[1] for w, rest in STEPS if w == "ARG" and rest.startswith(name + "=")
-    )
 
 
 def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
@@ -205,42 +159,15 @@ def test_the_weights_fetch_command_of_the_build_exists():
     assert "--model" in out.stdout
 
 
-def test_gpu_base_image_matches_the_cuda_tensorflow_was_built_for():
-    base = arg_default("BASE_IMAGE")
-    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu(\d+\.\d+)", base)
-    assert match, base
-    info = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import json, tensorflow as tf; print(json.dumps(tf.sysconfig.get_build_info()))",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    assert info["is_cuda_build"] is True
-    assert match.group(1, 2, 3) == tuple(info["cuda_version"].split("."))
-    # nvidia/cuda 12.x "-cudnn-" tags carry cuDNN 9 since CUDA 12.4.
-    assert str(info["cudnn_version"]).split(".")[0] == "9"
-    # Ubuntu 24.04's python3 is 3.12: inside TensorFlow's and the project's supported range.
-    assert match.group(4) == "24.04"
-    assert PYPROJECT["project"]["requires-python"] == ">=3.11"
-
-
 def test_cpu_variant_uses_the_same_os_without_cuda():
-    makefile = (ROOT / "mk" / "chart.mk").read_text()
-    assert "CPU_BASE_IMAGE ?= ubuntu:24.04" in makefile
-    assert "--build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg EXTRAS=" in makefile
-    assert arg_default("EXTRAS") == "gpu" and "gpu" in PYPROJECT["project"]["optional-dependencies"]
+    assert build_arg("image-cpu", "BASE_IMAGE") == "ubuntu:24.04"
+    assert build_arg("image", "BASE_IMAGE") is None  # the Dockerfile's CUDA base
+    assert "gpu" in image_extras("gpu") and "gpu" not in image_extras("cpu")
+    assert image_extras("gpu") == set(arg_default("EXTRAS").split(","))
+    assert "gpu" in PYPROJECT["project"]["optional-dependencies"]
 
 
-def test_dockerignore_sends_only_the_package():
+def test_dockerignore_sends_only_the_package_and_its_pins():
     lines = [
         line
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -248,7 +175,7 @@ def test_dockerignore_sends_only_the_package():
     ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "service"}
+    assert allowed == {"pyproject.toml", "README.md", "service", "docker/constraints.txt"}
     copied = {
         part.rstrip("*/")
         for w, rest in stages()["build"]

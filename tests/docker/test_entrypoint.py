@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.test_dockerfile import RUNTIME, arg_default, env_of
+from tests.docker.image_helpers import RUNTIME, arg_default, env_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = Path(sys.executable).parent / "resnet-serve"

@@ -125,6 +125,31 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Extra environment of every Locust container (values env, envFrom). */}}
+{{- define "locust.env" -}}
+{{- with .Values.env }}
+env:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.envFrom }}
+envFrom:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Suffix of the master and worker Jobs: a Job's pod template cannot change, so a `helm upgrade`
+with other values or another locustfile makes new Jobs (a new run) instead of failing.
+*/}}
+{{- define "locust.runSuffix" -}}
+{{- print (toJson .Values) (include (print .Template.BasePath "/configmap.yaml") .) | sha256sum | trunc 8 }}
+{{- end }}
+
+{{/* Name of the reports claim. */}}
+{{- define "locust.reportsClaim" -}}
+{{- default (include "locust.componentName" (list . "reports")) .Values.reports.existingClaim }}
+{{- end }}
+
 {{/* Pod-level settings shared by master and workers. */}}
 {{- define "locust.podCommon" -}}
 automountServiceAccountToken: false

@@ -98,3 +98,48 @@ app.kubernetes.io/component: redis
 {{- define "resnet-serve.redisName" -}}
 {{ include "resnet-serve.componentName" (list . "redis") }}
 {{- end }}
+
+{{/*
+A Kubernetes quantity of bytes (the sizeLimit forms the schema allows: a number, then Ki, Mi,
+Gi, Ti, k, M, G or T) in MiB, rounded up: the chart adds sizes in MiB.
+*/}}
+{{- define "resnet-serve.mib" -}}
+{{- $q := toString . }}
+{{- $n := regexFind "^[0-9]+" $q | int64 }}
+{{- $unit := regexFind "[A-Za-z]+$" $q }}
+{{- $bytes := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if not (hasKey $bytes $unit) }}
+{{- fail (printf "%q is not a size the chart can add up" $q) }}
+{{- end }}
+{{- div (add (mul $n (get $bytes $unit)) 1048575) 1048576 }}
+{{- end }}
+
+{{/*
+The server container's ephemeral-storage request: its disk-backed emptyDirs (/tmp, the kernel
+cache, downloaded weights), which the kubelet counts against the pod, plus
+ephemeralStorageExtra for the logs and the writable layer.
+*/}}
+{{- define "resnet-serve.ephemeralStorage" -}}
+{{- $mib := add (include "resnet-serve.mib" .Values.tmpSizeLimit) (include "resnet-serve.mib" .Values.ephemeralStorageExtra) }}
+{{- if eq .Values.kernelCache.type "emptyDir" }}
+{{- $mib = add $mib (include "resnet-serve.mib" .Values.kernelCache.sizeLimit) }}
+{{- end }}
+{{- if eq .Values.weights.source "url" }}
+{{- $mib = add $mib (include "resnet-serve.mib" .Values.weights.url.sizeLimit) }}
+{{- end }}
+{{- printf "%dMi" (int64 $mib) }}
+{{- end }}
+
+{{/* Where the kernel cache volume is mounted: CUDA's and XLA's caches are folders in it. */}}
+{{- define "resnet-serve.kernelCacheDir" -}}
+/var/cache/resnet-serve
+{{- end }}
+
+{{/* The image of the helm test pod: tests.image, or the server's when its repository is empty. */}}
+{{- define "resnet-serve.testImage" -}}
+{{- if .Values.tests.image.repository }}
+{{- printf "%s:%s" .Values.tests.image.repository .Values.tests.image.tag }}
+{{- else }}
+{{- include "resnet-serve.image" . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,32 @@
+# Container images (docs/DEPLOY.md, "The images"): one Dockerfile, a GPU and a CPU variant.
+
+# Registry prefix for the image name, e.g. REGISTRY=ghcr.io/acme; empty: a local name.
+REGISTRY  ?=
+APP_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+TAG       ?= $(APP_VERSION)
+IMAGE     ?= $(if $(REGISTRY),$(REGISTRY)/)resnet-serve
+# true: bake the ImageNet weights into the image; false: mount them (weights.source pvc/url).
+BAKE_WEIGHTS ?= true
+DOCKER    ?= docker
+CPU_BASE_IMAGE ?= ubuntu:24.04
+# pip extras of each variant: every feature the chart can switch on (redis.mode internal or
+# external needs `redis`) is in both; the GPU variant adds `gpu`, the CUDA wheels.
+GPU_EXTRAS ?= gpu,redis
+CPU_EXTRAS ?= redis
+
+.PHONY: image
+image: ## Build the GPU image $(IMAGE):$(TAG) (needs a Docker engine)
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG) --build-arg EXTRAS=$(GPU_EXTRAS) \
+	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
+
+.PHONY: image-cpu
+image-cpu: ## Build the CPU image $(IMAGE):$(TAG)-cpu (needs a Docker engine)
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG)-cpu \
+	  --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg EXTRAS=$(CPU_EXTRAS) \
+	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
+
+.PHONY: push
+push: ## Push both images to REGISTRY (make push REGISTRY=ghcr.io/acme TAG=0.1.0)
+	@test -n "$(REGISTRY)" || { echo "set REGISTRY, e.g. make push REGISTRY=ghcr.io/acme"; exit 2; }
+	$(DOCKER) push $(IMAGE):$(TAG)
+	$(DOCKER) push $(IMAGE):$(TAG)-cpu
