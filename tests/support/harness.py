@@ -143,18 +143,39 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def worker_processes(pid: int) -> list[int]:
-    """Pids of the spawned preprocessing workers of a server process."""
+def children(pid: int, module: str) -> list[int]:
+    """Pids of a supervisor's children that run ``python -m <module>``."""
     import psutil
 
     out = []
     for child in psutil.Process(pid).children(recursive=True):
         try:
-            if any("spawn_main" in part for part in child.cmdline()):
+            if module in child.cmdline():
                 out.append(child.pid)
         except psutil.NoSuchProcess:
             pass
-    return out
+    return sorted(out)
+
+
+def frontends(pid: int) -> list[int]:
+    return children(pid, "service.server.frontend")
+
+
+def engine(pid: int) -> int | None:
+    found = children(pid, "service.engine.process")
+    return found[0] if found else None
+
+
+def frontend_of(sock, frontend_pids: list[int]) -> int | None:
+    """The front end holding the server side of this client socket's connection."""
+    import psutil
+
+    local = sock.getsockname()[1]
+    for pid in frontend_pids:
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == local:
+                return pid
+    return None
 
 
 # -- decode sandbox ------------------------------------------------------------------------

@@ -120,3 +120,77 @@ def test_malformed_http_gets_a_json_400(hardened_server):
         status, headers, body = _read_response(sock)
     assert status == 400
     assert json.loads(body)["error"]["code"] == "bad_http_request"
+
+
+def _read_all(sock: socket.socket, within_s: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (or ``within_s`` of silence)."""
+    data = b""
+    sock.settimeout(within_s)
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_nothing_behind_it_is_served(
+    hardened_server,
+):
+    """Request smuggling: a front proxy that reads Content-Length would see one request, a
+    server that reads Transfer-Encoding two. The service answers the first with 400 and closes:
+    the bytes behind it are never read as a request."""
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\n"
+            b"Authorization: Bearer " + HARDENED_TOKEN.encode() + b"\r\n"
+            b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" % len(body) + body
+        )
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, "a second request was read from the same bytes"
+    assert b"serve_" not in answer
+
+
+def test_the_head_limit_holds_when_many_small_headers_arrive_in_one_write(hardened_server):
+    # SERVE_MAX_HEADER_BYTES=4096: 5,000 headers of 8 bytes each, all in one sendall.
+    headers = b"".join(b"X-%d: y\r\n" % i for i in range(5000))
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")
+        status, _, body = _read_response(sock)
+        assert _closed_by_peer(sock, 5)
+    assert status == 431
+    assert json.loads(body)["error"]["code"] == "header_too_large"
+
+
+def test_a_head_dribbled_in_is_bounded_before_it_completes(hardened_server):
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Long: ")
+        for _ in range(10):  # 10 KB of one header value, in pieces, never finished
+            sock.sendall(b"a" * 1024)
+            time.sleep(0.01)
+        status, _, body = _read_response(sock)
+    assert status == 431
+
+
+def test_a_client_sending_an_over_limit_body_still_reads_the_413(hardened_server):
+    """Content-Length over SERVE_MAX_BODY_BYTES (1 MB): the 413 goes out at once, and the
+    server keeps reading (and discarding) what the client still sends for a while instead of
+    closing under it, so a client that sends its whole body first still reads the answer."""
+    size = 8 * 1024 * 1024
+    with _connect(hardened_server.url) as sock:
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\n"
+            b"Authorization: Bearer " + HARDENED_TOKEN.encode() + b"\r\n"
+            b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % size
+        )
+        time.sleep(0.2)  # the 413 is on its way back before the body is sent
+        chunk = b"\xff" * 65536
+        for _ in range(size // len(chunk)):
+            sock.sendall(chunk)  # a reset here would be the server closing under the client
+        status, headers, body = _read_response(sock)
+    assert status == 413 and headers.get("connection") == "close"
+    assert json.loads(body)["error"]["code"] == "payload_too_large"

@@ -14,6 +14,7 @@ import threading
 import time
 
 import httpx
+import psutil
 
 from tests.support.harness import GatedRunner, closed_loop, slow_png
 from tests.support.helpers import HARDENED_TOKEN, encode, photo_like, start_server, stop_server
@@ -134,6 +135,8 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
         except httpx.HTTPError as exc:
             in_flight.append(type(exc).__name__)
 
+    kids = psutil.Process(srv.process.pid).children(recursive=True)
+    assert len(kids) >= 3  # two front ends and the accelerator process
     try:
         senders = [threading.Thread(target=send) for _ in range(24)]
         for t in senders:
@@ -159,6 +162,8 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
         for t in senders:
             t.join(60)
         assert srv.process.wait(60) == 0
+        # Every process of the pod drained and exited, none is left behind.
+        assert not [k.pid for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
     finally:
         stop_server(srv)
     assert in_flight.count(200) == 24, in_flight

@@ -1,0 +1,271 @@
+"""The pod's processes, on a real server with two front ends and one accelerator process:
+batches and the admission bound span the front ends, metrics and jobs are one view of the
+pod, a killed front end is replaced, a killed accelerator process makes the pod not ready
+until it is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.support.harness import engine, frontend_of, frontends
+from tests.support.helpers import encode, photo_like, start_server, stop_server
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def held_server(tiny_model_file, tmp_path_factory) -> Iterator:
+    """Partial batches are held up to 1.5 s (so that items from both front ends meet in one)
+    and at most 2 images may be in flight in the pod."""
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_MAX_BATCH_SIZE": "4",
+            "SERVE_BATCH_BUCKETS": "1,2,4",
+            "SERVE_MAX_BATCH_DELAY_MS": "1500",
+            "SERVE_MAX_QUEUE_IMAGES": "2",
+            "SERVE_MODEL_INSTANCES": "1",
+        },
+        tmp_path_factory.mktemp("held") / "server.log",
+    )
+    yield srv
+    stop_server(srv)
+
+
+def connections_on_each_frontend(url: str, pids: list[int]) -> dict[int, socket.socket]:
+    """One open connection held by each front end (the kernel picks; open until it has)."""
+    parts = urlsplit(url)
+    chosen: dict[int, socket.socket] = {}
+    spare = []
+    for _ in range(64):
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # accepted and served
+        sock.recv(65536)
+        owner = frontend_of(sock, pids)
+        if owner is not None and owner not in chosen:
+            chosen[owner] = sock
+        else:
+            spare.append(sock)
+        if len(chosen) == len(pids):
+            break
+    for sock in spare:
+        sock.close()
+    assert len(chosen) == len(pids), "the connections never reached every front end"
+    return chosen
+
+
+def post(sock: socket.socket, body: bytes, path: str = "/v1/classify") -> tuple[int, dict]:
+    sock.sendall(
+        b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body
+    )
+    return _answer(sock)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict]:
+    """One response with a Content-Length JSON body: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(
+        int(x.split(b":")[1]) for x in lines[1:] if x.lower().startswith(b"content-length")
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(lines[0].split()[1]), json.loads(rest[:length])
+
+
+def test_a_batch_fills_from_every_front_end(held_server):
+    pids = frontends(held_server.process.pid)
+    assert len(pids) == 2
+    socks = connections_on_each_frontend(held_server.url, pids)
+    image = encode(photo_like(40, 40))
+    answers: dict[int, tuple[int, dict]] = {}
+
+    def send(pid: int) -> None:
+        answers[pid] = post(socks[pid], image)
+
+    threads = [threading.Thread(target=send, args=(pid,)) for pid in pids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for sock in socks.values():
+        sock.close()
+    assert [a[0] for a in answers.values()] == [200, 200], answers
+    # One batch of two: one image from each front end, in the accelerator process's batcher.
+    assert [a[1]["timing"]["batch_sizes"] for a in answers.values()] == [[2], [2]]
+
+
+def test_the_admission_bound_is_one_bound_for_the_pod(held_server):
+    pids = frontends(held_server.process.pid)
+    socks = connections_on_each_frontend(held_server.url, pids)
+    first, second = pids
+    image = encode(photo_like(40, 40))
+    held: list[tuple[int, dict]] = []
+    # Two images admitted through the first front end wait in a partial batch (1.5 s): the
+    # pod's bound (2) is reached, whichever front end the next request reaches.
+    sender = threading.Thread(target=lambda: held.append(_two(socks[first], image)))
+    sender.start()
+    time.sleep(0.5)
+    status, body = post(socks[second], image)
+    sender.join(30)
+    for sock in socks.values():
+        sock.close()
+    assert status == 503 and body["error"]["code"] == "overloaded", body
+    assert [s for s, _ in held] == [200], held
+
+
+def _two(sock: socket.socket, image: bytes) -> tuple[int, dict]:
+    """One multipart request with two images (two images admitted at once)."""
+    boundary = b"b0undary"
+    parts = b"".join(
+        b'--%s\r\nContent-Disposition: form-data; name="images"; filename="%d.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n%s\r\n" % (boundary, i, image)
+        for i in range(2)
+    )
+    body = parts + b"--%s--\r\n" % boundary
+    sock.sendall(
+        b"POST /v1/classify HTTP/1.1\r\nHost: t\r\n"
+        b"Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d\r\n\r\n"
+        % (boundary, len(body))
+        + body
+    )
+    return _answer(sock)
+
+
+def test_metrics_are_one_view_of_every_process(server):
+    """Counters summed over the front ends and the accelerator process, in any scrape."""
+
+    def value(text: str, name: str) -> float:
+        line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    name = 'serve_request_success_total{route="/v1/classify"}'
+    before = httpx.get(server.url + "/metrics").text
+    image = encode(photo_like(48, 48))
+    for _ in range(12):  # new connections: the kernel spreads them over the front ends
+        with httpx.Client() as client:
+            assert client.post(server.url + "/v1/classify", content=image, headers=JPEG).is_success
+    scrapes = [httpx.get(server.url + "/metrics").text for _ in range(4)]
+    for text in scrapes:
+        assert value(text, name) - value(before, name) == 12
+        assert (
+            value(text, "serve_inference_count_total")
+            - value(before, "serve_inference_count_total")
+            == 12
+        )
+        assert "serve_runner_busy_ratio" in text and value(text, "serve_ready") == 1.0
+
+
+def test_a_job_submitted_on_one_front_end_is_seen_by_every_other(server):
+    pids = frontends(server.process.pid)
+    socks = connections_on_each_frontend(server.url, pids)
+    first, second = pids
+    status, job = post(socks[first], encode(photo_like(40, 40)), "/v1/jobs")
+    assert status == 202, job
+    deadline = time.monotonic() + 60
+    while True:
+        socks[second].sendall(b"GET /v1/jobs/%s HTTP/1.1\r\nHost: t\r\n\r\n" % job["id"].encode())
+        data = socks[second].recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), data[:300]
+        state = json.loads(body)
+        if state["status"] == "succeeded":
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    for sock in socks.values():
+        sock.close()
+    assert len(state["result"]["predictions"]) == 1
+
+
+def _closed_loop(url: str, seconds: float, users: int) -> list:
+    """(status or exception name, seconds) of each request of ``users`` keep-alive clients."""
+    image = encode(photo_like(64, 64))
+    outcomes: list = []
+    stop = time.monotonic() + seconds
+
+    def user() -> None:
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < stop:
+                start = time.monotonic()
+                try:
+                    r = client.post(url + "/v1/classify", content=image, headers=JPEG)
+                    outcomes.append((r.status_code, time.monotonic() - start))
+                except httpx.HTTPError as exc:
+                    outcomes.append((type(exc).__name__, time.monotonic() - start))
+
+    threads = [threading.Thread(target=user) for _ in range(users)]
+    for t in threads:
+        t.start()
+    return [threads, outcomes]
+
+
+def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_model_file, tmp_path):
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
+    try:
+        before = frontends(srv.process.pid)
+        threads, outcomes = _closed_loop(srv.url, 4.0, 6)
+        time.sleep(1.5)
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        for t in threads:
+            t.join(30)
+        deadline = time.monotonic() + 60
+        while len(after := frontends(srv.process.pid)) < 2 or victim in after:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.1)
+        assert victim not in after and before[1] in after
+        ok = sum(1 for status, _ in outcomes if status == 200)
+        failed = [status for status, _ in outcomes if status != 200]
+        # Only connections the dead process held break (no HTTP answer at all); nothing else.
+        assert ok > 20 and all(isinstance(s, str) for s in failed), failed
+        assert len(failed) <= 6, failed
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+        r = httpx.post(srv.url + "/v1/classify", content=encode(photo_like(40, 40)), headers=JPEG)
+        assert r.status_code == 200
+    finally:
+        stop_server(srv)
+
+
+def test_a_killed_accelerator_process_makes_the_pod_not_ready_until_it_is_back(
+    tiny_model_file, tmp_path
+):
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
+    try:
+        first = engine(srv.process.pid)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        start = time.monotonic()
+        # Not ready at once, and inference refused at once (no hang) while it is away.
+        while httpx.get(srv.url + "/readyz").status_code == 200:
+            assert time.monotonic() - start < 5, "still ready with no accelerator process"
+            time.sleep(0.05)
+        r = httpx.post(
+            srv.url + "/v1/classify", content=encode(photo_like(40, 40)), headers=JPEG, timeout=10
+        )
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["error"]["code"] in ("not_ready", "engine_unavailable")
+        assert httpx.get(srv.url + "/healthz").status_code == 200  # restarting, not dead
+        # Restarted by the supervisor, warmed, and ready again.
+        while httpx.get(srv.url + "/readyz").status_code != 200:
+            assert time.monotonic() - start < 120, srv.log()[-2000:]
+            time.sleep(0.2)
+        assert engine(srv.process.pid) not in (None, first)
+        r = httpx.post(srv.url + "/v1/classify", content=encode(photo_like(40, 40)), headers=JPEG)
+        assert r.status_code == 200
+    finally:
+        stop_server(srv)
