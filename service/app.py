@@ -21,6 +21,8 @@ from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware, load_tokens
 from .api.body import TIMEOUT_HEADER
+from .api.fast import PATH as FAST_PATH
+from .api.fast import FastClassify
 from .api.middleware import MetricsMiddleware
 from .codecs.classify import B64Image, ClassifyJSON
 from .dataplane.admission import Bound
@@ -113,7 +115,10 @@ def create_app(
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Outermost last: CORS (answers preflights) > metrics and request id > authentication.
+    # Outermost last: CORS (answers preflights) > metrics and request id > authentication >
+    # the raw-image classify request without the framework's routing (api/fast.py).
+    route = next(r for r in classify.router.routes if getattr(r, "path", "") == FAST_PATH)
+    app.add_middleware(FastClassify, plane=plane, route=route)
     tokens = load_tokens(settings)
     if tokens:
         app.add_middleware(AuthMiddleware, tokens=tokens, exempt_paths=settings.auth_exempt_paths)

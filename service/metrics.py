@@ -30,9 +30,16 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import values as _values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+if os.environ.get(MULTIPROC_ENV):
+    # Every sample update asks the process id (a system call) to notice a fork; the service's
+    # processes never fork after they start (workers are spawned), so it is asked once.
+    _PID = os.getpid()
+    _values.ValueClass = _values.MultiProcessValue(process_identifier=lambda: _PID)
 
 # `_created` series double the output and no dashboard uses them.
 disable_created_metrics()

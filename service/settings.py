@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     # much as an image); auto: exact on CPU, pad on GPU.
     batch_padding: Literal["auto", "pad", "exact"] = "auto"
     # Under load only: the longest a batch waits for the clients just answered to come back, so
-    # that batches regroup instead of alternating halves; also at most 10% of the last batch's
-    # compute time. An idle service never waits (0: off).
+    # that batches regroup instead of alternating halves (also at most 10% of the last batch's
+    # compute time), or for the items due within one execution's fixed cost when they arrive
+    # faster than that. An idle service never waits (0: off).
     batch_regroup_ms: float = Field(50.0, ge=0)
     # Hold a partial batch for an idle runner this long (0: never; batches form under load).
     max_batch_delay_ms: float = Field(0.0, ge=0)

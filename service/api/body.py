@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from ..errors import InvalidInput, PayloadTooLarge
 from ..settings import Settings
@@ -13,7 +15,11 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """``read_body`` on a bare ASGI ``receive`` (``declared``: the Content-Length header)."""
     if declared is not None:
         try:
             size = int(declared)
@@ -23,17 +29,26 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body is {size} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
             raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def request_timeout_s(request: Request, settings: Settings) -> float:
     """The request's deadline in seconds: the client's header, capped by the server's setting."""
-    raw = request.headers.get(TIMEOUT_HEADER)
+    return timeout_s(request.headers.get(TIMEOUT_HEADER), settings)
+
+
+def timeout_s(raw: str | None, settings: Settings) -> float:
+    """``request_timeout_s`` from the header's value."""
     if raw is None or not raw.strip():
         return settings.request_timeout_s
     try:

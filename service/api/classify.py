@@ -91,15 +91,29 @@ async def classify_with(request: Request, name: str | None) -> JSONResponse:
     plane: DataPlane = request.app.state.dataplane
     settings = plane.settings
     plane.check(name)  # before reading a large body
-    timeout_s = request_timeout_s(request, settings)
+    timeout = request_timeout_s(request, settings)
     body = await read_body(request, settings.max_body_bytes)
-    batch = await codec.decode(
-        body, request.headers.get("content-type", ""), request.query_params.get("top_k"), settings
+    content_type = request.headers.get("content-type", "")
+    answer = await classify_body(
+        plane, name, body, content_type, request.query_params.get("top_k"), timeout
     )
+    return JSONResponse(answer)
+
+
+async def classify_body(
+    plane: DataPlane,
+    name: str | None,
+    body: bytes,
+    content_type: str,
+    top_k: str | None,
+    timeout: float,
+) -> dict:
+    """The classify answer for a body that has been read (here and in ``fast.py``)."""
+    batch = await codec.decode(body, content_type, top_k, plane.settings)
     named = batch.options.get("pipeline")
     if named and name and named != name:
         raise InvalidInput(f"the URL names {name!r} but the body {named!r}", "conflicting_pipeline")
     result = await plane.infer(
-        InferRequest(named or name, batch.images, top_k=batch.top_k, timeout_s=timeout_s)
+        InferRequest(named or name, batch.images, top_k=batch.top_k, timeout_s=timeout)
     )
-    return JSONResponse(codec.answer(result))
+    return codec.answer(result)

@@ -68,6 +68,15 @@ def error_response(
     return response
 
 
+def serve_error_response(exc: ServeError, retry_after_s: int, shape: str = NATIVE) -> JSONResponse:
+    """A ``ServeError``'s answer: 503s with ``Retry-After``, a 413 closes the connection (the
+    body is not read on; ``server/http.py`` closes it lingering)."""
+    headers = {"Retry-After": str(retry_after_s)} if exc.retry else {}
+    if exc.status == 413:
+        headers["Connection"] = "close"
+    return error_response(exc.status, exc.code, exc.message, headers, shape, exc.details)
+
+
 def _shape(request: Request) -> str:
     return getattr(request.scope.get("route"), "error_shape", NATIVE)
 
@@ -81,12 +90,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        headers = retry_headers(request) if exc.retry else {}
-        if exc.status == 413:  # the body is not read on: close (lingering, server/http.py)
-            headers["Connection"] = "close"
-        return error_response(
-            exc.status, exc.code, exc.message, headers, _shape(request), exc.details
-        )
+        retry_after_s = request.app.state.settings.retry_after_s
+        return serve_error_response(exc, retry_after_s, _shape(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

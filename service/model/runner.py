@@ -82,6 +82,7 @@ class ModelRunner:
         )
         self._buffers: dict[int, np.ndarray] = {}
         self.device = self._device_name()
+        self.call_cost_s = 0.0  # measured by warmup()
 
     @staticmethod
     def _device_name() -> str:
@@ -125,16 +126,30 @@ class ModelRunner:
         return out[:n], size, seconds
 
     def warmup(self) -> float:
-        """Trace once and run every bucket (twice: the first run builds per-shape kernels)."""
+        """Trace once and run every bucket (twice: the first run builds per-shape kernels);
+        the second runs' times give :attr:`call_cost_s`."""
         start = time.perf_counter()
+        warm: dict[int, float] = {}
         for size in self.buckets:
             for _ in range(2):
-                self.run(np.zeros((size, *self.input_shape), self.input_dtype))
+                _, _, warm[size] = self.run(np.zeros((size, *self.input_shape), self.input_dtype))
+        self.call_cost_s = fixed_cost(warm)
         seconds = time.perf_counter() - start
         log.info(
-            "warmed buckets %s in %.1f s (traced %d time)",
+            "warmed buckets %s in %.1f s (traced %d time); fixed cost per execution %.2f ms",
             self.buckets,
             seconds,
             self.tracing_count,
+            1000 * self.call_cost_s,
         )
         return seconds
+
+
+def fixed_cost(seconds: dict[int, float]) -> float:
+    """What one execution costs whatever its size: the intercept of a line through the
+    (batch size, seconds) of the buckets, at most the smallest bucket's time, never below 0."""
+    sizes = sorted(seconds)
+    if len(sizes) < 2:
+        return 0.0
+    slope, intercept = np.polyfit(sizes, [seconds[s] for s in sizes], 1)
+    return float(min(max(intercept, 0.0), seconds[sizes[0]]))

@@ -14,6 +14,11 @@ Policy (it costs nothing at low load and fills batches under load):
   it, sixteen clients settle into two alternating half-size batches, and on a CPU a batch of 8
   costs more per image than a batch of 16. An idle service (no item for longer than the
   regroup budget) never holds: a lone request runs at once.
+* Coalescing, under a high arrival rate only: when items arrive faster than the fixed cost of
+  one execution (what a batch costs whatever its size, measured at warm-up), a short queue is
+  held for at most that cost so that the items due meanwhile run in the same batch, instead of
+  one execution per image. A slow model (ResNet50 on a CPU: no fixed cost to speak of) and an
+  arrival after a pause never hold.
 * ``max_batch_delay_ms`` > 0 (off by default) additionally holds a partial batch, with an idle
   runner, until it is full or its oldest item has waited that long (Triton's
   ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
@@ -81,8 +86,9 @@ class DynamicBatcher:
             for the next batch, so no slot is spent on padding: on a CPU a padded slot costs as
             much as a real image. Omit it on GPUs, where padding is almost free and latency
             matters more.
-        regroup_s: the longest a batch waits, under load, to regroup (0: never).
+        regroup_s: the longest a batch waits, under load, to regroup or coalesce (0: never).
         regroup_fraction: and at most this fraction of the last batch's compute time.
+        call_cost_s: the fixed cost of one execution (0: never coalesce).
     """
 
     def __init__(
@@ -97,10 +103,15 @@ class DynamicBatcher:
         exact_sizes: list[int] | None = None,
         regroup_s: float = 0.0,
         regroup_fraction: float = 0.1,
+        call_cost_s: float = 0.0,
     ):
         self.name = name
         self.regroup_s = regroup_s
         self.regroup_fraction = regroup_fraction
+        self.call_cost_s = call_cost_s
+        self._gap_s = 0.0  # moving average of the gaps between arrivals
+        self._last_gap_s = float("inf")  # the gap before the latest arrival
+        self._last_arrival = 0.0
         self._last_batch = 0  # size of the last batch while the load continues; 0: idle
         self._last_compute_s = 0.0
         self._last_end = 0.0  # when the last batch finished (time.monotonic)
@@ -161,7 +172,12 @@ class DynamicBatcher:
                 "items); retry"
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(payload, future, deadline))
+        now = time.monotonic()
+        if self._last_arrival:
+            self._last_gap_s = gap = now - self._last_arrival
+            self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
+        self._last_arrival = now
+        self._queue.append(_Item(payload, future, deadline, now))
         self._metrics.queue_depth.labels(self.name).set(len(self._queue))
         self._wakeup.set()
         return future
@@ -255,6 +271,21 @@ class DynamicBatcher:
             return
         await self._wait_for_items(want, self._regroup_budget())
 
+    async def _coalesce(self) -> None:
+        """Items arriving faster than one execution's fixed cost: hold a short queue for at
+        most that cost, for the items due meanwhile. A fast model under a high arrival rate
+        otherwise runs every item alone, idle between items, and pays the fixed cost (the
+        framework's call, the transfer to the device) once per image, on a host CPU that the
+        front ends need. The wait never exceeds what the batch saves; an item after a pause
+        (a gap longer than twice the cost) runs at once."""
+        cost = min(self.call_cost_s, self.regroup_s)
+        if cost <= 0 or not self._gap_s or self._last_gap_s > 2 * cost:
+            return
+        due = int(cost / self._gap_s)
+        if due < 1:
+            return
+        await self._wait_for_items(min(self.max_batch_size, len(self._queue) + due), cost)
+
     async def _loop(self) -> None:
         while True:
             if not self._free:  # every instance is executing: wait for one to finish
@@ -273,6 +304,7 @@ class DynamicBatcher:
                 await self._hold_partial()
             elif self.regroup_s > 0:
                 await self._regroup()
+                await self._coalesce()
             if not self._free:
                 continue
             batch = self._take_batch()

@@ -97,6 +97,7 @@ class ModelStage(Stage):
             metrics=metrics,
             exact_sizes=runner.buckets if exact else None,
             regroup_s=settings.batch_regroup_ms / 1000.0,
+            call_cost_s=runner.call_cost_s,
         )
         self.batcher.start()
 

@@ -263,3 +263,49 @@ def test_a_lone_client_never_waits_for_regrouping():
     waits = asyncio.run(run_with(batcher, go()))
     assert runner.batches == [1, 1, 1, 1]
     assert max(waits) < 1.0  # a hold would have lasted up to the 5 s budget
+
+
+def _steady(batcher, n: int, gap_s: float):
+    """``n`` items, one every ``gap_s``: their rows and infos."""
+
+    async def go():
+        futures = []
+        for i in range(n):
+            futures.append(batcher.submit(np.array([float(i)]), far()))
+            await asyncio.sleep(gap_s)
+        return await asyncio.gather(*futures)
+
+    return asyncio.run(run_with(batcher, go()))
+
+
+def test_items_arriving_faster_than_a_call_costs_coalesce_for_at_most_that_cost():
+    """A runner that is quick to compute but pays 40 ms a call whatever the batch size (a
+    framework's dispatch, a device transfer): items every 5 ms, with the runner idle between
+    them, run together instead of one execution each, and none waits longer than one call's
+    cost (plus the scheduling slack of a busy test machine)."""
+    runner = SlowRunner(0.0)
+    batcher = make(runner, regroup_s=0.05, call_cost_s=0.04)
+    done = _steady(batcher, 24, 0.005)
+    assert [row.tolist() for row, _ in done] == [[2.0 * i] for i in range(24)]
+    assert len(runner.batches) <= 12, runner.batches  # alone, it would be 24 executions
+    assert max(info.queue_s for _, info in done) < 0.04 + 0.1
+
+
+def test_without_a_fixed_cost_or_after_a_pause_a_lone_item_never_waits():
+    for batcher_kwargs, gap_s in (({"call_cost_s": 0.0}, 0.005), ({"call_cost_s": 0.04}, 0.12)):
+        runner = SlowRunner(0.0)
+        batcher = make(runner, regroup_s=0.05, **batcher_kwargs)
+        done = _steady(batcher, 6, gap_s)
+        assert runner.batches == [1] * 6, (batcher_kwargs, runner.batches)
+        assert max(info.queue_s for _, info in done) < 0.02
+
+
+def test_the_fixed_cost_is_the_intercept_of_the_buckets_times():
+    from service.model.runner import fixed_cost
+
+    # 2 ms a call plus 0.5 ms an image: 2 ms; time proportional to size: none; never above
+    # the smallest bucket's own time, never below zero.
+    assert fixed_cost({1: 0.0025, 2: 0.003, 4: 0.004, 8: 0.006}) == pytest.approx(0.002)
+    assert fixed_cost({1: 0.05, 2: 0.1, 4: 0.2}) == pytest.approx(0.0, abs=1e-9)
+    assert fixed_cost({1: 0.001, 32: 0.001}) == pytest.approx(0.001)
+    assert fixed_cost({8: 0.01}) == 0.0
