@@ -3,14 +3,19 @@ server, one percentile definition, one reader of ``/metrics``."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -76,3 +81,30 @@ def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
     """``metric_values`` of ``url + /metrics``."""
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as r:
         return metric_values(r.read().decode())
+
+
+@contextlib.contextmanager
+def serving(
+    cmd: list[str],
+    port: int,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/readyz",
+    timeout: float = 300.0,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run a server on ``port`` until it answers ``ready_path``; yield its URL and process;
+    stop it (SIGTERM, then SIGKILL) afterwards."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, ready_path, timeout, proc)
+            yield url, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

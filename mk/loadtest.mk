@@ -30,3 +30,8 @@ capacity: venv ## Step-load capacity search: highest rate under SLO_MS, replicas
 	  --target-rps $(TARGET_RPS) --tags $(TAGS) \
 	  --out $(if $(filter command line,$(origin REPORT)),$(REPORT),reports/capacity-$(shell date +%Y%m%d-%H%M%S)) \
 	  $(LOADTEST_ARGS)
+
+.PHONY: bench-serving
+bench-serving: venv ## Benchmark: service vs the decode ceiling, stand-in model, 1/2/all cores (wrk; minutes)
+	@command -v wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; }
+	$(BIN)/python -m loadtest.bench.serving --json reports/bench-serving.json $(BENCH_ARGS)

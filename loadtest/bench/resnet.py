@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from loadtest.common import free_port, percentile, scrape, wait_ready  # noqa: E402
+from loadtest.common import free_port, percentile, scrape, serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -350,16 +350,9 @@ def run_naive(fn):
 
 def _serve(cmd: list[str], port: int, ready_path: str, fn, name: str, env=None):
     """Run a server on ``port`` until it answers ``ready_path``, call ``fn(url)``, stop it."""
-    log = open(ROOT / ".cache" / f"bench-{name}-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, ready_path, 300, proc)
+    log = ROOT / ".cache" / f"bench-{name}-{port}.log"
+    with serving(cmd, port, log, env, ready_path) as (url, _):
         return fn(url)
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
