@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TOOLS  ?= .tools
 # Extras installed into the development virtual environment (topic makefiles append).
-EXTRAS := dev
+EXTRAS := dev tensorflow jax
 # Prerequisites of `make test` beyond the virtual environment (topic makefiles append).
 TEST_PREREQS :=
 PYTEST_ARGS ?=

@@ -10,9 +10,12 @@ BAKE_WEIGHTS ?= true
 DOCKER    ?= docker
 CPU_BASE_IMAGE ?= ubuntu:24.04
 # pip extras of each variant: every feature the chart can switch on (redis.mode internal or
-# external needs `redis`) is in both; the GPU variant adds `gpu`, the CUDA wheels.
+# external needs `redis`) is in all; the GPU variant has `gpu` (TensorFlow and its CUDA wheels),
+# the CPU one `tensorflow`, the JAX one `jax-gpu` (JAX and its CUDA 13 wheels).
 GPU_EXTRAS ?= gpu,redis
-CPU_EXTRAS ?= redis
+CPU_EXTRAS ?= tensorflow,redis
+JAX_EXTRAS ?= jax-gpu,redis
+JAX_BASE_IMAGE ?= nvidia/cuda:13.0.1-base-ubuntu24.04
 
 .PHONY: image
 image: ## Build the GPU image $(IMAGE):$(TAG) (needs a Docker engine)
@@ -23,6 +26,13 @@ image: ## Build the GPU image $(IMAGE):$(TAG) (needs a Docker engine)
 image-cpu: ## Build the CPU image $(IMAGE):$(TAG)-cpu (needs a Docker engine)
 	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG)-cpu \
 	  --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg EXTRAS=$(CPU_EXTRAS) \
+	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
+
+.PHONY: image-jax
+image-jax: ## Build the GPU image with the JAX backend $(IMAGE):$(TAG)-jax (needs a Docker engine)
+	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG)-jax \
+	  --build-arg BASE_IMAGE=$(JAX_BASE_IMAGE) --build-arg EXTRAS=$(JAX_EXTRAS) \
+	  --build-arg BACKEND=jax --build-arg CONSTRAINTS=constraints-jax.txt \
 	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
 
 .PHONY: push

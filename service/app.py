@@ -30,6 +30,7 @@ from .dataplane.dataplane import DataPlane, Engine
 from .jobs.record import JobStore
 from .jobs.runner import JobRunner, make_store
 from .metrics import Metrics
+from .model.backends import select as select_backend
 from .model.loader import LoadedModel, check_weights
 from .pipeline.registry import PipelineRegistry
 from .preprocess.decoder import Decoder
@@ -82,6 +83,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(engine, PipelineRegistry):  # the models load here: their backend too
+            select_backend(settings.backend)
         if settings.strict:  # refuse to start before anything is loaded
             check_weights(settings.model, settings.weights)
         await jobs.start()

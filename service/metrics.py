@@ -188,6 +188,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.frontends = Gauge(
+            "serve_frontend_processes",
+            "HTTP front-end processes serving (each counts itself).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.pending_requests = Gauge(
             "serve_pending_requests",
             "Requests being handled right now.",

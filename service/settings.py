@@ -60,8 +60,13 @@ class Settings(BaseSettings):
     strict: bool = False
     # Labels, one per line, for a model whose head is not ImageNet's; empty: ImageNet's 1000.
     labels_file: str = ""
-    # float16 compute with float32 outputs (GPU nodes with tensor cores).
-    mixed_precision: bool = False
+    # The Keras backend of the model stage: tensorflow | jax.
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
+    # off | float16 | bfloat16 compute with float32 outputs (GPU nodes with tensor cores;
+    # bfloat16 on Ampere and later); true is float16.
+    mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
+    # JAX: the fraction of the GPU's memory to take at start (0: take it as needed).
+    jax_memory_fraction: float = Field(0.0, ge=0, lt=1)
     # Compile the model function with XLA, one executable per batch bucket (GPU nodes).
     xla: bool = False
     # TensorFlow's intra-op pool (threads inside one op); 0: TensorFlow's default.
@@ -183,6 +188,13 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # One JSON/text log line per request (request id, route, status, duration); off by default.
     access_log: bool = False
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _parse_precision(cls, value: object) -> object:
+        if isinstance(value, bool) or str(value).lower() in ("true", "false", "1", "0"):
+            return "float16" if str(value).lower() in ("true", "1") else "off"
+        return value
 
     @field_validator("batch_buckets", mode="before")
     @classmethod

@@ -67,14 +67,15 @@ def _ceiling_runners(buckets: list[int], instances: int, intra: int, inter: int)
     ``instances``/``intra``/``inter`` are the service's settings (``SERVE_MODEL_INSTANCES``...;
     0: automatic, resolved as the service resolves them).
     """
-    from service.model.loader import configure_tensorflow, load_model
-    from service.model.runner import ModelRunner
+    from service.model.backends.tensorflow import configure as configure_tensorflow
+    from service.model.loader import load_model
+    from service.model.runner import make_runner
 
     plan = configure_tensorflow(
         intra_op_threads=intra, inter_op_threads=inter, model_instances=instances
     )
     loaded = load_model("resnet50", "random")
-    first = ModelRunner(loaded, buckets)
+    first = make_runner(loaded, buckets)
     first.warmup()
     return plan, [first] + [first.sibling() for _ in range(plan.instances - 1)]
 

@@ -53,8 +53,9 @@ class ModelInfo(BaseModel):
     batch_buckets: list[int]
     max_batch_size: int
     max_batch_delay_ms: float
+    backend: str = Field(description="The Keras backend of the model stage: tensorflow | jax.")
     device: str
-    mixed_precision: bool
+    mixed_precision: str = Field(description="off | float16 | bfloat16 (SERVE_MIXED_PRECISION).")
     xla: bool
     preprocess_workers: int
     model_instances: int
@@ -86,6 +87,7 @@ def model_info(info: PipelineInfo, settings: Settings, decode_threads: int) -> d
         "batch_buckets": settings.batch_buckets,
         "max_batch_size": settings.max_batch_size,
         "max_batch_delay_ms": settings.max_batch_delay_ms,
+        "backend": info.backend or settings.backend,
         "device": info.device,
         "mixed_precision": settings.mixed_precision,
         "xla": settings.xla,

@@ -76,6 +76,7 @@ class DataPlane:
         self.admission: Bound = admission or Admission(settings.max_queue_images, metrics)
         self.draining = False
         metrics.watch(metrics.ready, lambda: 1.0 if self.ready else 0.0)
+        metrics.frontends.set(1)  # this process answers requests
         self._configs: dict[tuple[int, int], PreprocessConfig] = {}
         self._decoding = dict.fromkeys(engine.names(), 0)  # images being decoded, by pipeline
         # pipeline -> busy windows of its decode and top-k stages

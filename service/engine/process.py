@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    from ..model.backends import select
+
+    select(settings.backend)  # before anything imports Keras
     run(serve(settings, args.run_dir))
     return 0
 

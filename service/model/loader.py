@@ -10,7 +10,6 @@ from typing import Any
 
 from .architectures import ARCHITECTURES, Architecture
 from .normalize import NormalizeMode
-from .threads import ThreadPlan, available_cpus, plan_threads
 
 log = logging.getLogger(__name__)
 
@@ -76,46 +75,6 @@ def find_cached_imagenet_weights(arch: Architecture, include_top: bool = True) -
         if candidate.is_file() and candidate.stat().st_size > 0:
             return candidate
     return None
-
-
-def configure_tensorflow(
-    *,
-    intra_op_threads: int = 0,
-    inter_op_threads: int = 0,
-    mixed_precision: bool = False,
-    model_instances: int = 1,
-    cpus: int = 0,
-) -> ThreadPlan:
-    """Process-wide TensorFlow settings; call before any model is built.
-
-    Returns the plan with the automatic values resolved (``threads.plan_threads``): with
-    ``model_instances`` 0 or above 1 on a CPU, the thread pools are sized for several instances.
-    """
-    import keras
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    plan = plan_threads(
-        instances=model_instances,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        gpu=bool(gpus),
-        cpus=cpus or available_cpus(),
-    )
-    try:
-        if plan.intra_op_threads:
-            tf.config.threading.set_intra_op_parallelism_threads(plan.intra_op_threads)
-        if plan.inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op_threads)
-    except RuntimeError:  # already initialised (tests build several models in one process)
-        log.debug("TensorFlow threads already configured")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            log.debug("memory growth already set for %s", gpu.name)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
-    return plan
 
 
 def build_architecture(

@@ -1,16 +1,20 @@
-"""The model stage's executor: one compiled TensorFlow function, fed padded batches.
+"""The model stage's executor: one compiled function of the model, fed padded batches.
 
-The function has a fixed input signature taken from the model's input: ``[None, H, W, 3] uint8``
-for an image model (the first model of a pipeline, fed by the decode stage), ``[None, ...]
-float32`` for a model that takes another model's output (a classification head on feature
-vectors). It is traced once; batches are padded up to a small set of bucket sizes so that XLA
-and TensorFlow's per-shape kernels see only those shapes, all of them warmed before the service
-reports ready. For images, normalisation (``preprocess_input``) runs inside the function, on the
-accelerator.
+The function's input is fixed by the model's: ``[N, H, W, 3] uint8`` for an image model (the
+first model of a pipeline, fed by the decode stage), ``[N, ...] float32`` for a model that
+takes another model's output (a classification head on feature vectors). Batches are padded up
+to a small set of bucket sizes so that the compiled code sees only those shapes, all of them
+compiled and warmed before the service reports ready. For images, normalisation
+(``preprocess_input``) runs inside the function, on the accelerator.
+
+What compiles the function is the Keras backend's business (``backends/``: ``tf.function`` for
+TensorFlow, ``jax.jit`` over the model's stateless call for JAX); the buckets, the buffers, the
+instances and the warm-up are the same for every backend and live here.
 """
 
 from __future__ import annotations
 
+import abc
 import bisect
 import copy
 import logging
@@ -18,7 +22,6 @@ import time
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from .loader import LoadedModel
 from .normalize import CAFFE_MEAN_BGR
@@ -26,10 +29,13 @@ from .normalize import CAFFE_MEAN_BGR
 log = logging.getLogger(__name__)
 
 
-def tf_normalize(x: Any, mode: str) -> Any:
-    """In-graph twin of ``normalize.normalize`` (keras ``preprocess_input``), on float32."""
+def graph_normalize(x: Any, mode: str) -> Any:
+    """In-graph twin of ``normalize.normalize`` (keras ``preprocess_input``) on float32, in
+    ``keras.ops``: the same code inside ``tf.function`` and ``jax.jit``."""
+    from keras import ops
+
     if mode == "caffe":
-        return tf.reverse(x, axis=[-1]) - tf.constant(CAFFE_MEAN_BGR)
+        return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_MEAN_BGR)
     if mode == "tf":
         return x / 127.5 - 1.0
     return x
@@ -46,53 +52,56 @@ def input_spec(loaded: LoadedModel) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(d) for d in shape), np.dtype(np.float32)
 
 
-class ModelRunner:
+class ModelRunner(abc.ABC):
     """Executes batches on one model. Not thread-safe: each instance is called from one thread
     (:meth:`sibling` makes another instance for another thread).
 
     Args:
         loaded: the model and its preprocessing mode.
         buckets: batch sizes to pad to (sorted; the largest is the maximum batch size).
-        xla: compile the function with XLA (``jit_compile``); worth it on GPUs.
+        xla: compile with XLA where the backend makes it optional (TensorFlow's
+            ``jit_compile``); JAX always compiles with XLA.
     """
+
+    backend = ""
 
     def __init__(self, loaded: LoadedModel, buckets: list[int], *, xla: bool = False):
         self.loaded = loaded
         self.buckets = sorted(buckets)
         self.max_batch_size = self.buckets[-1]
         self.input_shape, self.input_dtype = input_spec(loaded)
-        images = self.input_dtype == np.uint8
-        model, mode = loaded.model, loaded.normalize
-
-        def forward(inputs: Any) -> Any:
-            x = tf.cast(inputs, tf.float32)
-            if images:
-                x = tf_normalize(x, mode)
-            out = model(x, training=False)
-            return tf.cast(out, tf.float32)
-
-        name = "pixels" if images else "features"
-        self._fn = tf.function(
-            forward,
-            input_signature=[
-                tf.TensorSpec([None, *self.input_shape], tf.as_dtype(self.input_dtype), name=name)
-            ],
-            jit_compile=xla,
-            reduce_retracing=False,
-        )
+        self.images = self.input_dtype == np.uint8
         self._buffers: dict[int, np.ndarray] = {}
-        self.device = self._device_name()
         self.call_cost_s = 0.0  # measured by warmup()
+        self._compile(xla)
+        self.device = self._device()
 
-    @staticmethod
-    def _device_name() -> str:
-        gpus = tf.config.list_logical_devices("GPU")
-        return gpus[0].name if gpus else "/device:CPU:0"
+    # -- the backend's part ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _compile(self, xla: bool) -> None:
+        """Build the compiled function (compiled per shape at its first call)."""
+
+    @abc.abstractmethod
+    def _call(self, batch: np.ndarray) -> np.ndarray:
+        """One padded batch through the compiled function: float32 outputs, on the host."""
+
+    @abc.abstractmethod
+    def _device(self) -> str:
+        """Where the function runs, e.g. ``/device:GPU:0`` or ``cuda:0``."""
 
     @property
-    def tracing_count(self) -> int:
-        """How many times the function was traced; stays 1 after warm-up."""
-        return int(self._fn.experimental_get_tracing_count())
+    @abc.abstractmethod
+    def compilations(self) -> int:
+        """How many times the function was traced or compiled so far: warm-up compiles what
+        it needs (every bucket, or one trace for all), and serving adds nothing."""
+
+    @property
+    def accelerator(self) -> bool:
+        """Whether the function runs on a GPU (or another accelerator), not the CPU."""
+        return "cpu" not in self.device.lower()
+
+    # -- batches ---------------------------------------------------------------------------
 
     def bucket_for(self, n: int) -> int:
         if n > self.max_batch_size:
@@ -100,7 +109,7 @@ class ModelRunner:
         return self.buckets[bisect.bisect_left(self.buckets, n)]
 
     def sibling(self) -> ModelRunner:
-        """Another instance on the same compiled function (traced and warmed once, weights
+        """Another instance on the same compiled function (compiled and warmed once, weights
         shared) with its own input buffers, so that both may run batches at the same time."""
         twin = copy.copy(self)
         twin._buffers = {}
@@ -121,13 +130,13 @@ class ModelRunner:
         if n < size:
             buf[n:] = 0
         start = time.perf_counter()
-        out = self._fn(tf.constant(buf)).numpy()
+        out = self._call(buf)
         seconds = time.perf_counter() - start
         return out[:n], size, seconds
 
     def warmup(self) -> float:
-        """Trace once and run every bucket (twice: the first run builds per-shape kernels);
-        the second runs' times give :attr:`call_cost_s`."""
+        """Compile and run every bucket (twice: the first run builds per-shape kernels); the
+        second runs' times give :attr:`call_cost_s`."""
         start = time.perf_counter()
         warm: dict[int, float] = {}
         for size in self.buckets:
@@ -136,10 +145,13 @@ class ModelRunner:
         self.call_cost_s = fixed_cost(warm)
         seconds = time.perf_counter() - start
         log.info(
-            "warmed buckets %s in %.1f s (traced %d time); fixed cost per execution %.2f ms",
+            "%s: warmed buckets %s in %.1f s (%d compilations) on %s; fixed cost per "
+            "execution %.2f ms",
+            self.backend,
             self.buckets,
             seconds,
-            self.tracing_count,
+            self.compilations,
+            self.device,
             1000 * self.call_cost_s,
         )
         return seconds
@@ -153,3 +165,10 @@ def fixed_cost(seconds: dict[int, float]) -> float:
         return 0.0
     slope, intercept = np.polyfit(sizes, [seconds[s] for s in sizes], 1)
     return float(min(max(intercept, 0.0), seconds[sizes[0]]))
+
+
+def make_runner(loaded: LoadedModel, buckets: list[int], *, xla: bool = False) -> ModelRunner:
+    """The runner of the Keras backend this process runs (``backends.select``)."""
+    from .backends import runner_class
+
+    return runner_class()(loaded, buckets, xla=xla)

@@ -56,6 +56,7 @@ class PipelineInfo:
     outputs_probabilities: bool = False
     labels: tuple[str, ...] = field(default=(), repr=False)
     stages: tuple[StageInfo, ...] = ()
+    backend: str = ""  # the Keras backend of its model stages
     device: str = ""
     instances: int = 0  # runner instances of the first model stage
     warmup_s: float = 0.0

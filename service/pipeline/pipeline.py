@@ -36,15 +36,10 @@ def default_model_factory(settings: Settings) -> ModelFactory:
     """The default pipeline's model: ``SERVE_MODEL`` with ``SERVE_WEIGHTS``."""
 
     def build() -> LoadedModel:
-        from ..model.loader import configure_tensorflow, load_model
+        from ..model.backends import configure
+        from ..model.loader import load_model
 
-        configure_tensorflow(
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            mixed_precision=settings.mixed_precision,
-            model_instances=settings.model_instances,
-            cpus=settings.cpu_count,
-        )
+        configure(settings)
         return load_model(settings.model, settings.weights, strict=settings.strict)
 
     return build
@@ -197,6 +192,7 @@ class Pipeline:
             outputs_probabilities=probabilities,
             labels=load_labels(labels_file, num_classes),
             stages=tuple(stages),
+            backend=chain.first.runner.backend,
             device=chain.first.runner.device,
             instances=chain.first.instances,
             warmup_s=sum(m.warmup_s for m in chain.models),

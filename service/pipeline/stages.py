@@ -80,12 +80,12 @@ class ModelStage(Stage):
 
     async def start(self, settings: Settings, metrics: Metrics) -> None:
         """Trace and warm every bucket (in a thread), then start the batcher."""
-        from ..model.runner import ModelRunner  # imports TensorFlow
+        from ..model.runner import make_runner  # imports the backend
 
-        runner = ModelRunner(self.loaded, settings.batch_buckets, xla=settings.xla)
+        runner = make_runner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)
         self.runner = runner
-        gpu = "GPU" in runner.device
+        gpu = runner.accelerator
         self.instances = instance_count(settings.model_instances, gpu=gpu, cpus=settings.cpu_count)
         exact = settings.batch_padding == "exact" or (settings.batch_padding == "auto" and not gpu)
         self.batcher = DynamicBatcher(

@@ -256,6 +256,13 @@ def main() -> int:
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    from ..model.backends import BackendUnavailable, check
+
+    try:
+        check(settings.backend)
+    except BackendUnavailable as exc:
+        log.critical("%s", exc)
+        return 3
     if settings.strict:
         try:
             check_weights(settings.model, settings.weights)

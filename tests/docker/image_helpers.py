@@ -71,6 +71,11 @@ def arg_default(name: str) -> str:
     )
 
 
+def expand(value: str) -> str:
+    """``${NAME}`` of an ENV value replaced by that build argument's default."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: arg_default(m.group(1)), value)
+
+
 def apt_packages(steps) -> set[str]:
     """Packages of every `apt-get install` in the stage's RUN steps."""
     found: set[str] = set()
@@ -118,10 +123,10 @@ def extra_requirements(extra: str) -> list[Requirement]:
     return [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"][extra]]
 
 
-def constraints() -> dict[str, str]:
-    """Name -> exact version of docker/constraints.txt (every line must be an `==` pin)."""
+def constraints(path: Path = CONSTRAINTS) -> dict[str, str]:
+    """Name -> exact version of a constraints file (every line must be an `==` pin)."""
     pins = {}
-    for line in CONSTRAINTS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             req = Requirement(line)

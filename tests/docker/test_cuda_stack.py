@@ -19,6 +19,7 @@ from packaging.utils import canonicalize_name
 from tests.docker.image_helpers import (
     CONSTRAINTS,
     DOCKERFILE,
+    ROOT,
     arg_default,
     constraints,
     extra_requirements,
@@ -141,9 +142,25 @@ def test_the_gpu_image_installs_the_cuda_wheels_through_the_pins():
     gpu = extra_requirements("gpu")
     assert [(r.name, r.extras) for r in gpu] == [("tensorflow", {"and-cuda"})]
     text = DOCKERFILE.read_text()
-    assert f"docker/{CONSTRAINTS.name}" in text
+    # The default build (the GPU image) installs through docker/constraints.txt.
+    assert arg_default("CONSTRAINTS") == CONSTRAINTS.name
+    assert "docker/${CONSTRAINTS}" in text
     install = re.search(r"RUN pip install (.*)", text).group(1)
-    assert f"--constraint {CONSTRAINTS.name}" in install, install
+    assert '--constraint "${CONSTRAINTS}"' in install, install
+
+
+def test_the_jax_image_pins_every_wheel_jax_cuda13_needs():
+    """make image-jax builds with docker/constraints-jax.txt: one version of each wheel, among
+    them JAX, its CUDA 13 plugin and every NVIDIA library the plugin asks for."""
+    pins = constraints(CONSTRAINTS.with_name("constraints-jax.txt"))
+    jax_gpu = extra_requirements("jax-gpu")
+    assert [(r.name, r.extras) for r in jax_gpu] == [("jax", {"cuda13"})]
+    assert pins["jax"] == pins["jaxlib"] == pins["jax-cuda13-plugin"] == pins["jax-cuda13-pjrt"]
+    assert jax_gpu[0].specifier.contains(pins["jax"])
+    for needed in ("nvidia-cublas", "nvidia-cudnn-cu13", "nvidia-cuda-runtime", "nvidia-nccl-cu13"):
+        assert needed in pins, needed
+    images = (ROOT / "mk" / "images.mk").read_text()
+    assert "--build-arg CONSTRAINTS=constraints-jax.txt" in images and "BACKEND=jax" in images
 
 
 def test_the_xla_cache_flag_the_chart_sets_exists_in_tensorflow():

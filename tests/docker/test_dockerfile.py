@@ -21,6 +21,7 @@ from tests.docker.image_helpers import (
     arg_default,
     build_arg,
     env_of,
+    expand,
     image_extras,
     last,
     stages,
@@ -82,7 +83,7 @@ def test_settings_in_the_image_are_real_settings(monkeypatch):
     for key in fields:
         monkeypatch.delenv(key, raising=False)
     for key, value in serve.items():
-        monkeypatch.setenv(key, value.replace("${MODEL}", arg_default("MODEL")))
+        monkeypatch.setenv(key, expand(value))
     settings = Settings()
     assert settings.host == "0.0.0.0" and settings.port == 8000
     assert settings.strict is True and settings.weights == "imagenet"
@@ -175,9 +176,10 @@ def test_dockerignore_sends_only_the_package_and_its_pins():
     ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "service", "docker/constraints.txt"}
+    pins = {"docker/constraints.txt", "docker/constraints-jax.txt"}
+    assert allowed == {"pyproject.toml", "README.md", "service", *pins}
     copied = {
-        part.rstrip("*/")
+        expand(part).rstrip("*/")
         for w, rest in stages()["build"]
         if w == "COPY"
         for part in rest.split()[:-1]

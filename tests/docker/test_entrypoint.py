@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docker.image_helpers import RUNTIME, arg_default, env_of
+from tests.docker.image_helpers import RUNTIME, env_of, expand
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = Path(sys.executable).parent / "resnet-serve"
@@ -36,7 +36,7 @@ def image_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "PYTHONUNBUFFERED",
             "TF_CPP_MIN_LOG_LEVEL",
         ):
-            env[key] = value.replace("${MODEL}", arg_default("MODEL"))
+            env[key] = expand(value)
     env |= {
         "KERAS_HOME": str(tmp_path / "keras"),
         "HOME": str(tmp_path),

@@ -35,15 +35,15 @@ def test_each_architecture_uses_its_own_keras_preprocessing(name):
 def test_compiled_runner_equals_keras_predict_on_preprocess_input(resnet50):
     from keras.applications.resnet50 import preprocess_input
 
-    from service.model.runner import ModelRunner
+    from service.model.runner import make_runner
 
-    runner = ModelRunner(resnet50, [1, 2, 4])
+    runner = make_runner(resnet50, [1, 2, 4])
     runner.warmup()
     pixels = np.stack(
         [decode(encode(photo_like(seed=s)), PreprocessConfig()).pixels for s in (0, 1, 2)]
     )
     out, padded, _ = runner.run(pixels)
-    assert padded == 4 and runner.tracing_count == 1
+    assert padded == 4 and runner.compilations == 1
     expected = resnet50.model.predict(preprocess_input(pixels.astype(np.float32)), verbose=0)
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)
 

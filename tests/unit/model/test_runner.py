@@ -4,25 +4,25 @@ import numpy as np
 import pytest
 
 from service.model.normalize import normalize
-from service.model.runner import ModelRunner
+from service.model.runner import make_runner
 from tests.support.tiny import tiny_loaded
 
 
 @pytest.fixture(scope="module")
 def runner():
-    r = ModelRunner(tiny_loaded(), [1, 2, 4, 8])
+    r = make_runner(tiny_loaded(), [1, 2, 4, 8])
     r.warmup()
     return r
 
 
 def test_warmup_traces_once_and_no_batch_size_retraces(runner):
-    assert runner.tracing_count == 1
+    assert runner.compilations == 1
     rng = np.random.default_rng(0)
     for n in (1, 3, 5, 7, 8, 2, 6):
         out, padded, _ = runner.run(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
         assert out.shape == (n, 10)
         assert padded == runner.bucket_for(n) and padded >= n
-    assert runner.tracing_count == 1
+    assert runner.compilations == 1
 
 
 def test_buckets_pick_the_smallest_that_fits(runner):
@@ -70,5 +70,5 @@ def test_sibling_instances_share_the_trace_and_run_at_the_same_time(runner):
         t.join()
     for out, want in zip(outputs, expected, strict=True):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-    assert runner.tracing_count == 1  # one compiled function for all of them
+    assert runner.compilations == 1  # one compiled function for all of them
     assert siblings[1]._buffers is not runner._buffers

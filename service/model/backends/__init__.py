@@ -1,0 +1,103 @@
+"""The Keras backend the model stage runs on: ``SERVE_BACKEND`` (tensorflow, the default, or
+jax).
+
+Keras 3 reads its backend once, when it is first imported (``KERAS_BACKEND``), so
+:func:`select` runs before anything imports Keras: first thing in the accelerator process.
+Each backend module configures its framework for the machine (threads, GPU memory, precision)
+and supplies the ``ModelRunner`` that compiles the model its way.
+
+PyTorch is not one of them: PyPI's Linux ``torch`` wheel is the CUDA build (about 3 GB with its
+``nvidia-*`` wheels), which would more than double ``make test``'s install on a fresh machine,
+and the CPU build is only on PyTorch's own index (docs/BENCHMARKS.md, "Backends").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ...settings import Settings
+    from ..runner import ModelRunner
+
+BACKENDS = ("tensorflow", "jax")
+# What each backend needs installed, and the extra that installs it.
+MODULES = {"tensorflow": "tensorflow", "jax": "jax"}
+EXTRAS = {"tensorflow": "tensorflow (or gpu)", "jax": "jax (or jax-gpu)"}
+
+
+class BackendUnavailable(RuntimeError):
+    """The configured backend cannot run in this process."""
+
+
+def check(backend: str) -> None:
+    """Refuse at start, with what to do, a backend that is not installed or that Keras cannot
+    switch to any more in this process."""
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"SERVE_BACKEND={backend!r}; the backends are {list(BACKENDS)}")
+    if importlib.util.find_spec(MODULES[backend]) is None:
+        raise BackendUnavailable(
+            f"SERVE_BACKEND={backend} but {MODULES[backend]} is not installed: install the "
+            f"resnet-serve extra {EXTRAS[backend]}"
+        )
+    if "keras" in sys.modules:
+        import keras
+
+        current = keras.backend.backend()
+        if current != backend:
+            raise BackendUnavailable(
+                f"SERVE_BACKEND={backend} but Keras was imported with {current} in this "
+                "process (the backend is chosen at Keras's first import)"
+            )
+
+
+def select(backend: str) -> None:
+    """Make ``backend`` the one Keras loads (before Keras is first imported)."""
+    check(backend)
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def current() -> str:
+    import keras
+
+    return str(keras.backend.backend())
+
+
+def configure(settings: Settings) -> None:
+    """Process-wide settings of the current backend; call before any model is built."""
+    if current() == "jax":
+        from .jax import configure as configure_jax
+
+        configure_jax(
+            memory_fraction=settings.jax_memory_fraction,
+            mixed_precision=settings.mixed_precision,
+        )
+    else:
+        from .tensorflow import configure as configure_tensorflow
+
+        configure_tensorflow(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            mixed_precision=settings.mixed_precision,
+            model_instances=settings.model_instances,
+            cpus=settings.cpu_count,
+        )
+
+
+def runner_class() -> type[ModelRunner]:
+    if current() == "jax":
+        from .jax import JaxRunner
+
+        return JaxRunner
+    from .tensorflow import TensorFlowRunner
+
+    return TensorFlowRunner
+
+
+def precision_policy(mixed_precision: str) -> str:
+    """The Keras dtype policy of ``SERVE_MIXED_PRECISION`` (outputs stay float32)."""
+    return {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[
+        mixed_precision
+    ]

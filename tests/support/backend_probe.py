@@ -1,0 +1,71 @@
+"""A model stage on one Keras backend, in a process of its own (Keras chooses its backend when it
+is first imported, so each backend under test gets a fresh interpreter).
+
+    python -m tests.support.backend_probe BACKEND OUT.npz --pixels P.npy --buckets 1,2,4
+        (--keras-file M.keras --normalize caffe | --arch resnet50 --weights W.weights.h5)
+
+Builds the runner the service would build, warms it, records its compilations, runs the
+pixels through it in batches of every bucket size (padded like the batcher does), records the
+compilations again, and writes the outputs (as probabilities), both counts and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("backend")
+    parser.add_argument("out")
+    parser.add_argument("--pixels", required=True)
+    parser.add_argument("--buckets", default="1,2,4")
+    parser.add_argument("--keras-file")
+    parser.add_argument("--normalize", default="caffe")
+    parser.add_argument("--arch")
+    parser.add_argument("--weights")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    from service.model.backends import configure, select
+    from service.settings import Settings
+
+    select(args.backend)
+    configure(Settings(backend=args.backend, model_instances=1))
+    from service.model.loader import load_keras_file, load_model
+    from service.model.runner import make_runner
+    from service.pipeline.postprocess import probabilities
+
+    if args.keras_file:
+        loaded = load_keras_file(args.keras_file, args.normalize)
+    else:
+        loaded = load_model(args.arch, args.weights)
+    buckets = [int(b) for b in args.buckets.split(",")]
+    runner = make_runner(loaded, buckets)
+    runner.warmup()
+    warmed = runner.compilations
+    pixels = np.load(args.pixels)
+    outputs = []
+    for start in range(0, len(pixels), 3):  # batches of 3: padded up to the next bucket
+        out, _, _ = runner.run(pixels[start : start + 3])
+        outputs.append(out)
+    for size in buckets:  # every bucket again, full
+        runner.run(np.repeat(pixels[:1], size, axis=0))
+    probs = probabilities(np.concatenate(outputs), loaded.outputs_probabilities)
+    np.savez(
+        args.out,
+        probabilities=probs,
+        warmed=warmed,
+        served=runner.compilations,
+        device=runner.device,
+        backend=runner.backend,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
