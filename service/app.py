@@ -58,6 +58,7 @@ def create_app(
     admission: Bound | None = None,
     job_store: JobStore | None = None,
     job_workers: int | None = None,
+    grpc_port: int = 0,
 ) -> FastAPI:
     """Build the application.
 
@@ -73,6 +74,8 @@ def create_app(
         admission: the bound of images in flight; default: this process's.
         job_store: where jobs wait; default: ``SERVE_REDIS_URL``'s, else in memory.
         job_workers: jobs this process runs at once; default: ``SERVE_JOB_CONCURRENCY``.
+        grpc_port: serve KServe V2 over gRPC on this port too, from the same dataplane
+            (a front-end process passes ``SERVE_GRPC_PORT``); 0: HTTP only.
     """
     settings = settings or Settings()
     metrics = metrics or Metrics()
@@ -87,6 +90,12 @@ def create_app(
             select_backend(settings.backend)
         if settings.strict:  # refuse to start before anything is loaded
             check_weights(settings.model, settings.weights)
+        grpc_server = None
+        if grpc_port:
+            from .grpc.server import GrpcServer
+
+            grpc_server = GrpcServer(plane, metrics, grpc_port)
+            await grpc_server.start()
         await jobs.start()
         loading = asyncio.create_task(_start(engine), name="engine-start")
         app.state.loading = loading
@@ -95,6 +104,8 @@ def create_app(
             yield
         finally:
             plane.drain()
+            if grpc_server is not None:
+                await grpc_server.stop()
             await jobs.stop()
             for task in (loading, ticking):
                 task.cancel()

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -31,6 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import values as _values
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -171,20 +172,23 @@ class Metrics:
         self.share = share
         self._watched: list[tuple[Any, Callable[[], float]]] = []
         r = self.registry
-        # -- requests (HTTP)
+        # -- requests: HTTP (route: the path template) and gRPC (route: the method's name)
         self.request_success = Counter(
-            "serve_request_success", "Requests answered 2xx.", ["route"], registry=r
+            "serve_request_success",
+            "Requests answered 2xx (gRPC: OK).",
+            ["route", "protocol"],
+            registry=r,
         )
         self.request_failure = Counter(
             "serve_request_failure",
             "Requests that failed, by reason (error code).",
-            ["route", "reason"],
+            ["route", "reason", "protocol"],
             registry=r,
         )
         self.request_duration = Histogram(
             "serve_request_duration_seconds",
-            "End-to-end request latency by route and status code.",
-            ["route", "status"],
+            "End-to-end request latency by route and status code (gRPC: status name).",
+            ["route", "status", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -199,6 +203,36 @@ class Metrics:
             "Requests being handled right now.",
             registry=r,
             multiprocess_mode="livesum",
+        )
+        # -- per model (pipeline), as Triton's model statistics count them
+        self.model_requests = Counter(
+            "serve_model_requests",
+            "Inference requests per pipeline by outcome (success, fail), every protocol.",
+            ["pipeline", "outcome"],
+            registry=r,
+        )
+        self.model_request_seconds = Counter(
+            "serve_model_request_seconds",
+            "Seconds those requests took, end to end in the dataplane.",
+            ["pipeline", "outcome"],
+            registry=r,
+        )
+        self.model_images = Counter(
+            "serve_model_images", "Images answered per pipeline.", ["pipeline"], registry=r
+        )
+        self.model_phase_seconds = Counter(
+            "serve_model_phase_seconds",
+            "Seconds answered requests spent per phase (decode, queue, compute), summed over "
+            "requests (each request: its slowest image).",
+            ["pipeline", "phase"],
+            registry=r,
+        )
+        self.model_last_inference = Gauge(
+            "serve_model_last_inference_timestamp_seconds",
+            "When the pipeline last answered a request (Unix time).",
+            ["pipeline"],
+            registry=r,
+            multiprocess_mode="max",
         )
         # -- pipeline
         self.images_in_flight = Gauge(
@@ -347,6 +381,13 @@ class Metrics:
         """Write every watched value into its gauge (multiprocess mode)."""
         for gauge, value in self._watched:
             gauge.set(value())
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric family of the pod (all processes summed), as a scrape would see it."""
+        if not self.multiprocess:
+            return self.registry.collect()
+        self.refresh()
+        return MultiProcessCollector(None).collect()
 
     def render(self) -> tuple[bytes, str]:
         """The scrape: this process's registry, or every process's samples summed."""

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     # TCP port to listen on.
     port: int = Field(8000, ge=1, le=65535)
+    # TCP port of the KServe V2 gRPC service (and grpc.health.v1, reflection); 0: no gRPC.
+    grpc_port: int = Field(8001, ge=0, le=65535)
     # debug | info | warning | error.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # text for people, json (one object per line) for log pipelines.
@@ -164,6 +166,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     # Retry-After seconds on 503 answers (overload, not ready, draining).
     retry_after_s: int = Field(1, ge=1)
+
+    # Largest gRPC message, received or sent (RESOURCE_EXHAUSTED past it).
+    grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
     # -- HTTP limits (enforced while the request streams in)
     # The whole request head (request line + headers) at most this many bytes: larger ones get

@@ -40,7 +40,8 @@ def tiny_model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., object]]:
-    """Build a TestClient around an app with the tiny model; waits for readiness."""
+    """Build a TestClient around an app with the tiny model; waits for readiness. With
+    ``grpc_port`` the app serves gRPC on it too (in the TestClient's event loop)."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -48,7 +49,7 @@ def make_client() -> Iterator[Callable[..., object]]:
 
     clients: list[TestClient] = []
 
-    def make(model_factory=tiny_loaded, wait_ready: bool = True, **overrides):
+    def make(model_factory=tiny_loaded, wait_ready: bool = True, grpc_port: int = 0, **overrides):
         defaults = {
             "preprocess_workers": 1,
             "max_batch_size": 8,
@@ -56,7 +57,7 @@ def make_client() -> Iterator[Callable[..., object]]:
             "model_instances": 1,  # batch composition is one runner's (instances: test_batcher)
         }
         settings = Settings(**{**defaults, **overrides})
-        client = TestClient(create_app(settings, model_factory=model_factory))
+        client = TestClient(create_app(settings, model_factory=model_factory, grpc_port=grpc_port))
         client.__enter__()
         clients.append(client)
         if wait_ready:
@@ -91,8 +92,8 @@ def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def hardened_server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
     """A real server with the production protections on and small limits, for the reliability
-    and security tests: bearer tokens, JSON logs with access lines, 1 s keep-alive, 1 MB body,
-    4 KB request head. Requests need ``Authorization: Bearer HARDENED_TOKEN``."""
+    and security tests: bearer tokens, JSON logs with access lines, 1 s keep-alive, 1 MB body
+    and gRPC message, 4 KB request head. Requests need ``Authorization: Bearer HARDENED_TOKEN``."""
     log_path = tmp_path_factory.mktemp("hardened") / "server.log"
     srv = start_server(
         {
@@ -102,6 +103,7 @@ def hardened_server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
             "SERVE_ACCESS_LOG": "true",
             "SERVE_KEEPALIVE_TIMEOUT_S": "1",
             "SERVE_MAX_BODY_BYTES": str(1024 * 1024),
+            "SERVE_GRPC_MAX_MESSAGE_BYTES": str(1024 * 1024),
             "SERVE_MAX_HEADER_BYTES": "4096",
         },
         log_path,

@@ -61,7 +61,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", UNMATCHED)
             elapsed = time.perf_counter() - start
-            m.request_duration.labels(path, str(status)).observe(elapsed)
+            m.request_duration.labels(path, str(status), "http").observe(elapsed)
             if self.access_log:
                 access.info(
                     "%s %s %d",
@@ -76,9 +76,9 @@ class MetricsMiddleware:
                     },
                 )
             if status < 400:
-                m.request_success.labels(path).inc()
+                m.request_success.labels(path, "http").inc()
             else:
-                m.request_failure.labels(path, error_code or f"http_{status}").inc()
+                m.request_failure.labels(path, error_code or f"http_{status}", "http").inc()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

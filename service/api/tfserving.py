@@ -14,7 +14,7 @@ from ..dataplane.dataplane import DataPlane
 from ..errors import InvalidInput
 from ..pipeline.info import PipelineInfo
 from .body import read_body, request_timeout_s
-from .deps import DataPlaneDep, protocol_model
+from .deps import DataPlaneDep
 from .errors import PlainErrorRoute
 
 router = APIRouter(route_class=PlainErrorRoute, tags=["tensorflow-serving"])
@@ -22,7 +22,7 @@ router = APIRouter(route_class=PlainErrorRoute, tags=["tensorflow-serving"])
 
 def _model(plane: DataPlane, name: str, version: str | None) -> PipelineInfo:
     """The pipeline this model name picks; 404 in the protocol's own words for any other."""
-    return protocol_model(plane, name, version, **codec.NOT_FOUND)
+    return plane.protocol_model(name, version, **codec.NOT_FOUND)
 
 
 @router.get("/v1/models/{name}", summary="Model status (TensorFlow Serving)")

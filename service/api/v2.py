@@ -13,20 +13,20 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..codecs import v2 as codec
+from ..codecs import v2_inputs
 from ..codecs.common import decompress
 from ..dataplane.dataplane import DataPlane
 from ..errors import NotFound
-from ..pipeline.info import PipelineInfo
 from .body import read_body, request_timeout_s
-from .deps import DataPlaneDep, protocol_model
+from .deps import DataPlaneDep
 from .errors import PLAIN, PlainErrorRoute, error_response
 
 router = APIRouter(route_class=PlainErrorRoute, tags=["kserve-v2"])
 
 
-def _model(plane: DataPlane, name: str, version: str | None) -> PipelineInfo:
-    """The pipeline this model name picks; 404 in the protocol's own words for any other."""
-    return protocol_model(plane, name, version, **codec.NOT_FOUND)
+def _model(plane: DataPlane, name: str, version: str | None) -> codec.Model:
+    """The model this name picks; 404 in the protocol's own words for any other."""
+    return codec.find_model(plane, name, version)
 
 
 def _no(message: str, code: str) -> Response:
@@ -64,7 +64,7 @@ async def server_ready(plane: DataPlaneDep) -> Response:
 @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready")
 async def model_ready(plane: DataPlaneDep, name: str, version: str | None = None) -> Response:
     """200 when the model can infer; 400 while it loads or drains; 404 for an unknown model."""
-    info = _model(plane, name, version)
+    info = _model(plane, name, version).info
     if info.ready and not plane.draining:
         return JSONResponse({"name": name, "ready": True})
     return _no(f"model {name!r} is {info.state}", "not_ready")
@@ -76,7 +76,7 @@ async def model_metadata(
     plane: DataPlaneDep, name: str, version: str | None = None
 ) -> dict[str, Any]:
     """Inputs and outputs of the model, as tensor metadata."""
-    return codec.model_metadata(name, _model(plane, name, version))
+    return codec.model_metadata(_model(plane, name, version))
 
 
 @router.get("/v2/models/{name}/config", summary="Model configuration (Triton)")
@@ -85,7 +85,7 @@ async def model_config(
     plane: DataPlaneDep, name: str, version: str | None = None
 ) -> dict[str, Any]:
     """Triton's model configuration: batching limits and tensors (dims without the batch)."""
-    return codec.model_config(name, _model(plane, name, version), plane.settings)
+    return codec.model_config(_model(plane, name, version), plane.settings)
 
 
 # -- inference -----------------------------------------------------------------------------
@@ -98,13 +98,13 @@ async def infer(
 ) -> Response:
     """Run encoded images (``images``) or pixel tensors (``pixels``) through the model."""
     settings = plane.settings
-    info = _model(plane, name, version)
-    plane.check(info.name)  # before reading a large body
+    model = _model(plane, name, version)
+    plane.check(model.info.name)  # before reading a large body
     body = await read_body(request, settings.max_body_bytes)
     body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
-    header, binary = codec.split_body(body, request.headers.get(codec.HEADER_LENGTH))
-    infer_request, want = codec.decode_request(
-        header, binary, info, settings, request_timeout_s(request, settings)
+    header, binary = v2_inputs.split_body(body, request.headers.get(codec.HEADER_LENGTH))
+    infer_request, want = v2_inputs.decode_request(
+        header, binary, model, settings, request_timeout_s(request, settings)
     )
     result = await plane.infer(infer_request)
     content, headers, media_type = codec.encode_response(

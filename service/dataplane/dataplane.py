@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, InvalidInput, NotReady, ServeError
+from ..errors import DeadlineExceeded, InvalidInput, NotFound, NotReady, ServeError
 from ..metrics import Metrics, WorkWindow
 from ..pipeline.info import BatchInfo, PipelineInfo
 from ..pipeline.postprocess import probabilities, top_k
@@ -52,6 +52,21 @@ class Engine(Protocol):
     async def stop(self) -> None: ...
 
 
+class _PipelineStats:
+    """One pipeline's ``serve_model_*`` series, looked up once (they count every request)."""
+
+    def __init__(self, m: Metrics, name: str):
+        self.succeeded = m.model_requests.labels(name, "success")
+        self.failed = m.model_requests.labels(name, "fail")
+        self.succeeded_s = m.model_request_seconds.labels(name, "success")
+        self.failed_s = m.model_request_seconds.labels(name, "fail")
+        self.images = m.model_images.labels(name)
+        self.decode_s = m.model_phase_seconds.labels(name, "decode")
+        self.queue_s = m.model_phase_seconds.labels(name, "queue")
+        self.compute_s = m.model_phase_seconds.labels(name, "compute")
+        self.last = m.model_last_inference.labels(name)
+
+
 class DataPlane:
     """Args:
     settings: limits, deadlines, decode settings.
@@ -78,6 +93,7 @@ class DataPlane:
         metrics.watch(metrics.ready, lambda: 1.0 if self.ready else 0.0)
         metrics.frontends.set(1)  # this process answers requests
         self._configs: dict[tuple[int, int], PreprocessConfig] = {}
+        self._stats: dict[str, _PipelineStats] = {}
         self._decoding = dict.fromkeys(engine.names(), 0)  # images being decoded, by pipeline
         # pipeline -> busy windows of its decode and top-k stages
         self._windows: dict[str, tuple[WorkWindow, WorkWindow]] = {}
@@ -106,6 +122,32 @@ class DataPlane:
             return self.engine.info(name)
         except PipelineNotFound:
             raise PipelineNotFound.of(name, self.engine.names()) from None
+
+    def protocol_model(
+        self,
+        name: str,
+        version: str | None,
+        *,
+        available: str,
+        unknown_model: str,
+        unknown_version: str,
+    ) -> PipelineInfo:
+        """The pipeline a standard protocol's model name (and version) picks (V2, TF Serving).
+
+        Every pipeline is a model of its own name (``default`` also of SERVE_MODEL_NAME), each
+        with one version ``available``. Anything else: 404 in the protocol's own words, a
+        template over ``name``, ``version``, ``served`` and ``available``.
+        """
+        fields = {"name": name, "version": version, "available": available}
+        try:
+            info = self.resolve(name)
+        except NotFound:
+            served = self.served_models()
+            message = unknown_model.format(served=served, **fields)
+            raise NotFound(message, "model_not_found") from None
+        if version is not None and version != available:
+            raise NotFound(unknown_version.format(**fields), "version_not_found")
+        return info
 
     def served_models(self) -> list[str]:
         """Every name a protocol may ask for."""
@@ -148,6 +190,36 @@ class DataPlane:
         deadline exceeded, model error)."""
         start = time.perf_counter()
         info = self.check(request.pipeline)
+        try:
+            result = await self._infer(info, request)
+        except ServeError:
+            self._count(info.name, "fail", time.perf_counter() - start)
+            raise
+        self._count(info.name, "success", time.perf_counter() - start, result)
+        return result
+
+    def _count(
+        self, name: str, outcome: str, seconds: float, result: InferResult | None = None
+    ) -> None:
+        """Per-pipeline statistics (Triton's model statistics, ``serve_model_*``)."""
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats[name] = _PipelineStats(self.metrics, name)
+        if result is None:
+            stats.failed.inc()
+            stats.failed_s.inc(seconds)
+            return
+        t = result.timing
+        stats.succeeded.inc()
+        stats.succeeded_s.inc(seconds)
+        stats.images.inc(len(result.probabilities))
+        stats.decode_s.inc(t.preprocess_ms / 1000)
+        stats.queue_s.inc(t.queue_ms / 1000)
+        stats.compute_s.inc(t.inference_ms / 1000)
+        stats.last.set(time.time())
+
+    async def _infer(self, info: PipelineInfo, request: InferRequest) -> InferResult:
+        start = time.perf_counter()
         if request.pixels is not None:
             self._check_pixels(info, request.pixels)
         timeout_s = min(

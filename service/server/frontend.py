@@ -1,12 +1,13 @@
-"""A front-end process: the HTTP server on the pod's shared listening socket.
+"""A front-end process: the HTTP server on the pod's shared listening socket, and the gRPC
+server on the pod's gRPC port (``grpc/server.py``).
 
     python -m service.server.frontend --index I --fd N --run-dir DIR   (started by the supervisor)
 
 It parses, authenticates, validates and decodes its own requests, and sends the decoded pixels
 to the accelerator process (``engine/client.py``). Several of them accept on one socket (the
 kernel hands each new connection to one of them), so the HTTP work scales with the cores. On
-SIGTERM it stops taking requests (readiness 503), finishes those in flight within
-``SERVE_GRACEFUL_TIMEOUT_S`` and exits 0.
+SIGTERM it stops taking requests (readiness 503, gRPC health NOT_SERVING), finishes those in
+flight within ``SERVE_GRACEFUL_TIMEOUT_S`` and exits 0.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         admission=admission,
         job_store=store,
         job_workers=job_workers(settings, args.index, args.processes),
+        grpc_port=settings.grpc_port,
     )
     sock = socket.socket(fileno=args.fd)
 

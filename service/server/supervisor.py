@@ -3,11 +3,13 @@ this supervisor, which starts them, watches them and stops them.
 
     python -m service   (or resnet-serve)
 
-* It binds the port once and passes the socket to every front end (they accept on it in
-  turn), creates the run directory (Unix sockets, the admission file, the multiprocess
-  metrics) and, without Redis, holds the pod's in-memory job store.
+* It binds the HTTP port once and passes the socket to every front end (they accept on it in
+  turn), reserves the gRPC port (each front end binds it too, with ``SO_REUSEPORT``), creates
+  the run directory (Unix sockets, the admission file, the multiprocess metrics) and, without
+  Redis, holds the pod's in-memory job store.
 * A front end that dies is replaced at once; only the requests on its own connections are
-  lost (the socket and its queue of new connections stay with the others).
+  lost (the socket and its queue of new connections stay with the others). Front ends that
+  keep dying (``FRONTEND_RESTARTS`` each within ``ENGINE_WINDOW_S``) end the pod (exit 1).
 * The accelerator process is restarted when it dies; meanwhile the front ends answer 503
   (readiness too). Dying ``ENGINE_RESTARTS`` times within ``ENGINE_WINDOW_S`` ends the pod
   (exit 1): the kubelet restarts the container, with its backoff.
@@ -41,6 +43,9 @@ log = logging.getLogger("service.supervisor")
 
 ENGINE_RESTARTS = 5
 ENGINE_WINDOW_S = 300.0
+# Front ends that die this often (per front end, in ENGINE_WINDOW_S) cannot start: the pod
+# stops (exit 1) rather than restart them for ever.
+FRONTEND_RESTARTS = 5
 # After the front ends' graceful timeout, how long they may still take to exit.
 EXIT_GRACE_S = 10.0
 
@@ -49,6 +54,17 @@ def run_dir() -> Path:
     """A fresh private directory, in memory where the pod has a writable /dev/shm."""
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     return Path(tempfile.mkdtemp(prefix="resnet-serve-", dir=base))
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """Bind the gRPC port without listening: another program cannot take it while the front
+    ends (which bind it with ``SO_REUSEPORT`` too, each listening) come and go, and a port in
+    use stops the pod at once. A socket that does not listen gets no connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
 
 
 def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -80,6 +96,7 @@ class Supervisor:
         self.stopping = False
         self.failed = False
         self._engine_deaths: deque[float] = deque()
+        self._frontend_deaths: deque[float] = deque()
         self._watchers: set[asyncio.Task] = set()
         self._stopped = asyncio.Event()
 
@@ -133,17 +150,22 @@ class Supervisor:
         admission.reset(self.dir / "admission", index)
         if self.stopping:
             return
+        if _too_often(self._frontend_deaths, FRONTEND_RESTARTS * self.processes):
+            log.critical(
+                "front ends died %d times in %.0f s; stopping the pod",
+                len(self._frontend_deaths),
+                ENGINE_WINDOW_S,
+            )
+            self.failed = True
+            self.stop()
+            return
         log.error("front end %d (pid %d) exited with %s; replacing it", index, process.pid, code)
         await self.start_frontend(index)
 
     async def _engine_exited(self, code: int) -> None:
         if self.stopping:
             return
-        now = time.monotonic()
-        self._engine_deaths.append(now)
-        while self._engine_deaths and self._engine_deaths[0] < now - ENGINE_WINDOW_S:
-            self._engine_deaths.popleft()
-        if len(self._engine_deaths) >= ENGINE_RESTARTS:
+        if _too_often(self._engine_deaths, ENGINE_RESTARTS):
             log.critical(
                 "the accelerator process died %d times in %.0f s; stopping the pod",
                 len(self._engine_deaths),
@@ -222,6 +244,15 @@ class Supervisor:
             task.cancel()
 
 
+def _too_often(deaths: deque[float], limit: int) -> bool:
+    """Count one more death; whether ``limit`` of them fell within ``ENGINE_WINDOW_S``."""
+    now = time.monotonic()
+    deaths.append(now)
+    while deaths and deaths[0] < now - ENGINE_WINDOW_S:
+        deaths.popleft()
+    return len(deaths) >= limit
+
+
 async def _terminate(processes: list[asyncio.subprocess.Process], timeout: float) -> None:
     """SIGTERM, then SIGKILL what has not exited after ``timeout`` seconds."""
     for process in processes:
@@ -272,14 +303,22 @@ def main() -> int:
     directory = run_dir()
     (directory / "metrics").mkdir()
     os.environ[MULTIPROC_ENV] = str(directory / "metrics")
+    held: list[socket.socket] = []
     try:
-        sock = listen(settings.host, settings.port)
+        port = settings.port
+        held.append(sock := listen(settings.host, port))
+        if settings.grpc_port:
+            port = settings.grpc_port
+            held.append(reserve(settings.host, port))
     except OSError as exc:
-        log.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        log.critical("cannot listen on %s:%d: %s", settings.host, port, exc)
+        for s in held:
+            s.close()
         shutil.rmtree(directory, ignore_errors=True)
         return 1
     try:
         return run(Supervisor(settings, directory, sock).run())
     finally:
-        sock.close()
+        for s in held:
+            s.close()
         shutil.rmtree(directory, ignore_errors=True)

@@ -87,7 +87,7 @@ def test_helm_test_runs_with_the_timeout_the_notes_print():
 
 def test_the_jobs_test_image_is_a_png(tmp_path):
     text = SCRIPT.read_text()
-    (snippet,) = re.findall(r'"\$PYTHON" -c "(import sys; sys.path.insert[^"]*)"', text)
+    (snippet,) = re.findall(r'"\$PYTHON" -c "(import sys; sys\.path\.insert[^"]*)"', text)
     out = subprocess.run(
         [sys.executable, "-c", snippet.replace("\\\n", "")],
         cwd=ROOT,

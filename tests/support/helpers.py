@@ -56,6 +56,12 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    grpc_port: int = 0
+
+    @property
+    def grpc(self) -> str:
+        """host:port of its gRPC service."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -70,6 +76,7 @@ def start_server(
         **os.environ,
         "SERVE_HOST": "127.0.0.1",
         "SERVE_PORT": str(port),
+        "SERVE_GRPC_PORT": str(free_port()),
         "SERVE_FRONTEND_PROCESSES": "2",
         "SERVE_PREPROCESS_WORKERS": "2",
         "SERVE_MAX_BATCH_SIZE": "8",
@@ -81,7 +88,7 @@ def start_server(
     process = subprocess.Popen(
         [sys.executable, "-m", "service"], env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, int(env["SERVE_GRPC_PORT"]))
     if not wait_ready:
         return server
     deadline = time.monotonic() + timeout

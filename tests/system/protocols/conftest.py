@@ -68,3 +68,25 @@ def decoded() -> Callable[[list[bytes]], np.ndarray]:
         return np.stack([decode(data, PreprocessConfig(size=SIZE)).pixels for data in files])
 
     return run
+
+
+@pytest.fixture(scope="session")
+def triton_grpc(server):
+    """Triton's own gRPC client, pointed at the shared real server."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def grpc_stub(server):
+    """The raw ``GRPCInferenceService`` stub of tritonclient's definitions, for messages its
+    high-level client never sends (typed contents, malformed requests)."""
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    channel = grpc.insecure_channel(server.grpc)
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()

@@ -171,6 +171,65 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
     assert any("draining" in line["message"] for line in lines)
 
 
+def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
+    """In-flight gRPC calls finish; health turns NOT_SERVING at once; new calls are refused
+    with UNAVAILABLE (or find the port closed); the pod exits 0."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
+    body = slow_png(2500)
+    request = pb.ModelInferRequest(
+        model_name="resnet50",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])],
+        raw_input_contents=[len(body).to_bytes(4, "little") + body],
+    )
+    in_flight: list = []
+
+    def send():
+        with grpc.insecure_channel(srv.grpc) as channel:  # one connection each
+            try:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                in_flight.append(stub.ModelInfer(request, timeout=60).outputs[0].shape)
+            except grpc.RpcError as exc:
+                in_flight.append(exc.code())
+
+    def refused(call) -> object:
+        try:
+            with grpc.insecure_channel(srv.grpc) as channel:
+                return call(channel)
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    try:
+        senders = [threading.Thread(target=send) for _ in range(12)]
+        for t in senders:
+            t.start()
+        time.sleep(0.5)
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        health = refused(
+            lambda ch: (
+                health_pb2_grpc.HealthStub(ch)
+                .Check(health_pb2.HealthCheckRequest(), timeout=5)
+                .status
+            )
+        )
+        assert health in (health_pb2.HealthCheckResponse.NOT_SERVING, grpc.StatusCode.UNAVAILABLE)
+        late = refused(
+            lambda ch: service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request, timeout=5)
+        )
+        assert late == grpc.StatusCode.UNAVAILABLE, late
+        for t in senders:
+            t.join(60)
+        assert srv.process.wait(60) == 0
+    finally:
+        stop_server(srv)
+    assert in_flight == [[1, 10]] * 12, in_flight
+
+
 def test_overload_refuses_at_once_and_loses_nothing(tiny_model_file, tmp_path):
     srv = start_server(
         {

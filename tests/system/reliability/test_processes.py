@@ -109,6 +109,32 @@ def test_a_batch_fills_from_every_front_end(held_server):
     assert [a[1]["timing"]["batch_sizes"] for a in answers.values()] == [[2], [2]]
 
 
+def test_grpc_and_http_calls_share_a_batch(held_server):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    pids = frontends(held_server.process.pid)
+    sock = next(iter(connections_on_each_frontend(held_server.url, pids).values()))
+    tensor = grpcclient.InferInput("pixels", [1, 32, 32, 3], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((1, 32, 32, 3), np.uint8))
+    answers: dict[str, object] = {}
+
+    def over_grpc() -> None:
+        with grpcclient.InferenceServerClient(held_server.grpc) as client:
+            answers["grpc"] = client.infer("resnet50", [tensor]).as_numpy("probabilities")
+
+    sender = threading.Thread(target=over_grpc)
+    sender.start()
+    answers["http"] = post(sock, encode(photo_like(40, 40)))
+    sender.join(30)
+    sock.close()
+    status, body = answers["http"]
+    assert status == 200, body
+    # The partial batch waited (1.5 s) and took the other protocol's image.
+    assert body["timing"]["batch_sizes"] == [2]
+    assert answers["grpc"].shape == (1, 10)
+
+
 def test_the_admission_bound_is_one_bound_for_the_pod(held_server):
     pids = frontends(held_server.process.pid)
     socks = connections_on_each_frontend(held_server.url, pids)
@@ -153,7 +179,7 @@ def test_metrics_are_one_view_of_every_process(server):
         line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
         return float(line.split()[-1]) if line else 0.0
 
-    name = 'serve_request_success_total{route="/v1/classify"}'
+    name = 'serve_request_success_total{protocol="http",route="/v1/classify"}'
     before = httpx.get(server.url + "/metrics").text
     image = encode(photo_like(48, 48))
     for _ in range(12):  # new connections: the kernel spreads them over the front ends

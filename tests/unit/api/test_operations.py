@@ -118,9 +118,13 @@ def test_metrics_count_inferences_batches_and_failures(client, jpeg_bytes):
     assert _metric(text, "serve_inference_count_total") == 3
     executions = _metric(text, "serve_execution_count_total")
     assert 1 <= executions <= 3
-    assert _metric(text, "serve_request_success_total", 'route="/v1/classify"') == 3
+    assert _metric(text, "serve_request_success_total", 'protocol="http",route="/v1/classify"') == 3
     assert (
-        _metric(text, "serve_request_failure_total", 'reason="not_an_image",route="/v1/classify"')
+        _metric(
+            text,
+            "serve_request_failure_total",
+            'protocol="http",reason="not_an_image",route="/v1/classify"',
+        )
         == 1
     )
     for name in (
