@@ -52,8 +52,8 @@ lint: venv ## ruff and mypy
 	$(BIN)/mypy service
 
 .PHONY: bench
-bench: venv ## Benchmark: model ceiling vs service vs naive design (run by hand, minutes)
-	$(BIN)/python -m loadtest.bench.resnet
+bench: venv ## Benchmark: model ceiling vs service vs naive design (run by hand, minutes; BACKEND=jax)
+	$(BIN)/python -m loadtest.bench.resnet $(if $(BACKEND),--backend $(BACKEND)) $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and caches

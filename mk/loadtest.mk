@@ -32,6 +32,7 @@ capacity: venv ## Step-load capacity search: highest rate under SLO_MS, replicas
 	  $(LOADTEST_ARGS)
 
 .PHONY: bench-serving
-bench-serving: venv ## Benchmark: service vs the decode ceiling, stand-in model, 1/2/all cores (wrk; minutes)
-	@command -v wrk >/dev/null 2>&1 || { apt-get update && apt-get install -y wrk; }
+bench-serving: venv ## Benchmark: service vs the decode ceiling, HTTP and gRPC, stand-in model (wrk, h2load; minutes)
+	@command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || \
+	  { apt-get update && apt-get install -y wrk nghttp2-client; }
 	$(BIN)/python -m loadtest.bench.serving --json reports/bench-serving.json $(BENCH_ARGS)

@@ -61,18 +61,28 @@ def photo(seed: int, height: int = 480, width: int = 640) -> bytes:
 
 
 def _ceiling_runners(buckets: list[int], instances: int, intra: int, inter: int):
-    """The service's runners in this process: TensorFlow's pools, one per-shape warm-up.
+    """The service's runners in this process: the backend's configuration, one per-shape
+    warm-up.
 
-    Call it once per process: TensorFlow's thread pools are fixed at the first model.
+    Call it once per process: TensorFlow's thread pools are fixed at the first model, and Keras
+    reads its backend (``KERAS_BACKEND``, set by ``--backend``) at its first import.
     ``instances``/``intra``/``inter`` are the service's settings (``SERVE_MODEL_INSTANCES``...;
     0: automatic, resolved as the service resolves them).
     """
-    from service.model.backends.tensorflow import configure as configure_tensorflow
+    from service.model.backends import configure
     from service.model.loader import load_model
     from service.model.runner import make_runner
+    from service.model.threads import plan_threads
+    from service.settings import Settings
 
-    plan = configure_tensorflow(
-        intra_op_threads=intra, inter_op_threads=inter, model_instances=instances
+    settings = Settings(model_instances=instances, intra_op_threads=intra, inter_op_threads=inter)
+    configure(settings)
+    plan = plan_threads(
+        instances=instances,
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+        gpu=False,
+        cpus=settings.cpu_count,
     )
     loaded = load_model("resnet50", "random")
     first = make_runner(loaded, buckets)
@@ -358,6 +368,12 @@ def _serve(cmd: list[str], port: int, ready_path: str, fn, name: str, env=None):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax"),
+        default=os.environ.get("SERVE_BACKEND") or "tensorflow",
+        help="the Keras backend of the ceiling, the service and the naive design",
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=10)
@@ -404,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         help="(internal) a ceiling process that answers 'SIZE SECONDS' lines on stdin",
     )
     args = parser.parse_args(argv)
+    from service.model.backends import select
+
+    select(args.backend)  # before Keras is imported; the processes started below inherit it
+    os.environ["SERVE_BACKEND"] = args.backend
     (ROOT / ".cache").mkdir(exist_ok=True)
     buckets = [int(b) for b in args.buckets.split(",")]
     if args.ceiling_only:  # one ceiling, in this fresh process, as JSON
@@ -418,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}"
+        f", backend {args.backend}"
     )
     configs = [args.threads] + ([args.also_ceiling] if args.also_ceiling else [])
     ceilings = [ceiling_in_subprocess(buckets, args.ceiling_seconds, c) for c in configs]
@@ -555,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "backend": args.backend,
                     "ceiling": ceil,
                     "ceilings": ceilings,
                     "paired": paired,

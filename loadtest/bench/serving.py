@@ -10,10 +10,18 @@ ratio compares figures taken back to back):
 2. the service (``python -m service``, all its front ends) with a stand-in model that costs
    almost nothing (a real Keras model with ResNet50's input and a 1000-way softmax, compiled
    with XLA, which reads an 8x8 corner: its per-image cost is printed), under a closed-loop
-   load from ``wrk`` (Debian's package, a few µs of CPU per request): images/s, p50/p99, the
-   CPU seconds per image of every process of the service and of wrk;
-3. the same with the service pinned to 1 core, then to 2 (``taskset``; the load generator on
-   a core of its own where there is one), for the scaling ratio.
+   load of one JPEG per request, top 5 classes back, on each path in turn:
+
+   * ``http``: ``POST /v1/classify`` (raw image), from ``wrk`` (Debian's package);
+   * ``v2-http``: KServe V2 ``infer`` with the image as binary tensor data, from ``wrk``;
+   * ``grpc``: KServe V2 ``ModelInfer`` with the image in ``raw_input_contents``, from
+     ``h2load`` (Debian's nghttp2-client: gRPC is HTTP/2 POSTs of length-prefixed messages;
+     it cannot read gRPC statuses, so every call is also counted from the service's metrics);
+
+   images/s, p50/p99, the CPU seconds per image of every process of the service and of the
+   load generator (a few µs per request);
+3. the same (``http`` path) with the service pinned to 1 core, then to 2 (``taskset``; the load
+   generator on a core of its own where there is one), for the scaling ratio.
 
 Never run in CI. Prints a table; ``--json`` writes every figure.
 """
@@ -31,9 +39,11 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.common import ROOT, free_port, scrape, serving
+from loadtest.common import ROOT, free_port, percentile, scrape, serving
 
 CACHE = ROOT / ".cache"
 LUA = Path(__file__).with_name("post.lua")
@@ -106,13 +116,11 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def wrk(url: str, image: Path, connections: int, seconds: float, cpus: list[int] | None) -> dict:
+def wrk(url: str, body: Body, connections: int, seconds: float, cpus: list[int] | None) -> dict:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(LUA)]
-    cmd += [url + "/v1/classify", "--", str(image)]
-    if cpus:
-        cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
+    cmd += [url + body.path, "--", str(body.file), body.content_type, *body.header]
     start = os.times()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = _run(cmd, cpus)
     end = os.times()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -126,23 +134,128 @@ def wrk(url: str, image: Path, connections: int, seconds: float, cpus: list[int]
     }
 
 
+def h2load(
+    address: str, body: Body, connections: int, seconds: float, cpus: list[int] | None
+) -> dict:
+    """gRPC calls as h2load's HTTP/2 POSTs, one call at a time per connection."""
+    log = CACHE / "h2load.log"
+    cmd = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds:g}", "-d", str(body.file)]
+    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
+    cmd += [f"http://{address}{body.path}"]
+    start = os.times()
+    out = _run(cmd, cpus)
+    end = os.times()
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    # --log-file: one line per call: start (µs since epoch), HTTP status, duration (µs).
+    durations = sorted(int(line.split()[2]) / 1000 for line in log.read_text().splitlines())
+    return {
+        "images_per_s": done / seconds,
+        "p50_ms": percentile(durations, 50),
+        "p99_ms": percentile(durations, 99),
+        "non_2xx": 0,  # gRPC statuses travel in trailers: counted from the metrics instead
+        "loadgen_cpu_s": (end.children_user + end.children_system)
+        - (start.children_user + start.children_system),
+    }
+
+
+def _run(cmd: list[str], cpus: list[int] | None) -> str:
+    if cpus:
+        cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def service_round(url: str, pid: int, image: Path, args, loadgen_cpus) -> dict:  # type: ignore[no-untyped-def]
-    wrk(url, image, args.connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
+@dataclass(frozen=True)
+class Body:
+    """One request of a path: where it goes and what it sends."""
+
+    path: str
+    file: Path
+    content_type: str = "image/jpeg"
+    header: tuple[str, ...] = ()
+
+
+def bodies(image: Path, model: str) -> dict[str, Body]:
+    """The request of each path: one JPEG, top 5 classes back."""
+    import struct
+
+    from service.grpc.generated import grpc_service_pb2 as pb
+
+    data = image.read_bytes()
+    element = struct.pack("<I", len(data)) + data
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 5}}],
+        }
+    ).encode()
+    v2 = CACHE / "bench-serving-v2.bin"
+    v2.write_bytes(header + element)
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])],
+        raw_input_contents=[element],
+    )
+    output = request.outputs.add(name="probabilities")
+    output.parameters["classification"].int64_param = 5
+    message = request.SerializeToString()
+    grpc_file = CACHE / "bench-serving-grpc.bin"
+    grpc_file.write_bytes(b"\0" + struct.pack(">I", len(message)) + message)  # gRPC framing
+    return {
+        "http": Body("/v1/classify", image),
+        "v2-http": Body(
+            f"/v2/models/{model}/infer",
+            v2,
+            "application/octet-stream",
+            ("Inference-Header-Content-Length", str(len(header))),
+        ),
+        "grpc": Body("/inference.GRPCInferenceService/ModelInfer", grpc_file),
+    }
+
+
+def _delta(after: dict, before: dict, name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def _answered(metrics: dict, protocol: str) -> tuple[float, float]:
+    """(answered, failed other than cancelled) inference calls of ``protocol`` so far."""
+    ok = failed = 0.0
+    for key, value in metrics.items():
+        if f'protocol="{protocol}"' not in key:
+            continue
+        if key.startswith("serve_request_success_total"):
+            ok += value
+        elif key.startswith("serve_request_failure_total") and 'reason="cancelled"' not in key:
+            failed += value
+    return ok, failed
+
+
+def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) -> dict:  # type: ignore[no-untyped-def]
+    run = h2load if path == "grpc" else wrk
+    target = grpc_address if path == "grpc" else url
+    protocol = "grpc" if path == "grpc" else "http"
+    run(target, body, args.connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
     before_cpu, before = _tree_cpu(pid), scrape(url)
-    result = wrk(url, image, args.connections, args.seconds, loadgen_cpus)
+    result = run(target, body, args.connections, args.seconds, loadgen_cpus)
     after, after_cpu = scrape(url), _tree_cpu(pid)
     images = result["images_per_s"] * args.seconds
-    executions = after.get("serve_execution_count_total", 0) - before.get(
-        "serve_execution_count_total", 0
-    )
-    inferred = after.get("serve_inference_count_total", 0) - before.get(
-        "serve_inference_count_total", 0
-    )
+    executions = _delta(after, before, "serve_execution_count_total")
+    inferred = _delta(after, before, "serve_inference_count_total")
+    ok_before, failed_before = _answered(before, protocol)
+    ok_after, failed_after = _answered(after, protocol)
+    result["answered"] = ok_after - ok_before
+    result["failed"] = failed_after - failed_before
     result["service_cpu_ms_per_image"] = 1000 * (after_cpu - before_cpu) / max(images, 1)
     result["loadgen_cpu_ms_per_image"] = 1000 * result.pop("loadgen_cpu_s") / max(images, 1)
     result["mean_batch"] = inferred / executions if executions else 0.0
@@ -150,14 +263,16 @@ def service_round(url: str, pid: int, image: Path, args, loadgen_cpus) -> dict: 
     return result
 
 
-def measure(cpus: list[int], args, image: Path, model: Path) -> dict:  # type: ignore[no-untyped-def]
-    """Paired rounds on ``cpus``: the decode ceiling, then the service, back to back."""
+def measure(cpus: list[int], args, image: Path, model: Path, paths: list[str]) -> dict:  # type: ignore[no-untyped-def]
+    """Paired rounds on ``cpus``: the decode ceiling, then the service on each path, back to
+    back."""
     others = [c for c in sorted(os.sched_getaffinity(0)) if c not in cpus]
     loadgen = others[:1] or None  # a core of its own, where the machine has one to spare
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "SERVE_PORT": str(port),
+        "SERVE_GRPC_PORT": str(grpc_port),
         "SERVE_WEIGHTS": str(model),
         "SERVE_XLA": "true",
         "SERVE_LOG_LEVEL": "warning",
@@ -167,28 +282,53 @@ def measure(cpus: list[int], args, image: Path, model: Path) -> dict:  # type: i
     rounds = []
     log = CACHE / f"bench-serving-{len(cpus)}cpu.log"
     with serving(cmd, port, log, env) as (url, proc):
+        name = json.loads(urllib.request.urlopen(url + "/v1/models").read())["models"][0]["name"]
+        requests = bodies(image, name)
         for _ in range(args.rounds):
             ceiling = decode_ceiling(image, cpus, args.ceiling_seconds)
-            service = service_round(url, proc.pid, image, args, loadgen)
-            rounds.append({"decode_ceiling_images_per_s": ceiling, **service})
-    ratio = [r["images_per_s"] / r["decode_ceiling_images_per_s"] for r in rounds]
-
-    def median(key: str) -> float:
-        return statistics.median(r[key] for r in rounds)
-
-    return {
+            each = {}
+            for path in paths:
+                address = f"127.0.0.1:{grpc_port}"
+                each[path] = service_round(
+                    url, address, proc.pid, requests[path], path, args, loadgen
+                )
+            rounds.append({"decode_ceiling_images_per_s": ceiling, "paths": each})
+    out: dict = {
         "cpus": cpus,
         "loadgen_cpus": loadgen or "shared",
         "rounds": rounds,
-        "images_per_s": median("images_per_s"),
-        "decode_ceiling_images_per_s": median("decode_ceiling_images_per_s"),
-        "service_over_ceiling": statistics.median(ratio),
-        "p50_ms": median("p50_ms"),
-        "p99_ms": median("p99_ms"),
-        "service_cpu_ms_per_image": median("service_cpu_ms_per_image"),
-        "loadgen_cpu_ms_per_image": median("loadgen_cpu_ms_per_image"),
-        "mean_batch": median("mean_batch"),
+        "decode_ceiling_images_per_s": statistics.median(
+            r["decode_ceiling_images_per_s"] for r in rounds
+        ),
     }
+    for path in paths:
+
+        def median(key: str, path: str = path) -> float:
+            return statistics.median(r["paths"][path][key] for r in rounds)
+
+        ratio = statistics.median(
+            r["paths"][path]["images_per_s"] / r["decode_ceiling_images_per_s"] for r in rounds
+        )
+        out[path] = {
+            "images_per_s": median("images_per_s"),
+            "service_over_ceiling": ratio,
+            **{
+                k: median(k)
+                for k in (
+                    "p50_ms",
+                    "p99_ms",
+                    "service_cpu_ms_per_image",
+                    "loadgen_cpu_ms_per_image",
+                    "mean_batch",
+                    "answered",
+                    "failed",
+                )
+            },
+        }
+    return out
+
+
+PATHS = ("http", "v2-http", "grpc")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,35 +337,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="load per round")
     parser.add_argument("--ceiling-seconds", type=float, default=5, help="decode per round")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)}"
+    )
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1- and 2-core runs")
     parser.add_argument("--json", default="", help="also write the figures here")
     parser.add_argument("env", nargs="*", help="SERVE_*=value overrides for the service")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed (Debian's package: apt-get install wrk)")
+    paths = [p for p in args.paths.split(",") if p]
+    if not set(paths) <= set(PATHS):
+        parser.error(f"--paths: unknown {sorted(set(paths) - set(PATHS))}")
+    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+        if shutil.which(tool) is None and (tool == "wrk" or "grpc" in paths):
+            parser.error(f"{tool} is not installed (Debian's package: apt-get install {package})")
     image = jpeg(CACHE / "bench-serving.jpg")
     model = standin(CACHE / "standin.keras")
     cpus = sorted(os.sched_getaffinity(0))
     report: dict = {"machine": {"cpus": len(cpus), "platform": platform.platform()}}
-    report["all_cores"] = measure(cpus, args, image, model)
+    report["all_cores"] = measure(cpus, args, image, model, paths)
     if not args.no_scaling and len(cpus) >= 2:
-        report["one_core"] = measure(cpus[:1], args, image, model)
-        report["two_cores"] = measure(cpus[:2], args, image, model)
+        report["one_core"] = measure(cpus[:1], args, image, model, ["http"])
+        report["two_cores"] = measure(cpus[:2], args, image, model, ["http"])
         report["two_over_one"] = (
-            report["two_cores"]["images_per_s"] / report["one_core"]["images_per_s"]
+            report["two_cores"]["http"]["images_per_s"] / report["one_core"]["http"]["images_per_s"]
         )
     for key in ("all_cores", "one_core", "two_cores"):
-        if key in report:
-            r = report[key]
-            print(
-                f"{key:10s} cpus={r['cpus']} service {r['images_per_s']:.0f}/s "
-                f"(p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms), decode ceiling "
-                f"{r['decode_ceiling_images_per_s']:.0f}/s, ratio {r['service_over_ceiling']:.3f}"
-                f", service CPU {r['service_cpu_ms_per_image']:.2f} ms/image, wrk "
-                f"{r['loadgen_cpu_ms_per_image']:.3f} ms/image, mean batch {r['mean_batch']:.2f}"
-            )
+        if key not in report:
+            continue
+        r = report[key]
+        print(f"{key}: cpus={r['cpus']}, decode ceiling {r['decode_ceiling_images_per_s']:.0f}/s")
+        for path in PATHS:
+            if path in r:
+                p = r[path]
+                print(
+                    f"  {path:8s} {p['images_per_s']:.0f}/s (ratio {p['service_over_ceiling']:.3f}"
+                    f", p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms), service CPU "
+                    f"{p['service_cpu_ms_per_image']:.2f} ms/image, load generator "
+                    f"{p['loadgen_cpu_ms_per_image']:.3f} ms/image, mean batch "
+                    f"{p['mean_batch']:.2f}, failed {p['failed']:.0f}"
+                )
     if "two_over_one" in report:
-        print(f"2 cores / 1 core: {report['two_over_one']:.2f}")
+        print(f"2 cores / 1 core (http): {report['two_over_one']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -50,6 +50,26 @@ def classify(body: Any, images: int, top_k: int) -> str | None:
     return None
 
 
+def grpc_infer(response: Any, model: str, shape: list[int]) -> str | None:
+    """KServe V2 ``ModelInfer`` answer (a ``ModelInferResponse``) to a classification
+    request: one BYTES output of ``shape``, its strings in ``raw_output_contents``."""
+    if response.model_name != model:
+        return f"model_name is {response.model_name!r}, expected {model!r}"
+    if len(response.outputs) != 1 or len(response.raw_output_contents) != 1:
+        return "expected one output, in raw_output_contents"
+    out = response.outputs[0]
+    if out.datatype != "BYTES" or list(out.shape) != shape:
+        return f"output is {out.datatype} {list(out.shape)}, expected BYTES {shape}"
+    raw, offset, count = response.raw_output_contents[0], 0, 0
+    while offset < len(raw):  # 4-byte little-endian length, then the string
+        size = int.from_bytes(raw[offset : offset + 4], "little")
+        offset += 4 + size
+        count += 1
+    if offset != len(raw) or count != math.prod(shape):
+        return f"the output holds {count} strings; its shape {shape} needs {math.prod(shape)}"
+    return None
+
+
 def v2_infer(body: Any, model: str | None = None, shape: list[int] | None = None) -> str | None:
     """KServe V2 ``POST /v2/models/{name}/infer`` answer: named, typed, shaped outputs (the
     first of ``shape`` when given)."""

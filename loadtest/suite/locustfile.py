@@ -4,9 +4,15 @@
         --tags classify-raw --shape step --step-users 2 --steps 5 --step-time 30
 
 Tags: ``classify-raw``, ``classify-multipart``, ``classify-b64`` (all three: ``classify``),
-``v2`` (KServe V2 infer), ``tfserving`` (TF Serving predict), ``jobs`` (asynchronous jobs).
-The last three are also tagged ``protocols``: ``--exclude-tags protocols`` leaves them out.
-Every answer is checked (checks.py); a malformed answer counts as a failure.
+``v2`` (KServe V2 infer), ``grpc`` (KServe V2 ``ModelInfer`` over gRPC, on ``--grpc-target``),
+``tfserving`` (TF Serving predict), ``jobs`` (asynchronous jobs). ``v2``, ``tfserving`` and
+``jobs`` are also tagged ``protocols``: ``--exclude-tags protocols`` leaves them out (``grpc``
+is chosen by name only: it needs a client library the HTTP users do not). Every answer is checked
+(checks.py); a malformed answer counts as a failure. With ``LOADTEST_TOKEN`` set, every
+request carries it (``Authorization: Bearer``; gRPC: the same metadata).
+
+The gRPC user needs ``tritonclient[grpc]`` (the ``loadtest`` extra; in the cluster, a Locust
+image with it: docs/LOADTEST.md); without it, choosing ``grpc`` stops the run with that advice.
 
 Closed loop (default): each user sends, waits for the answer, thinks ``--think-time`` seconds.
 Open loop (``--arrival-rate R``): requests arrive at R per second in total (Poisson gaps),
@@ -27,6 +33,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.pool
@@ -49,6 +56,16 @@ locust.stats.CSV_STATS_INTERVAL_SEC = 1
 
 IMAGES: list[tuple[str, bytes, str]] = []
 JSON = {"Content-Type": "application/json"}
+TOKEN = os.environ.get("LOADTEST_TOKEN", "")
+
+try:  # the gRPC user's client: gRPC on gevent's loop, Triton's definitions of the messages
+    import grpc
+    import grpc.experimental.gevent as grpc_gevent
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    grpc_gevent.init_gevent()
+except ImportError:
+    grpc = None  # type: ignore[assignment]
 
 
 @events.init_command_line_parser.add_listener
@@ -72,6 +89,7 @@ def _options(parser) -> None:
     add("--job-timeout", type=float, default=60.0, help="jobs: seconds to wait for a result")
     add("--request-log", default="", help="CSV of every request (one file per process)")
     add("--seed", type=int, default=0, help="seed of the image choice and arrival gaps")
+    add("--grpc-target", default="", help="grpc: host:port (default: --host's host, port 8001)")
 
 
 def options_to_params(o) -> shapes.ShapeParams:
@@ -128,6 +146,10 @@ def _init(environment, **_kwargs) -> None:
             user_class, set(o.tags) if o.tags else None, set(o.exclude_tags or ()) or None
         )
     environment.user_classes[:] = [u for u in environment.user_classes if u.tasks]
+    if grpc is None and GrpcV2User in environment.user_classes:
+        raise SystemExit(
+            "the grpc user needs tritonclient[grpc] (pip install 'tritonclient[grpc]')"
+        )
     if not environment.user_classes:
         raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
     if o.request_log:
@@ -187,6 +209,8 @@ class ApiUser(FastHttpUser):
     concurrency = 64
     network_timeout = 120.0
     connection_timeout = 30.0
+
+    default_headers = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else None
 
     def __init__(self, environment):
         super().__init__(environment)
@@ -367,6 +391,65 @@ class V2InferUser(ApiUser):
         path = f"/v2/models/{self.model}/infer"
         with self.post_json(path, body, "/v2/models/{name}/infer") as r:
             self.check(r, lambda b: checks.v2_infer(b, self.model, shape=[n, k]))
+
+
+class GrpcV2User(ApiUser):
+    """KServe V2 ``ModelInfer`` over gRPC, one channel (one HTTP/2 connection) per user: the
+    ``images`` BYTES input in ``raw_input_contents``, the top k through the classification
+    parameter, as ``tritonclient.grpc`` sends them."""
+
+    def on_start(self) -> None:
+        self.model = self.model_name()
+        o = self.o
+        target = o.grpc_target or f"{urlsplit(self.host).hostname}:8001"
+        self.channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {TOKEN}")] if TOKEN else []
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self.channel.close()
+
+    @tag("grpc")
+    @task
+    def grpc_infer(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        n, k = self.o.images_per_request, self.o.top_k
+        files = [data for _, data, _ in self.images(n)]
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name="images", datatype="BYTES", shape=[n]
+        )
+        output = service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")
+        output.parameters["classification"].int64_param = k
+        request = service_pb2.ModelInferRequest(
+            model_name=self.model,
+            inputs=[tensor],
+            outputs=[output],
+            raw_input_contents=[b"".join(len(f).to_bytes(4, "little") + f for f in files)],
+        )
+        start = time.perf_counter()
+        problem = None
+        length = 0
+        try:
+            response = self.stub.ModelInfer(
+                request, metadata=self.metadata, timeout=self.network_timeout
+            )
+            length = response.ByteSize()
+            problem = checks.grpc_infer(response, self.model, [n, k])
+        except grpc.RpcError as exc:
+            problem = f"{exc.code().name}: {exc.details()}"
+        self.environment.events.request.fire(
+            request_type="gRPC",
+            name="ModelInfer",
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=length,
+            exception=RuntimeError(problem) if problem else None,
+            context={},
+        )
 
 
 class TFServingUser(ApiUser):

@@ -120,9 +120,14 @@ def test_probes_fit_a_slow_model_load(values):
     startup, ready, live = (
         container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe")
     )
-    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert ready["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert live["httpGet"] == {"path": "/healthz", "port": "http"}
+    if values and load(values[0]).get("probes", {}).get("grpc"):
+        # Readiness semantics (/readyz) under service "", liveness (/healthz) under "liveness".
+        assert startup["grpc"] == ready["grpc"] == {"port": 8001, "service": ""}
+        assert live["grpc"] == {"port": 8001, "service": "liveness"}
+    else:
+        assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert ready["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert live["httpGet"] == {"path": "/healthz", "port": "http"}
     # Load + warm-up of a ResNet on a cold node can take minutes: allow at least five.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     assert {"name": "http", "containerPort": 8000, "protocol": "TCP"} in container["ports"]
@@ -361,11 +366,16 @@ def test_redis_modes():
     assert one(external, "Secret")["stringData"] == {"SERVE_LOG_LEVEL": "info"}
 
 
-def test_network_policy_lets_in_only_the_port_the_test_pod_and_prometheus():
+def test_network_policy_lets_in_only_the_ports_the_test_pod_and_prometheus():
     objs = render(("ci/redis-internal-netpol-values.yaml",))
     policy = one(objs, "NetworkPolicy", "server")
     clients, scrapers = policy["spec"]["ingress"]
-    assert clients["ports"] == scrapers["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert clients["ports"] == [
+        {"port": "http", "protocol": "TCP"},
+        {"port": "grpc", "protocol": "TCP"},
+    ]
+    # /metrics is served on the HTTP port only.
+    assert scrapers["ports"] == [{"port": "http", "protocol": "TCP"}]
     test_pod = one(objs, "Pod", "test")
     selectors = [p["podSelector"]["matchLabels"] for p in clients["from"] if "podSelector" in p]
     assert any(s.items() <= test_pod["metadata"]["labels"].items() for s in selectors)

@@ -53,6 +53,11 @@ DIMENSIONS = {
         ("metrics.podAnnotations=true",),
         ("metrics.podAnnotations=false", "metrics.serviceMonitor.enabled=true"),
     ],
+    "grpc": [
+        ("grpc.enabled=true",),
+        ("grpc.enabled=false",),
+        ("grpc.enabled=true", "probes.grpc=true", "grpc.ingress.enabled=true"),
+    ],
 }
 
 
@@ -100,7 +105,9 @@ def test_option_matrix_lints_renders_and_validates(sets):
     kinds = {o["kind"] for o in objs}
     assert ("HorizontalPodAutoscaler" in kinds) == ("autoscaling.kind=hpa" in sets)
     assert ("ScaledObject" in kinds) == ("autoscaling.kind=keda" in sets)
-    assert ("Ingress" in kinds) == ("ingress.enabled=true" in sets)
+    ingresses = {o["metadata"]["name"] for o in objs if o["kind"] == "Ingress"}
+    assert ("rel-resnet-serve" in ingresses) == ("ingress.enabled=true" in sets)
+    assert ("rel-resnet-serve-grpc" in ingresses) == ("grpc.ingress.enabled=true" in sets)
     assert ("NetworkPolicy" in kinds) == ("networkPolicy.enabled=true" in sets)
 
 

@@ -38,6 +38,15 @@ BAD_VALUES = {
     "a typo in the Locust peer": ("networkPolicy.locust.enable=true", "'enable' not allowed"),
     "a test image without a tag": ("tests.image.tag=", "/tests/image/tag"),
     "an ephemeral extra that is no size": ("ephemeralStorageExtra=lots", "/ephemeralStorageExtra"),
+    "gRPC port out of range": ("grpc.containerPort=70000", "/grpc/containerPort"),
+    "gRPC Service port of zero": ("grpc.servicePort=0", "/grpc/servicePort"),
+    "a typo under grpc": ("grpc.enable=false", "additional properties 'enable' not allowed"),
+    "an appProtocol with spaces": ("grpc.appProtocol=h2 c", "/grpc/appProtocol"),
+    "a typo in the gRPC Ingress": (
+        "grpc.ingress.host=x",
+        "additional properties 'host' not allowed",
+    ),
+    "gRPC probes that are no boolean": ("probes.grpc=maybe", "/probes/grpc"),
 }
 
 
@@ -95,6 +104,7 @@ def test_good_values_still_pass():
             "podDisruptionBudget.maxUnavailable=50%",
             "settings.SERVE_XLA=true",
             "weights.file=models/a.keras",
+            "grpc.appProtocol=grpc",
         )
     )
     assert result.returncode == 0, result.stdout + result.stderr

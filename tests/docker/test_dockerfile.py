@@ -85,7 +85,7 @@ def test_settings_in_the_image_are_real_settings(monkeypatch):
     for key, value in serve.items():
         monkeypatch.setenv(key, expand(value))
     settings = Settings()
-    assert settings.host == "0.0.0.0" and settings.port == 8000
+    assert settings.host == "0.0.0.0" and settings.port == 8000 and settings.grpc_port == 8001
     assert settings.strict is True and settings.weights == "imagenet"
     assert settings.model == "resnet50"
 
@@ -99,7 +99,9 @@ def test_image_matches_the_chart():
         values["podSecurityContext"]["runAsUser"] == 10001 == values["securityContext"]["runAsUser"]
     )
     assert values["podSecurityContext"]["runAsGroup"] == 10001
-    assert last("EXPOSE") == env["SERVE_PORT"] == str(values["containerPort"])
+    http, grpc = last("EXPOSE").split()
+    assert http == env["SERVE_PORT"] == str(values["containerPort"])
+    assert grpc == env["SERVE_GRPC_PORT"] == str(values["grpc"]["containerPort"])
     # The chart's KERAS_HOME for weights.source=image is the folder baked into the image.
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     assert f'"image" }}}}{env["KERAS_HOME"]}{{{{' in helpers
