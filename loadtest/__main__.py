@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         shape = a.shape
     with contextlib.ExitStack() as stack:
-        host = a.host
+        host, service_pid = a.host, 0
         if a.start_local:
             env = dict(kv.split("=", 1) for kv in a.local_env)
-            host = stack.enter_context(
+            host, service_pid = stack.enter_context(
                 runner.local_service(env, a.out / "service.log", a.ready_timeout)
             )
         cfg = runner.RunConfig(
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             scrape_interval=a.scrape_interval,
             processes=a.processes,
+            service_pid=service_pid,
         )
         summary = runner.run(cfg, a.ready_timeout, **report_args)
     print((a.out / "summary.md").read_text())

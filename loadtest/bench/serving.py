@@ -102,18 +102,44 @@ def decode_ceiling(image: Path, cpus: list[int], seconds: float) -> float:
     return sum(rates)
 
 
-def _tree_cpu(pid: int) -> float:
+ROLES = ("front_ends", "accelerator", "supervisor")
+
+
+def _cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the service's processes: the front ends, the accelerator process
+    (with any cpu-stage workers it started) and the supervisor, told apart by their command
+    lines (server/supervisor.py starts them as ``-m service.server.frontend`` and
+    ``-m service.engine.process``)."""
     import psutil
 
-    root = psutil.Process(pid)
-    total = 0.0
-    for p in [root, *root.children(recursive=True)]:
+    def cpu(p: psutil.Process) -> float:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            return t.user + t.system
         except psutil.NoSuchProcess:
-            pass
-    return total
+            return 0.0
+
+    root = psutil.Process(pid)
+    seconds = dict.fromkeys(ROLES, 0.0)
+    seconds["supervisor"] += cpu(root)
+    for child in root.children():
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        role = (
+            "accelerator"
+            if "service.engine" in command
+            else "front_ends"
+            if "service.server.frontend" in command
+            else "supervisor"
+        )
+        try:
+            tree = [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        seconds[role] += sum(cpu(p) for p in tree)
+    return seconds
 
 
 def wrk(url: str, body: Body, connections: int, seconds: float, cpus: list[int] | None) -> dict:
@@ -246,9 +272,9 @@ def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) 
     target = grpc_address if path == "grpc" else url
     protocol = "grpc" if path == "grpc" else "http"
     run(target, body, args.connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
-    before_cpu, before = _tree_cpu(pid), scrape(url)
+    before_cpu, before = _cpu_by_role(pid), scrape(url)
     result = run(target, body, args.connections, args.seconds, loadgen_cpus)
-    after, after_cpu = scrape(url), _tree_cpu(pid)
+    after, after_cpu = scrape(url), _cpu_by_role(pid)
     images = result["images_per_s"] * args.seconds
     executions = _delta(after, before, "serve_execution_count_total")
     inferred = _delta(after, before, "serve_inference_count_total")
@@ -256,7 +282,10 @@ def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) 
     ok_after, failed_after = _answered(after, protocol)
     result["answered"] = ok_after - ok_before
     result["failed"] = failed_after - failed_before
-    result["service_cpu_ms_per_image"] = 1000 * (after_cpu - before_cpu) / max(images, 1)
+    for role in ROLES:
+        spent = after_cpu[role] - before_cpu[role]
+        result[f"{role}_cpu_ms_per_image"] = 1000 * spent / max(images, 1)
+    result["service_cpu_ms_per_image"] = sum(result[f"{r}_cpu_ms_per_image"] for r in ROLES)
     result["loadgen_cpu_ms_per_image"] = 1000 * result.pop("loadgen_cpu_s") / max(images, 1)
     result["mean_batch"] = inferred / executions if executions else 0.0
     result["runner_busy_ratio"] = after.get("serve_runner_busy_ratio", 0.0)
@@ -318,6 +347,7 @@ def measure(cpus: list[int], args, image: Path, model: Path, paths: list[str]) -
                     "p50_ms",
                     "p99_ms",
                     "service_cpu_ms_per_image",
+                    *(f"{r}_cpu_ms_per_image" for r in ROLES),
                     "loadgen_cpu_ms_per_image",
                     "mean_batch",
                     "answered",
@@ -372,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {path:8s} {p['images_per_s']:.0f}/s (ratio {p['service_over_ceiling']:.3f}"
                     f", p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms), service CPU "
-                    f"{p['service_cpu_ms_per_image']:.2f} ms/image, load generator "
+                    f"{p['service_cpu_ms_per_image']:.2f} ms/image (front ends "
+                    f"{p['front_ends_cpu_ms_per_image']:.2f}, accelerator process "
+                    f"{p['accelerator_cpu_ms_per_image']:.2f}), load generator "
                     f"{p['loadgen_cpu_ms_per_image']:.3f} ms/image, mean batch "
                     f"{p['mean_batch']:.2f}, failed {p['failed']:.0f}"
                 )

@@ -413,18 +413,25 @@ def markdown(s: dict[str, Any]) -> str:
             "",
             "Levels (steady part of each step; from the request log or Locust's history):",
             "",
-            "| users | req/s | errors | p50 ms | p95 ms | p99 ms | batch | runner busy |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| users | req/s | errors | p50 ms | p95 ms | p99 ms | batch | runner busy "
+            "| service CPU | Locust CPU |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for lv in s["levels"]:
             sv = lv["server"]
             batch = f"{sv['mean_batch_size']:.2f}" if "mean_batch_size" in sv else "–"
             busy = f"{sv['runner_busy']:.0%}" if "runner_busy" in sv else "–"
+            cores = [f"{sv[k]:.2f}" if k in sv else "–" for k in ("cpu_service", "cpu_loadgen")]
             lines.append(
                 f"| {lv['users']} | {lv['rps']:.1f} | {lv['error_rate']:.1%} | "
                 f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | "
-                f"{batch} | {busy} |"
+                f"{batch} | {busy} | {cores[0]} | {cores[1]} |"
             )
+        lines += [
+            "",
+            "CPU columns: cores kept busy (CPU seconds per second) by the service's processes "
+            "(when started locally) and by Locust.",
+        ]
     c = s.get("capacity")
     if c:
         lines += ["", "## Capacity", ""]

@@ -16,11 +16,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import requests
-
-from ..common import free_port, wait_ready
+from ..common import free_port, serving, wait_ready
 from . import report, shapes
-from .scrape import Scraper
+from .scrape import Scraper, tree_cpu_sampler
 
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -44,6 +42,8 @@ class RunConfig:
     seed: int = 0
     scrape_interval: float = 1.0
     processes: int = 0  # Locust worker processes on this machine (0: one process)
+    # A local service's PID: its CPU is sampled next to the load generator's (0: not local).
+    service_pid: int = 0
     extra: list[str] = field(default_factory=list)
 
     def stages(self) -> list[shapes.Stage]:
@@ -103,11 +103,21 @@ def run(cfg: RunConfig, ready_timeout: float = 120.0, **report_args) -> dict:
     }
     limit = shapes.total_time(stages) + 60
     with (cfg.out / "locust.log").open("wb") as logf:
-        with Scraper(cfg.host.rstrip("/") + "/metrics", cfg.scrape_interval) as scraper:
-            meta["locust_started"] = time.time()
-            proc = subprocess.run(
-                meta["command"], stdout=logf, stderr=subprocess.STDOUT, timeout=limit
-            )
+        meta["locust_started"] = time.time()
+        proc = subprocess.Popen(meta["command"], stdout=logf, stderr=subprocess.STDOUT)
+        # The load generator's CPU next to the service's: on one machine they share the cores.
+        cpu = {"loadgen": tree_cpu_sampler(proc.pid)}
+        if cfg.service_pid:
+            cpu["service"] = tree_cpu_sampler(cfg.service_pid)
+        try:
+            with Scraper(
+                cfg.host.rstrip("/") + "/metrics", cfg.scrape_interval, cpu=cpu
+            ) as scraper:
+                proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
         meta["locust_ended"] = time.time()
     scraper.write(cfg.out / "server_metrics.csv")
     # Locust exits 1 when any request failed; the report says which. Other codes: broken run.
@@ -121,7 +131,8 @@ def run(cfg: RunConfig, ready_timeout: float = 120.0, **report_args) -> dict:
 
 @contextmanager
 def local_service(env: dict[str, str], log_path: Path, timeout: float = 600.0):
-    """``python -m service`` on a free loopback port for the duration of the block."""
+    """``python -m service`` on a free loopback port for the duration of the block: yields
+    its URL and PID."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -130,33 +141,8 @@ def local_service(env: dict[str, str], log_path: Path, timeout: float = 600.0):
         "SERVE_HOST": "127.0.0.1",
         "SERVE_PORT": str(port),
     }
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as logf:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=full_env, stdout=logf, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the local service exited {proc.returncode}; see {log_path}"
-                    )
-                try:
-                    if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the local service was not ready in {timeout:g} s")
-                time.sleep(0.5)
-            log.info("local service ready at %s", url)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    log.info("starting the local service (its log: %s)", log_path)
+    command = [sys.executable, "-m", "service"]
+    with serving(command, port, log_path, full_env, timeout=timeout) as (url, proc):
+        log.info("local service ready at %s", url)
+        yield url, proc.pid

@@ -6,6 +6,7 @@ import csv
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -47,10 +48,18 @@ def parse(text: str) -> dict[str, float]:
 class Scraper:
     """Polls ``url`` every ``interval`` seconds in a thread; rows keep the wall time."""
 
-    def __init__(self, url: str, interval: float = 1.0, timeout: float = 5.0):
+    def __init__(
+        self,
+        url: str,
+        interval: float = 1.0,
+        timeout: float = 5.0,
+        cpu: dict[str, Callable[[], float | None]] | None = None,
+    ):
         self.url = url
         self.interval = interval
         self.timeout = timeout
+        # CPU seconds so far of named process trees, one ``cpu_seconds_<name>`` column each.
+        self.cpu = cpu or {}
         self.rows: list[dict[str, float]] = []
         self.errors = 0
         self._stop = threading.Event()
@@ -69,7 +78,12 @@ class Scraper:
         try:
             r = requests.get(self.url, timeout=self.timeout)
             r.raise_for_status()
-            self.rows.append({"time": time.time(), **parse(r.text)})
+            row = {"time": time.time(), **parse(r.text)}
+            for name, sample in self.cpu.items():
+                seconds = sample()
+                if seconds is not None:
+                    row[f"cpu_seconds_{name}"] = seconds
+            self.rows.append(row)
         except (requests.RequestException, ValueError) as exc:
             self.errors += 1
             if self.errors <= 3:
@@ -130,6 +144,10 @@ def summarize(rows: list[dict[str, float]], start: float | None = None, end: flo
         out["mean_batch_size"] = inf / exe
     if inf is not None and dt > 0:
         out["images_per_s"] = inf / dt
+    for key in sorted({k for k in last if k.startswith("cpu_seconds_")}):
+        spent = delta(key)
+        if spent is not None and dt > 0:  # cores kept busy over the window
+            out["cpu_" + key.removeprefix("cpu_seconds_")] = spent / dt
     if busy is not None and dt > 0:  # busy seconds add up over the runner instances
         instances = max(1.0, last.get("model_instances", 1.0))
         out["runner_busy"] = min(1.0, busy / dt / instances)
@@ -143,3 +161,30 @@ def summarize(rows: list[dict[str, float]], start: float | None = None, end: flo
             out[key] = sum(values) / len(values)
             out[f"{key}_max"] = max(values)
     return out
+
+
+def tree_cpu_sampler(pid: int) -> Callable[[], float | None]:
+    """CPU seconds (user + system) of process ``pid`` and its descendants so far, for
+    ``Scraper(cpu=...)``. A descendant that exited takes its seconds with it, so the value
+    is kept monotonic; after the root exits the last value stays."""
+    import psutil
+
+    seen: dict[int, float] = {}  # per process, so one exiting does not lower the sum
+    last: list[float | None] = [None]
+
+    def sample() -> float | None:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return last[0]
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                seen[proc.pid] = t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        last[0] = sum(seen.values())
+        return last[0]
+
+    return sample

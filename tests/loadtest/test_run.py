@@ -194,3 +194,24 @@ def test_jobs_user_against_the_service(server, tmp_path):
     e = summary["endpoints"]
     assert e["job (submit to result)"]["requests"] > 0
     assert summary["totals"]["failures"] == 0, e
+
+
+def test_the_load_generators_cpu_is_sampled_with_each_scrape(constant_run):
+    out, summary = constant_run
+    (level,) = summary["levels"]
+    assert 0.0 < level["server"]["cpu_loadgen"] < 2.0  # cores kept busy by Locust
+    assert "cpu_service" not in level["server"]  # the service was not started by the run
+    with (out / "server_metrics.csv").open() as f:
+        seconds = [float(r["cpu_seconds_loadgen"]) for r in csv.DictReader(f)]
+    assert seconds == sorted(seconds) and seconds[-1] > 0
+    assert "Locust CPU" in (out / "summary.md").read_text()
+
+
+def test_a_local_service_is_started_ready_and_its_processes_sampled(tiny_model_file, tmp_path):
+    from loadtest.suite.scrape import tree_cpu_sampler
+
+    env = {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_PROCESSES": "1"}
+    with runner.local_service(env, tmp_path / "service.log", timeout=120) as (url, pid):
+        assert httpx.get(url + "/readyz", timeout=10).status_code == 200
+        # The supervisor, its front end and the accelerator process, which loaded a model.
+        assert tree_cpu_sampler(pid)() > 0.5

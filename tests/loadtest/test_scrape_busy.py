@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
-from loadtest.suite.scrape import parse, summarize
+from loadtest.suite.scrape import parse, summarize, tree_cpu_sampler
 
 
 def exposition(busy_seconds: float, instances: int) -> str:
@@ -26,3 +30,32 @@ def test_busy_fraction_counts_every_instance_of_the_default_stage(instances, bus
     ]
     assert rows[0]["model_instances"] == instances
     assert summarize(rows)["runner_busy"] == pytest.approx(busy)
+
+
+def test_cpu_columns_are_cores_kept_busy_over_the_window():
+    rows = [
+        {"time": 100.0, "cpu_seconds_service": 40.0, "cpu_seconds_loadgen": 5.0},
+        {"time": 104.0, "cpu_seconds_service": 46.0, "cpu_seconds_loadgen": 7.0},
+    ]
+    out = summarize(rows)
+    assert out["cpu_service"] == pytest.approx(1.5)
+    assert out["cpu_loadgen"] == pytest.approx(0.5)
+
+
+def test_the_cpu_sampler_counts_children_and_keeps_their_seconds_after_they_exit():
+    # A parent that starts a child burning ~0.6 s of CPU, then waits a little after it exits.
+    burn = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', "
+        "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.6: pass'])\n"
+        "c.wait(); time.sleep(1.5)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", burn])
+    sample = tree_cpu_sampler(proc.pid)
+    values = []
+    while proc.poll() is None:
+        values.append(sample())
+        time.sleep(0.05)
+    after_exit = sample()
+    assert values == sorted(values), "the sum never goes down when a child exits"
+    assert after_exit >= values[-1] >= 0.5  # the child's last 50 ms may go unseen
