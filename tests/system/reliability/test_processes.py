@@ -293,3 +293,54 @@ def test_a_killed_accelerator_process_makes_the_pod_not_ready_until_it_is_back(
         assert r.status_code == 200
     finally:
         stop_server(srv)
+
+
+def test_an_accelerator_process_that_keeps_dying_stops_the_pod_with_exit_1(
+    tiny_model_file, tmp_path
+):
+    """Restarting forever would hide a crash loop behind a pod that is never ready; after
+    ENGINE_RESTARTS deaths within the window the supervisor exits 1, so the kubelet restarts
+    the container with its backoff and the restarts show in its status."""
+    import psutil
+
+    from service.server.supervisor import ENGINE_RESTARTS
+
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
+    try:
+        front = frontends(srv.process.pid)
+        killed: set[int] = set()
+        for _ in range(ENGINE_RESTARTS):
+            deadline = time.monotonic() + 60
+            while (pid := engine(srv.process.pid)) is None or pid in killed:
+                assert srv.process.poll() is None, srv.log()[-2000:]
+                assert time.monotonic() < deadline, "no new accelerator process"
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        assert srv.process.wait(60) == 1
+        assert f"died {ENGINE_RESTARTS} times" in srv.log()
+        assert front and not any(psutil.pid_exists(p) for p in front), "front ends left behind"
+    finally:
+        stop_server(srv)
+
+
+def test_front_ends_that_keep_dying_stop_the_pod_with_exit_1(tiny_model_file, tmp_path):
+    from service.server.supervisor import FRONTEND_RESTARTS
+
+    env = {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_PROCESSES": "1"}
+    srv = start_server(env, tmp_path / "log")
+    try:
+        killed: set[int] = set()
+        for _ in range(FRONTEND_RESTARTS):
+            deadline = time.monotonic() + 60
+            while not (alive := set(frontends(srv.process.pid)) - killed):
+                assert srv.process.poll() is None, srv.log()[-2000:]
+                assert time.monotonic() < deadline, "no new front end"
+                time.sleep(0.05)
+            pid = alive.pop()
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        assert srv.process.wait(60) == 1
+        assert f"front ends died {FRONTEND_RESTARTS} times" in srv.log()
+    finally:
+        stop_server(srv)
