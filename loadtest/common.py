@@ -91,12 +91,13 @@ def serving(
     env: dict[str, str] | None = None,
     ready_path: str = "/readyz",
     timeout: float = 300.0,
+    cwd: Path | None = ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Run a server on ``port`` until it answers ``ready_path``; yield its URL and process;
-    stop it (SIGTERM, then SIGKILL) afterwards."""
+    stop it (SIGTERM, then SIGKILL) afterwards. ``cwd`` None: this process's directory."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, ready_path, timeout, proc)

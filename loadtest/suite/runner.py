@@ -114,7 +114,7 @@ def run(cfg: RunConfig, ready_timeout: float = 120.0, **report_args) -> dict:
                 cfg.host.rstrip("/") + "/metrics", cfg.scrape_interval, cpu=cpu
             ) as scraper:
                 proc.wait(limit)
-        except subprocess.TimeoutExpired:
+        except BaseException:  # over its time limit, or this run interrupted: no stray Locust
             proc.kill()
             proc.wait()
             raise
@@ -143,6 +143,7 @@ def local_service(env: dict[str, str], log_path: Path, timeout: float = 600.0):
     }
     log.info("starting the local service (its log: %s)", log_path)
     command = [sys.executable, "-m", "service"]
-    with serving(command, port, log_path, full_env, timeout=timeout) as (url, proc):
+    # The caller's directory, so that relative paths in ``env`` mean what they say.
+    with serving(command, port, log_path, full_env, timeout=timeout, cwd=None) as (url, proc):
         log.info("local service ready at %s", url)
         yield url, proc.pid
