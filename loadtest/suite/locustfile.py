@@ -18,14 +18,14 @@ Closed loop (default): each user sends, waits for the answer, thinks ``--think-t
 Open loop (``--arrival-rate R``): requests arrive at R per second in total (Poisson gaps),
 whatever the latency; R scales with the shape's user count (R at its largest).
 
-The shape comes from ``--shape`` (shapes.py). This file also runs from a flat folder
-(the in-cluster ConfigMap) next to shapes.py, checks.py and images.py.
+The shape comes from ``--shape`` (shapes.py; its options and the request log: options.py).
+This file also runs from a flat folder (the in-cluster ConfigMap) next to options.py,
+shapes.py, checks.py and images.py.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import itertools
 import json
 import os
@@ -37,16 +37,20 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.pool
-from locust import FastHttpUser, LoadTestShape, events, tag, task
+from locust import FastHttpUser, events, tag, task
 from locust.user.task import filter_tasks_by_tags
 
 try:
     from loadtest.suite import checks, images, shapes
+
+    # PlannedShape: Locust takes the shape class from this module's names.
+    from loadtest.suite.options import PlannedShape, RequestLog, stages_of  # noqa: F401
 except ImportError:  # flat folder (the chart's ConfigMap)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import checks  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     import shapes  # type: ignore[no-redef]
+    from options import PlannedShape, RequestLog, stages_of  # type: ignore[no-redef] # noqa: F401
 
 # Locust writes the history CSV once a second (its default; set here so a change upstream
 # does not silently coarsen the reports).
@@ -66,66 +70,6 @@ try:  # the gRPC user's client: gRPC on gevent's loop, Triton's definitions of t
     grpc_gevent.init_gevent()
 except ImportError:
     grpc = None  # type: ignore[assignment]
-
-
-@events.init_command_line_parser.add_listener
-def _options(parser) -> None:
-    add = parser.add_argument
-    add("--shape", choices=shapes.SHAPES, default="constant", help="load shape")
-    add("--step-users", type=int, default=2, help="step: users added per step")
-    add("--step-time", type=shapes.seconds, default=30.0, help="step: seconds per step")
-    add("--steps", type=int, default=5, help="step: number of steps")
-    add("--spike-users", type=int, default=16, help="spike: users during the spike")
-    add("--spike-at", type=shapes.seconds, default=20.0, help="spike: seconds before it")
-    add("--spike-duration", type=shapes.seconds, default=10.0, help="spike: its length")
-    add("--ramp-time", type=shapes.seconds, default=60.0, help="soak: ramp-up seconds")
-    add("--arrival-rate", type=float, default=0.0, help="open loop: requests/s (0: closed)")
-    add("--max-in-flight", type=int, default=64, help="open loop: cap per user")
-    add("--think-time", type=float, default=0.0, help="closed loop: seconds between requests")
-    add("--images-dir", default=os.environ.get("LOADTEST_IMAGES", ""), help="image folder")
-    add("--images-per-request", type=int, default=1, help="multipart/b64/v2/tfserving/jobs")
-    add("--top-k", type=int, default=5, help="classes per image")
-    add("--model-name", default="", help="model name for v2/tfserving (default: /v1/models)")
-    add("--job-timeout", type=float, default=60.0, help="jobs: seconds to wait for a result")
-    add("--request-log", default="", help="CSV of every request (one file per process)")
-    add("--seed", type=int, default=0, help="seed of the image choice and arrival gaps")
-    add("--grpc-target", default="", help="grpc: host:port (default: --host's host, port 8001)")
-
-
-def options_to_params(o) -> shapes.ShapeParams:
-    return shapes.ShapeParams(
-        users=max(1, int(o.num_users or 1)),
-        spawn_rate=float(o.spawn_rate or 1),
-        run_time=float(o.run_time or 0),
-        step_users=o.step_users,
-        step_time=o.step_time,
-        steps=o.steps,
-        spike_users=o.spike_users,
-        spike_at=o.spike_at,
-        spike_duration=o.spike_duration,
-        ramp_time=o.ramp_time,
-    )
-
-
-def stages_of(o) -> list[shapes.Stage] | None:
-    """The plan of the chosen shape; None: constant with no run time (runs until stopped)."""
-    if o.shape == "constant" and not o.run_time:
-        return None
-    return shapes.plan(o.shape, options_to_params(o))
-
-
-class PlannedShape(LoadTestShape):
-    """Walks the plan of ``--shape``; ``-u``, ``-r`` and ``-t`` feed the constant shape."""
-
-    use_common_options = True
-
-    def tick(self):
-        o = self.runner.environment.parsed_options
-        stages = stages_of(o)
-        if stages is None:
-            return max(1, int(o.num_users or 1)), float(o.spawn_rate or 1)
-        stage = shapes.at(stages, self.get_run_time())
-        return None if stage is None else (stage.users, stage.spawn_rate)
 
 
 @events.init.add_listener
@@ -154,48 +98,6 @@ def _init(environment, **_kwargs) -> None:
         raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
     if o.request_log:
         RequestLog.start(environment, Path(o.request_log))
-
-
-class RequestLog:
-    """Every request as a CSV row: end time (unix s), name, response time (ms), ok, users."""
-
-    rows: list[tuple] = []
-    path: Path | None = None
-
-    @classmethod
-    def start(cls, environment, path: Path) -> None:
-        if environment.parsed_options.worker:  # one file per worker process
-            path = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cls.path = path
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerow(["time", "type", "name", "response_time_ms", "ok", "users"])
-
-        def on_request(request_type, name, response_time, exception=None, **_kw):
-            cls.rows.append(
-                (
-                    f"{time.time():.3f}",
-                    request_type,
-                    name,
-                    f"{response_time:.2f}",
-                    int(exception is None),
-                    environment.runner.user_count if environment.runner else 0,
-                )
-            )
-            if len(cls.rows) >= 500:
-                cls.flush()
-
-        environment.events.request.add_listener(on_request)
-        environment.events.test_stop.add_listener(lambda **_kw: cls.flush())
-        environment.events.quitting.add_listener(lambda **_kw: cls.flush())
-
-    @classmethod
-    def flush(cls) -> None:
-        if cls.path is None or not cls.rows:
-            return
-        rows, cls.rows = cls.rows, []
-        with cls.path.open("a", newline="") as f:
-            csv.writer(f).writerows(rows)
 
 
 _user_ids = itertools.count()

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "locust"
 CI_VALUES = sorted(f"ci/{p.name}" for p in (CHART / "ci").glob("*.yaml"))
 SHIPPED = [(), *[(v,) for v in CI_VALUES]]
-SUITE = ("locustfile.py", "shapes.py", "checks.py", "images.py")
+SUITE = ("locustfile.py", "options.py", "shapes.py", "checks.py", "images.py")
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,1 @@
+../../../loadtest/suite/options.py
