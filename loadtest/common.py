@@ -109,3 +109,25 @@ def serving(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def process_tree(pid: int) -> list:
+    """``psutil.Process`` of ``pid`` and all its descendants; [] once it is gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(proc) -> float | None:  # type: ignore[no-untyped-def]
+    """User + system CPU seconds of a ``psutil.Process`` so far; None once it is gone."""
+    import psutil
+
+    try:
+        t = proc.cpu_times()
+    except psutil.NoSuchProcess:
+        return None
+    return t.user + t.system

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from loadtest.common import ROOT
 
 
 def _ceiling_runners(buckets: list[int], instances: int, intra: int, inter: int):

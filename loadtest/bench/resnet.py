@@ -44,9 +44,7 @@ from loadtest.bench.ceiling import (  # noqa: E402
     ceiling_serve,
     paired_summary,
 )
-from loadtest.common import free_port, percentile, scrape, serving  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from loadtest.common import ROOT, free_port, percentile, scrape, serving  # noqa: E402
 
 
 def photo(seed: int, height: int = 480, width: int = 640) -> bytes:

@@ -427,11 +427,12 @@ def markdown(s: dict[str, Any]) -> str:
                 f"{_ms(lv['p50_ms'])} | {_ms(lv['p95_ms'])} | {_ms(lv['p99_ms'])} | "
                 f"{batch} | {busy} | {cores[0]} | {cores[1]} |"
             )
-        lines += [
-            "",
-            "CPU columns: cores kept busy (CPU seconds per second) by the service's processes "
-            "(when started locally) and by Locust.",
-        ]
+        if any(k.startswith("cpu_") for lv in s["levels"] for k in lv["server"]):
+            lines += [
+                "",
+                "CPU columns: cores kept busy (CPU seconds per second) by the service's "
+                "processes (when started locally) and by Locust.",
+            ]
     c = s.get("capacity")
     if c:
         lines += ["", "## Capacity", ""]

@@ -12,6 +12,8 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..common import cpu_seconds, process_tree
+
 log = logging.getLogger(__name__)
 
 # Columns read from each scrape; queue depth adds one column per stage label.
@@ -164,27 +166,22 @@ def summarize(rows: list[dict[str, float]], start: float | None = None, end: flo
 
 
 def tree_cpu_sampler(pid: int) -> Callable[[], float | None]:
-    """CPU seconds (user + system) of process ``pid`` and its descendants so far, for
-    ``Scraper(cpu=...)``. A descendant that exited takes its seconds with it, so the value
-    is kept monotonic; after the root exits the last value stays."""
-    import psutil
-
-    seen: dict[int, float] = {}  # per process, so one exiting does not lower the sum
-    last: list[float | None] = [None]
+    """CPU seconds of process ``pid`` and its descendants so far, for ``Scraper(cpu=...)``.
+    A descendant that exited takes its seconds with it, so each process's last value is kept
+    and the sum never goes down; after the root exits the last sum stays (None before any)."""
+    seen: dict[int, float] = {}
+    total: float | None = None
 
     def sample() -> float | None:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return last[0]
+        nonlocal total
+        procs = process_tree(pid)
+        if not procs:
+            return total
         for proc in procs:
-            try:
-                t = proc.cpu_times()
-                seen[proc.pid] = t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        last[0] = sum(seen.values())
-        return last[0]
+            seconds = cpu_seconds(proc)
+            if seconds is not None:
+                seen[proc.pid] = seconds
+        total = sum(seen.values())
+        return total
 
     return sample

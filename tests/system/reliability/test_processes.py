@@ -295,6 +295,21 @@ def test_a_killed_accelerator_process_makes_the_pod_not_ready_until_it_is_back(
         stop_server(srv)
 
 
+def _kill_each_new_one(srv, find, times: int) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the process ``find(supervisor_pid)`` names, ``times`` times, each time as soon
+    as a new one (not killed before) is there."""
+    killed: set[int] = set()
+    for _ in range(times):
+        deadline = time.monotonic() + 60
+        while not (new := set(find(srv.process.pid)) - killed):
+            assert srv.process.poll() is None, srv.log()[-2000:]
+            assert time.monotonic() < deadline, "no replacement was started"
+            time.sleep(0.05)
+        pid = new.pop()
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+
+
 def test_an_accelerator_process_that_keeps_dying_stops_the_pod_with_exit_1(
     tiny_model_file, tmp_path
 ):
@@ -308,15 +323,7 @@ def test_an_accelerator_process_that_keeps_dying_stops_the_pod_with_exit_1(
     srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
     try:
         front = frontends(srv.process.pid)
-        killed: set[int] = set()
-        for _ in range(ENGINE_RESTARTS):
-            deadline = time.monotonic() + 60
-            while (pid := engine(srv.process.pid)) is None or pid in killed:
-                assert srv.process.poll() is None, srv.log()[-2000:]
-                assert time.monotonic() < deadline, "no new accelerator process"
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
+        _kill_each_new_one(srv, lambda pid: [p for p in [engine(pid)] if p], ENGINE_RESTARTS)
         assert srv.process.wait(60) == 1
         assert f"died {ENGINE_RESTARTS} times" in srv.log()
         assert front and not any(psutil.pid_exists(p) for p in front), "front ends left behind"
@@ -330,16 +337,7 @@ def test_front_ends_that_keep_dying_stop_the_pod_with_exit_1(tiny_model_file, tm
     env = {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_PROCESSES": "1"}
     srv = start_server(env, tmp_path / "log")
     try:
-        killed: set[int] = set()
-        for _ in range(FRONTEND_RESTARTS):
-            deadline = time.monotonic() + 60
-            while not (alive := set(frontends(srv.process.pid)) - killed):
-                assert srv.process.poll() is None, srv.log()[-2000:]
-                assert time.monotonic() < deadline, "no new front end"
-                time.sleep(0.05)
-            pid = alive.pop()
-            os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
+        _kill_each_new_one(srv, frontends, FRONTEND_RESTARTS)
         assert srv.process.wait(60) == 1
         assert f"front ends died {FRONTEND_RESTARTS} times" in srv.log()
     finally:
