@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -30,11 +31,11 @@ from .dataplane.dataplane import DataPlane, Engine
 from .jobs.record import JobStore
 from .jobs.runner import JobRunner, make_store
 from .metrics import Metrics
-from .model.backends import select as select_backend
-from .model.loader import LoadedModel, check_weights
-from .pipeline.registry import PipelineRegistry
 from .preprocess.decoder import Decoder
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .model.loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,24 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = metrics or Metrics()
-    engine = engine or PipelineRegistry(settings, metrics, model_factory)
+    local = engine is None
+    if engine is None:  # one process: the pipelines load here (tests, notebooks)
+        from .engine.registry import PipelineRegistry
+
+        engine = PipelineRegistry(settings, metrics, model_factory)
     decoder = Decoder(niceness=settings.preprocess_nice)
     plane = DataPlane(settings, engine, decoder, metrics, admission)
     jobs = JobRunner(job_store or make_store(settings), plane, settings, metrics, job_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if isinstance(engine, PipelineRegistry):  # the models load here: their backend too
-            select_backend(settings.backend)
+        if local:  # the models load here: their backend too
+            from .model.backends import select
+
+            select(settings.backend)
         if settings.strict:  # refuse to start before anything is loaded
+            from .model.loader import check_weights
+
             check_weights(settings.model, settings.weights)
         grpc_server = None
         if grpc_port:

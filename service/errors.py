@@ -75,6 +75,16 @@ class NotFound(ServeError):
     default_code = "not_found"
 
 
+class PipelineNotFound(NotFound):
+    """No pipeline of that name is configured."""
+
+    default_code = "pipeline_not_found"
+
+    @classmethod
+    def of(cls, name: str, known: list[str]) -> PipelineNotFound:
+        return cls(f"unknown pipeline {name!r}; configured: {known}")
+
+
 class Conflict(ServeError):
     """The thing exists but its state forbids the operation (409)."""
 
@@ -111,6 +121,10 @@ class Overloaded(Unavailable):
     """Admitting the request would exceed the bound of images in flight."""
 
     default_code = "overloaded"
+
+
+class QueueFull(Overloaded):
+    """A model stage's queue in the accelerator process is at its bound."""
 
 
 class NotReady(Unavailable):

@@ -301,6 +301,14 @@ class Metrics:
             "Seconds the model runners (all model stages, all instances) spent executing.",
             registry=r,
         )
+        self.batch_assembly_seconds = Counter(
+            "serve_batch_assembly_seconds",
+            "Seconds spent assembling batches (copying items into the input buffer and, on an "
+            "accelerator, sending it): `ahead` while the runner ran the batch before, `inline` "
+            "while the runner waited for it.",
+            ["when"],
+            registry=r,
+        )
         self.model_instances = Gauge(
             "serve_model_instances",
             "Runner instances of each model stage (SERVE_MODEL_INSTANCES, resolved).",

@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image
 
 from service.metrics import Metrics
-from service.pipeline.batcher import DynamicBatcher
-from service.pipeline.chain import Chain
-from service.pipeline.stages import ModelStage
+from service.engine.batcher import DynamicBatcher
+from service.engine.chain import Chain
+from service.engine.stages import ModelStage
 from service.preprocess.decode import PreprocessConfig
 from service.preprocess.decoder import Decoder
 

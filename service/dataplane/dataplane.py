@@ -7,7 +7,7 @@
 bound, sets the deadline, decodes the images in this process's threads, sends each through the
 engine as soon as it is decoded, and ranks the outputs. It knows no wire format: the codecs
 (``service/codecs``) turn bodies into :class:`~.request.InferRequest` and results back; the
-engine is the in-process :class:`~service.pipeline.registry.PipelineRegistry` or, in the
+engine is the in-process :class:`~service.engine.registry.PipelineRegistry` or, in the
 front-end/accelerator layout, the client of the accelerator process.
 """
 
@@ -20,15 +20,21 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, InvalidInput, NotFound, NotReady, ServeError
+from ..errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    PipelineNotFound,
+    ServeError,
+)
 from ..metrics import Metrics, WorkWindow
 from ..pipeline.info import BatchInfo, PipelineInfo
-from ..pipeline.postprocess import probabilities, top_k
-from ..pipeline.registry import PipelineNotFound
 from ..preprocess.decode import PreprocessConfig
 from ..preprocess.decoder import Decoder
 from ..settings import Settings
 from .admission import Admission, Bound
+from .postprocess import probabilities, top_k
 from .request import InferRequest, InferResult, Timing
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..pipeline.info import PipelineInfo
-from ..pipeline.postprocess import Prediction
+from .postprocess import Prediction
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS: the model is not trained; predictions are meaningless"
 

@@ -17,7 +17,7 @@ import os
 from functools import partial
 from typing import Any
 
-from ..engine.channel import Channel
+from ..wire.channel import Channel
 from .memory import MemoryJobStore
 from .record import Claim, Job, JobStore, StoreUnavailable
 

@@ -19,7 +19,7 @@ import bisect
 import copy
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,6 +52,14 @@ def input_spec(loaded: LoadedModel) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(d) for d in shape), np.dtype(np.float32)
 
 
+class Prepared(NamedTuple):
+    """An assembled batch: the padded input (on the device, once transferred)."""
+
+    batch: Any
+    n: int  # items, before padding
+    size: int  # the bucket
+
+
 class ModelRunner(abc.ABC):
     """Executes batches on one model. Not thread-safe: each instance is called from one thread
     (:meth:`sibling` makes another instance for another thread).
@@ -71,7 +79,7 @@ class ModelRunner(abc.ABC):
         self.max_batch_size = self.buckets[-1]
         self.input_shape, self.input_dtype = input_spec(loaded)
         self.images = self.input_dtype == np.uint8
-        self._buffers: dict[int, np.ndarray] = {}
+        self._buffers: dict[int, list[np.ndarray]] = {}  # bucket -> two input buffers
         self.call_cost_s = 0.0  # measured by warmup()
         self._compile(xla)
         self.device = self._device()
@@ -115,24 +123,45 @@ class ModelRunner(abc.ABC):
         twin._buffers = {}
         return twin
 
-    def run(self, images: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, int, float]:
-        """Run one batch. Returns (outputs[n, ...] float32, padded size, compute seconds)."""
+    def assemble(self, images: list[np.ndarray] | np.ndarray) -> Prepared:
+        """Copy a batch into an input buffer of its bucket, padded, and hand it to the device
+        (:meth:`_transfer`). Two buffers per bucket take turns, so the next batch is
+        assembled while the one before still runs (``DynamicBatcher``'s ``ahead``)."""
         n = len(images)
         size = self.bucket_for(n)
-        buf = self._buffers.get(size)
-        if buf is None:
-            buf = self._buffers[size] = np.zeros((size, *self.input_shape), self.input_dtype)
+        pair = self._buffers.get(size)
+        if pair is None:
+            pair = self._buffers[size] = [
+                np.zeros((size, *self.input_shape), self.input_dtype) for _ in range(2)
+            ]
+        pair.reverse()
+        buf = pair[0]
         if isinstance(images, np.ndarray):
             buf[:n] = images
-        else:
-            for i, image in enumerate(images):
-                buf[i] = image
+        elif n:  # one vectorised copy of the items (views into the front ends' shared memory)
+            np.stack(images, out=buf[:n])
         if n < size:
             buf[n:] = 0
+        return Prepared(self._transfer(buf), n, size)
+
+    def execute(self, prepared: Prepared) -> tuple[np.ndarray, int, float]:
+        """Run an assembled batch: (outputs[n, ...] float32, padded size, compute seconds)."""
         start = time.perf_counter()
-        out = self._call(buf)
+        out = self._call(prepared.batch)
         seconds = time.perf_counter() - start
-        return out[:n], size, seconds
+        return out[: prepared.n], prepared.size, seconds
+
+    def run(self, images: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, int, float, float]:
+        """Assemble and run one batch: (outputs, padded size, compute s, assembly s)."""
+        start = time.perf_counter()
+        prepared = self.assemble(images)
+        assembly_s = time.perf_counter() - start
+        out, size, seconds = self.execute(prepared)
+        return out, size, seconds, assembly_s
+
+    def _transfer(self, batch: np.ndarray) -> Any:
+        """Start moving an assembled batch to the device (default: the call takes it)."""
+        return batch
 
     def warmup(self) -> float:
         """Compile and run every bucket (twice: the first run builds per-shape kernels); the
@@ -141,7 +170,9 @@ class ModelRunner(abc.ABC):
         warm: dict[int, float] = {}
         for size in self.buckets:
             for _ in range(2):
-                _, _, warm[size] = self.run(np.zeros((size, *self.input_shape), self.input_dtype))
+                _, _, warm[size], _ = self.run(
+                    np.zeros((size, *self.input_shape), self.input_dtype)
+                )
         self.call_cost_s = fixed_cost(warm)
         seconds = time.perf_counter() - start
         log.info(

@@ -8,6 +8,12 @@ process and its description is all that crosses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .config import DEFAULT, CpuStageSpec, PipelineSpec
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -64,3 +70,36 @@ class PipelineInfo:
     @property
     def ready(self) -> bool:
         return self.state == "ready"
+
+
+def stage_label(pipeline: str, stage: str) -> str:
+    """Metrics label of a stage: its name in ``default``, else ``pipeline/stage``."""
+    return stage if pipeline == DEFAULT else f"{pipeline}/{stage}"
+
+
+def model_name(settings: Settings, pipeline: str) -> str:
+    """A pipeline's name in the APIs: SERVE_MODEL_NAME for ``default``."""
+    return settings.model_name if pipeline == DEFAULT else pipeline
+
+
+def configured_info(settings: Settings, spec: PipelineSpec) -> PipelineInfo:
+    """A pipeline before it has loaded: what its configuration says."""
+    default = spec.name == DEFAULT
+    stages = [StageInfo(stage_label(spec.name, "preprocess"), "decode")]
+    for step in spec.chain:
+        label = stage_label(spec.name, step.name)
+        if isinstance(step, CpuStageSpec):
+            stages.append(StageInfo(label, "cpu", function=step.function))
+        elif default:
+            stages.append(StageInfo(label, "model", model=settings.model, weights=settings.weights))
+        else:
+            weights = step.weights if step.arch else step.file
+            stages.append(StageInfo(label, "model", model=step.arch or step.file, weights=weights))
+    stages.append(StageInfo(stage_label(spec.name, "topk"), "topk"))
+    return PipelineInfo(
+        name=spec.name,
+        model_name=model_name(settings, spec.name),
+        arch=settings.model if default else "",
+        weights_source=settings.weights if default else "",
+        stages=tuple(stages),
+    )

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ..app import create_app
-    from ..engine.client import EngineClient
-    from ..engine.process import SOCKET
+    from ..dataplane.engine_client import EngineClient
+    from ..wire.messages import ENGINE_SOCKET
     from ..jobs.shared import SharedJobStore
     from ..logs import configure_logging
     from ..metrics import Metrics
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(share=1 / args.processes)
     engine = EngineClient(
         settings,
-        args.run_dir / SOCKET,
+        args.run_dir / ENGINE_SOCKET,
         index=args.index,
         slots=ARENA_SLOTS,
         slot_bytes=item_bytes(settings),

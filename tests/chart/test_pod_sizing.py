@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from service.pipeline import worker_pool
+from service.engine import worker_pool
 from service.server import frontend
 from service.settings import Settings
 from tests.chart.chart_helpers import (
@@ -79,7 +79,7 @@ METRICS_FILES_BYTES = 1 << 20
 def test_dev_shm_holds_what_every_process_puts_there(values):
     """Per CPU the pod counts (SERVE_CPUS: the request rounded up) there is one front end with
     its arena of pixel slots (service/server/frontend.py), one cpu-stage worker with its two
-    slots (service/pipeline/worker_pool.py), and their metrics files; with room to spare."""
+    slots (service/engine/worker_pool.py), and their metrics files; with room to spare."""
     objs = render(values)
     container = server_container(objs)
     cpus = math.ceil(quantity(container["resources"]["requests"]["cpu"]))

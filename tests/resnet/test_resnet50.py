@@ -42,7 +42,7 @@ def test_compiled_runner_equals_keras_predict_on_preprocess_input(resnet50):
     pixels = np.stack(
         [decode(encode(photo_like(seed=s)), PreprocessConfig()).pixels for s in (0, 1, 2)]
     )
-    out, padded, _ = runner.run(pixels)
+    out, padded, _, _ = runner.run(pixels)
     assert padded == 4 and runner.compilations == 1
     expected = resnet50.model.predict(preprocess_input(pixels.astype(np.float32)), verbose=0)
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(Settings(backend=args.backend, model_instances=1))
     from service.model.loader import load_keras_file, load_model
     from service.model.runner import make_runner
-    from service.pipeline.postprocess import probabilities
+    from service.dataplane.postprocess import probabilities
 
     if args.keras_file:
         loaded = load_keras_file(args.keras_file, args.normalize)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = np.load(args.pixels)
     outputs = []
     for start in range(0, len(pixels), 3):  # batches of 3: padded up to the next bucket
-        out, _, _ = runner.run(pixels[start : start + 3])
+        out, _, _, _ = runner.run(pixels[start : start + 3])
         outputs.append(out)
     for size in buckets:  # every bucket again, full
         runner.run(np.repeat(pixels[:1], size, axis=0))

@@ -255,6 +255,7 @@ class GatedRunner:
         self.entered = threading.Event()
         self.release = threading.Event()
         batcher._run_fns[0] = self
+        batcher._ahead_fns = None  # every batch through this gate
 
     def __call__(self, payloads):
         self.calls += 1

@@ -14,6 +14,6 @@ def test_a_feature_model_runs_float32_batches_equal_to_keras():
     runner.warmup()
     assert runner.input_shape == (6,) and runner.input_dtype == np.float32
     x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32) * 100
-    out, padded, _ = runner.run(list(x))
+    out, padded, _, _ = runner.run(list(x))
     assert padded == 4 and runner.compilations == 1
     np.testing.assert_allclose(out, head(x, training=False).numpy(), rtol=1e-5, atol=1e-6)

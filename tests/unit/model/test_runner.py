@@ -19,7 +19,7 @@ def test_warmup_traces_once_and_no_batch_size_retraces(runner):
     assert runner.compilations == 1
     rng = np.random.default_rng(0)
     for n in (1, 3, 5, 7, 8, 2, 6):
-        out, padded, _ = runner.run(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
+        out, padded, _, _ = runner.run(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8))
         assert out.shape == (n, 10)
         assert padded == runner.bucket_for(n) and padded >= n
     assert runner.compilations == 1
@@ -34,7 +34,7 @@ def test_buckets_pick_the_smallest_that_fits(runner):
 def test_outputs_equal_the_model_on_keras_preprocessed_input(runner):
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-    out, _, _ = runner.run(list(pixels))
+    out, _, _, _ = runner.run(list(pixels))
     expected = runner.loaded.model(normalize(pixels, "caffe"), training=False).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
@@ -43,7 +43,7 @@ def test_padding_does_not_change_real_rows(runner):
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     alone = np.concatenate([runner.run(pixels[i : i + 1])[0] for i in range(3)])
-    together, padded, _ = runner.run(pixels)
+    together, padded, _, _ = runner.run(pixels)
     assert padded == 4
     np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-4)
 

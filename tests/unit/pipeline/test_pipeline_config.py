@@ -53,7 +53,7 @@ def test_l2_normalize_gives_unit_length_and_keeps_zeros():
 
 
 def test_the_cpu_functions_module_does_not_import_tensorflow():
-    code = "import sys, service.pipeline.cpu_functions, service.pipeline.worker_pool; "
+    code = "import sys, service.pipeline.cpu_functions, service.engine.worker_pool; "
     code += "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

@@ -20,10 +20,11 @@ from ..errors import NotReady
 from ..metrics import Metrics
 from ..model.labels import load_labels
 from ..model.loader import LoadedModel
+from ..pipeline.config import DEFAULT, CpuStageSpec, ModelStageSpec, PipelineSpec, default_spec
+from ..pipeline.info import PipelineInfo, StageInfo, configured_info, model_name, stage_label
 from ..settings import Settings
+from .batcher import Reply
 from .chain import Chain
-from .config import DEFAULT, CpuStageSpec, ModelStageSpec, PipelineSpec, default_spec
-from .info import PipelineInfo, StageInfo
 from .stages import CpuStage, ModelStage, Stage
 from .worker_pool import WorkerPool
 
@@ -62,39 +63,6 @@ def load_stage_model(spec: ModelStageSpec, settings: Settings) -> LoadedModel:
     if spec.normalize is not None:
         loaded.normalize = spec.normalize
     return loaded
-
-
-def stage_label(pipeline: str, stage: str) -> str:
-    """Metrics label of a stage: its name in ``default``, else ``pipeline/stage``."""
-    return stage if pipeline == DEFAULT else f"{pipeline}/{stage}"
-
-
-def model_name(settings: Settings, pipeline: str) -> str:
-    """A pipeline's name in the APIs: SERVE_MODEL_NAME for ``default``."""
-    return settings.model_name if pipeline == DEFAULT else pipeline
-
-
-def configured_info(settings: Settings, spec: PipelineSpec) -> PipelineInfo:
-    """A pipeline before it has loaded: what its configuration says."""
-    default = spec.name == DEFAULT
-    stages = [StageInfo(stage_label(spec.name, "preprocess"), "decode")]
-    for step in spec.chain:
-        label = stage_label(spec.name, step.name)
-        if isinstance(step, CpuStageSpec):
-            stages.append(StageInfo(label, "cpu", function=step.function))
-        elif default:
-            stages.append(StageInfo(label, "model", model=settings.model, weights=settings.weights))
-        else:
-            weights = step.weights if step.arch else step.file
-            stages.append(StageInfo(label, "model", model=step.arch or step.file, weights=weights))
-    stages.append(StageInfo(stage_label(spec.name, "topk"), "topk"))
-    return PipelineInfo(
-        name=spec.name,
-        model_name=model_name(settings, spec.name),
-        arch=settings.model if default else "",
-        weights_source=settings.weights if default else "",
-        stages=tuple(stages),
-    )
 
 
 class Pipeline:
@@ -278,3 +246,9 @@ class Pipeline:
         if self.chain is None:
             raise NotReady.of(self.state)
         return self.chain.submit(item, deadline)
+
+    def submit_many(self, entries: list[tuple[np.ndarray, float, Reply]]) -> list[asyncio.Task]:
+        """Items that arrived together (see ``Chain.submit_many``); raises ``NotReady``."""
+        if self.chain is None:
+            raise NotReady.of(self.state)
+        return self.chain.submit_many(entries)

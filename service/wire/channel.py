@@ -1,17 +1,9 @@
-"""Messages between a front end and the accelerator process: length-prefixed pickles over a
-Unix stream socket, one :class:`Channel` at each end.
+"""Frames over a Unix stream socket: a 4-byte little-endian length, then one message.
 
-What crosses (tuples; the first element names the message):
-
-* front end -> engine: ``("hello", index, arena, slots, slot_bytes)`` once;
-  ``("run", id, pipeline, slot, shape, dtype, deadline, inline)`` per item (``slot`` -1:
-  the item's bytes are ``inline``); ``("cancel", id)`` when the request gave up.
-* engine -> front end: ``("infos", {name: PipelineInfo})`` at hello and on every change;
-  ``("done", id, slot, shape, dtype, batch_info, inline)`` with the output row in the slot (or
-  ``inline``); ``("fail", id, error)`` with a ``ServeError``. Every ``run`` gets exactly one
-  ``done`` or ``fail``: only then may the front end reuse the slot.
-
-Only the engine's own code and this package's client talk over it; both run the same version.
+A :class:`Channel` is one end of a connection. What its messages are is the caller's: the
+accelerator process and the front ends pass the typed messages of ``messages.py`` (MessagePack,
+one decode call per frame); the job store's socket (``jobs/shared.py``) passes pickles. All the
+frames that arrived in one read are decoded in that one wake-up.
 """
 
 from __future__ import annotations
@@ -23,11 +15,26 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("<I")
-# A message carries at most one inline item or row; an over-sized one is a bug, not traffic.
+# A message carries at most one batch's inline items or rows; an over-sized one is a bug.
 MAX_MESSAGE = 1 << 30
+
+Decode = Callable[[memoryview], Any]
+Encode = Callable[[Any], bytes]
+
+
+def pickle_codec() -> tuple[Encode, Decode]:
+    """Pickles both ways (between processes of one build that trust each other)."""
+    return (lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)), pickle.loads
+
+
+def msgpack_codec(incoming: Any) -> tuple[Encode, Decode]:
+    """MessagePack of ``msgspec`` structs; ``incoming`` is the type (a tagged union) read."""
+    return msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder(incoming).decode
 
 
 class Channel(asyncio.Protocol):
@@ -36,15 +43,18 @@ class Channel(asyncio.Protocol):
     Args:
         on_message: called with each message, in order, on the event loop.
         on_lost: called once when the connection ends (``None``, or the exception).
+        codec: how messages become bytes and back (default: pickles).
     """
 
     def __init__(
         self,
         on_message: Callable[[Any], None],
         on_lost: Callable[[Exception | None], None] | None = None,
+        codec: tuple[Encode, Decode] | None = None,
     ):
         self._on_message = on_message
         self._on_lost = on_lost
+        self._encode, self._decode = codec or pickle_codec()
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -65,7 +75,12 @@ class Channel(asyncio.Protocol):
             end = offset + 4 + size
             if len(buffer) < end:
                 break
-            message = pickle.loads(memoryview(buffer)[offset + 4 : end])
+            try:
+                message = self._decode(memoryview(buffer)[offset + 4 : end])
+            except Exception as exc:  # the other end does not speak this protocol
+                log.error("channel: an undecodable message (%s); closing", exc)
+                self.close()
+                return
             offset = end
             self._on_message(message)
             if self.closed:
@@ -76,7 +91,7 @@ class Channel(asyncio.Protocol):
         """Queue ``message`` (never blocks); False when the connection is gone."""
         if self.closed or self.transport is None or self.transport.is_closing():
             return False
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = self._encode(message)
         self.transport.writelines((_LENGTH.pack(len(payload)), payload))
         return True
 

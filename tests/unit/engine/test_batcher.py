@@ -9,7 +9,8 @@ import pytest
 
 from service.errors import DeadlineExceeded, ModelError
 from service.metrics import Metrics
-from service.pipeline.batcher import DynamicBatcher, QueueFull
+from service.engine.batcher import DynamicBatcher
+from service.errors import QueueFull
 from tests.support.helpers import far, run_with
 
 

@@ -12,7 +12,7 @@ import pytest
 from service.errors import ModelError, ShuttingDown
 from service.metrics import BusyWindow, Metrics
 from service.model.threads import MAX_AUTO_CPU_INSTANCES, plan_threads
-from service.pipeline.batcher import DynamicBatcher
+from service.engine.batcher import DynamicBatcher
 from tests.support.helpers import far, run_with
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
-from .config import PipelineConfigError
-from .info import BatchInfo
+from ..errors import ShuttingDown
+from ..pipeline.config import PipelineConfigError
+from ..pipeline.info import BatchInfo
+from .batcher import Reply
 from .stages import CpuStage, ModelStage, Stage
 
 
@@ -37,6 +40,24 @@ class Chain:
             assert batcher is not None, f"stage {self.first.name} is not started"
             return batcher.submit(item, deadline)
         return asyncio.ensure_future(self.run(item, deadline))
+
+    def submit_many(self, entries: list[tuple[np.ndarray, float, Reply]]) -> list[asyncio.Task]:
+        """Items that arrived together, each ``(item, deadline, reply)``: straight into the
+        first stage's batcher when it is the only stage; else one task per item through the
+        stages (returned, so that a cancelled request can cancel its task)."""
+        if len(self.stages) == 1:
+            batcher = self.first.batcher
+            assert batcher is not None, f"stage {self.first.name} is not started"
+            batcher.submit_many(entries)
+            return []
+        tasks = []
+        for item, deadline, reply in entries:
+            # A copy: the item's slot is the front end's again once the task answers, which a
+            # cancelled task does at once, whatever its first stage is still doing.
+            task = asyncio.ensure_future(self.run(item.copy(), deadline))
+            task.add_done_callback(partial(_settle, reply))
+            tasks.append(task)
+        return tasks
 
     async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
         """Feed one item through every stage in order; the timing sums over the stages, the
@@ -73,3 +94,12 @@ class Chain:
     async def stop(self) -> None:
         for stage in self.stages:
             await stage.stop()
+
+
+def _settle(reply: Reply, task: asyncio.Task) -> None:
+    if task.cancelled():
+        reply.set_exception(ShuttingDown("the item was cancelled", "cancelled"))
+    elif (exc := task.exception()) is not None:
+        reply.set_exception(exc)
+    else:
+        reply.set_result(task.result())

@@ -14,24 +14,16 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from ..errors import NotFound
+from ..errors import PipelineNotFound
 from ..metrics import Metrics
+from ..pipeline.config import DEFAULT, load_pipelines
+from ..pipeline.info import BatchInfo, PipelineInfo
 from ..settings import Settings
-from .config import DEFAULT, load_pipelines
-from .info import BatchInfo, PipelineInfo
+from .batcher import Reply
 from .pipeline import ModelFactory, Pipeline
 
 log = logging.getLogger(__name__)
 
-
-class PipelineNotFound(NotFound):
-    """No pipeline of that name is configured."""
-
-    default_code = "pipeline_not_found"
-
-    @classmethod
-    def of(cls, name: str, known: list[str]) -> PipelineNotFound:
-        return cls(f"unknown pipeline {name!r}; configured: {known}")
 
 
 class PipelineRegistry:
@@ -97,8 +89,14 @@ class PipelineRegistry:
         return await self.submit(name, item, deadline)
 
     def submit(self, name: str, item: np.ndarray, deadline: float) -> asyncio.Future:
-        """``run`` as a future (the accelerator process answers through its callback)."""
+        """``run`` as a future."""
         return self.get(name).submit(item, deadline)
+
+    def submit_many(
+        self, name: str, entries: list[tuple[np.ndarray, float, Reply]]
+    ) -> list[asyncio.Task]:
+        """Items for one pipeline that arrived together (``Pipeline.submit_many``)."""
+        return self.get(name).submit_many(entries)
 
     # -- lifecycle -------------------------------------------------------------------------
 

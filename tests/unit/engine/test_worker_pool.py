@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from service.errors import InvalidInput, WorkerLost
-from service.pipeline import worker_pool as pool_module
-from service.pipeline.worker_pool import PoolClosed, WorkerPool
+from service.engine import worker_pool as pool_module
+from service.engine.worker_pool import PoolClosed, WorkerPool
 
 H = "tests.support.helpers"  # the cpu-stage functions the workers import
 
@@ -282,7 +282,7 @@ def test_workers_die_with_a_killed_server(tmp_path):
     shared-memory slots are removed (by multiprocessing's resource tracker)."""
     script = tmp_path / "parent.py"
     script.write_text(
-        "from service.pipeline.worker_pool import WorkerPool\n"
+        "from service.engine.worker_pool import WorkerPool\n"
         "if __name__ == '__main__':\n"
         "    pool = WorkerPool(workers=2)\n"
         "    pool.start()\n"

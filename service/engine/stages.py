@@ -22,10 +22,10 @@ import numpy as np
 from ..metrics import Metrics
 from ..model.loader import LoadedModel
 from ..model.threads import instance_count
+from ..pipeline.config import PipelineConfigError
+from ..pipeline.info import BatchInfo, StageInfo
 from ..settings import Settings
 from .batcher import DynamicBatcher
-from .config import PipelineConfigError
-from .info import BatchInfo, StageInfo
 from .worker_pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,10 @@ class ModelStage(Stage):
         gpu = runner.accelerator
         self.instances = instance_count(settings.model_instances, gpu=gpu, cpus=settings.cpu_count)
         exact = settings.batch_padding == "exact" or (settings.batch_padding == "auto" and not gpu)
+        runners = [runner] + [runner.sibling() for _ in range(self.instances - 1)]
         self.batcher = DynamicBatcher(
             self.name,
-            [runner.run] + [runner.sibling().run for _ in range(self.instances - 1)],
+            [r.run for r in runners],
             max_batch_size=runner.max_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000.0,
             max_queue=settings.max_queue_images,
@@ -98,6 +99,11 @@ class ModelStage(Stage):
             exact_sizes=runner.buckets if exact else None,
             regroup_s=settings.batch_regroup_ms / 1000.0,
             call_cost_s=runner.call_cost_s,
+            # A full batch is assembled while the one before runs: on an accelerator, or with
+            # one instance; several CPU instances split the queue between them instead.
+            ahead=[(r.assemble, r.execute) for r in runners]
+            if gpu or self.instances == 1
+            else None,
         )
         self.batcher.start()
 

@@ -85,6 +85,16 @@ class Arena:
     def write(self, slot: int, array: np.ndarray) -> None:
         self.view(slot, array.shape, array.dtype.str)[...] = array
 
+    def write_rows(self, slots: list[int], rows: np.ndarray) -> None:
+        """``rows[i]`` into slot ``slots[i]``, for all of them in one vectorised copy."""
+        buf = self.shm.buf
+        assert buf is not None
+        width = rows[0].nbytes
+        every = np.ndarray(
+            (self.slots, width), dtype=np.uint8, buffer=buf, strides=(self.slot_bytes, 1)
+        )
+        every[slots] = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), width)
+
     def close(self) -> bool:
         """Unmap (and, for the owner, remove) the segment; False while views are still alive."""
         try:

@@ -30,9 +30,19 @@ Policy (it costs nothing at low load and fills batches under load):
   clients of another's last batch send their next images, and the cores never wait for both.
   With one instance this rule never limits a batch.
 
-The batcher runs on the event loop; each instance's ``run`` executes in its own dedicated thread
-(TensorFlow releases the GIL), and results are handed back through futures, so postprocessing
-happens in the requests' own coroutines, off the runner.
+* Ahead of time: when an instance is busy and a full batch (``max_batch_size``) is already
+  queued, that batch is taken now and assembled (copied into the instance's other input buffer
+  and, on an accelerator, sent to the device) in an assembly thread, so that the instance
+  starts it the moment it finishes the one it runs: it never waits for host work between
+  batches under load. ``serve_batch_assembly_seconds_total{when}`` says how much assembly ran
+  ahead and how much the runner waited for (``inline``).
+
+Items come in bulk (:meth:`DynamicBatcher.submit_many`: all the items of one message of a
+front end, with one wake-up) and each carries a *reply*: an ``asyncio.Future`` for callers in
+this process (:meth:`DynamicBatcher.submit`), or the accelerator process's ticket, which
+collects the answers of one batch into one message per front end. The batcher runs on the
+event loop; each instance's ``run`` executes in its own dedicated thread (the backends release
+the GIL), so postprocessing happens where the replies go, off the runner.
 """
 
 from __future__ import annotations
@@ -42,31 +52,51 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, ModelError, Overloaded, ShuttingDown
+from ..errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
 from ..metrics import Metrics
-from .info import BatchInfo
+from ..pipeline.info import BatchInfo
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[list[np.ndarray]], tuple[np.ndarray, int, float]]
+# A batch's items -> (outputs, padded size, compute seconds[, assembly seconds]).
+RunFn = Callable[[list[np.ndarray]], tuple]
+# Assembling ahead: items -> prepared batch (in the assembly thread); prepared -> as RunFn.
+AssembleFn = Callable[[list[np.ndarray]], Any]
+ExecuteFn = Callable[[Any], tuple]
 
 
-class QueueFull(Overloaded):
-    """The batcher's queue is at its bound."""
+_GIVEN_UP = ShuttingDown("the request gave up", "cancelled")
 
 
-@dataclass
+class Reply(Protocol):
+    """Where one item's answer goes: ``(output_row, BatchInfo)`` or a ``ServeError``.
+
+    The batcher answers every item it queued exactly once, even one whose reply is already
+    ``done()`` (its request gave up: it is dropped before the model, or its batch was
+    running): a reply ignores what comes after it is done, and the accelerator process's
+    ticket learns from it that the item's slot is free again.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: tuple[np.ndarray, BatchInfo]) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+@dataclass(slots=True)
 class _Item:
     payload: np.ndarray
-    future: asyncio.Future
+    reply: Reply
     deadline: float
-    enqueued: float = field(default_factory=time.monotonic)
+    enqueued: float
 
 
 class DynamicBatcher:
@@ -89,6 +119,8 @@ class DynamicBatcher:
         regroup_s: the longest a batch waits, under load, to regroup or coalesce (0: never).
         regroup_fraction: and at most this fraction of the last batch's compute time.
         call_cost_s: the fixed cost of one execution (0: never coalesce).
+        ahead: per instance, the ``(assemble, execute)`` halves of its ``run_fn``, to assemble
+            a full batch while the instance still runs the one before; None: never ahead.
     """
 
     def __init__(
@@ -104,6 +136,7 @@ class DynamicBatcher:
         regroup_s: float = 0.0,
         regroup_fraction: float = 0.1,
         call_cost_s: float = 0.0,
+        ahead: Sequence[tuple[AssembleFn, ExecuteFn]] | None = None,
     ):
         self.name = name
         self.regroup_s = regroup_s
@@ -130,6 +163,17 @@ class DynamicBatcher:
             ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}-{i}")
             for i in range(self.instances)
         ]
+        if ahead is not None and len(ahead) != self.instances:
+            raise ValueError("ahead needs one (assemble, execute) pair per instance")
+        self._ahead_fns = list(ahead) if ahead else None
+        self._assembler = (
+            ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{name}") if ahead else None
+        )
+        # instance -> (its next batch, the future of that batch's assembly)
+        self._ahead: dict[int, tuple[list[_Item], asyncio.Future]] = {}
+        self._running_since: dict[int, float] = {}  # busy instance -> when its batch started
+        self._assembly_inline = metrics.batch_assembly_seconds.labels("inline")
+        self._assembly_ahead = metrics.batch_assembly_seconds.labels("ahead")
         self._free = list(range(self.instances))[::-1]  # idle instances; pop() takes the 1st
         self._batches: set[asyncio.Task] = set()  # batches executing now
         self._task: asyncio.Task | None = None
@@ -157,48 +201,81 @@ class DynamicBatcher:
             task.cancel()
         if self._batches:
             await asyncio.gather(*self._batches, return_exceptions=True)
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(ShuttingDown("the service is shutting down"))
+        stopped = ShuttingDown("the service is shutting down")
+        for batch, assembly in self._ahead.values():
+            await asyncio.gather(assembly, return_exceptions=True)  # it may read the items
+            self._fail(batch, stopped)
+        self._ahead.clear()
+        self._fail(self._queue, stopped)
+        self._queue.clear()
         for executor in self._executors:
             executor.shutdown(wait=True)
+        if self._assembler is not None:
+            self._assembler.shutdown(wait=True)
 
     def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
-        """Queue one item; the future resolves to ``(output_row, BatchInfo)``."""
+        """Queue one item; the future resolves to ``(output_row, BatchInfo)``. Raises
+        ``QueueFull`` when the queue is at its bound."""
         if len(self._queue) >= self.max_queue:
-            raise QueueFull(
-                f"the service is at capacity (the {self.name} queue is full, {self.max_queue} "
-                "items); retry"
-            )
+            raise self._full()
         future = asyncio.get_running_loop().create_future()
+        self.submit_many([(payload, deadline, FutureReply(future))])
+        return future
+
+    def submit_many(self, entries: Iterable[tuple[np.ndarray, float, Reply]]) -> None:
+        """Queue items that arrived together, with one wake-up: each ``(payload, deadline,
+        reply)``. Those past the queue's bound are answered ``QueueFull`` at once."""
         now = time.monotonic()
+        queue, before = self._queue, len(self._queue)
+        for payload, deadline, reply in entries:
+            if len(queue) >= self.max_queue:
+                reply.set_exception(self._full())
+            else:
+                queue.append(_Item(payload, reply, deadline, now))
+        added = len(queue) - before
+        if not added:
+            return
         if self._last_arrival:
-            self._last_gap_s = gap = now - self._last_arrival
+            # Items of one message arrived together: the gap per item is the gap / their count.
+            self._last_gap_s = gap = (now - self._last_arrival) / added
             self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
-        self._queue.append(_Item(payload, future, deadline, now))
-        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        self._metrics.queue_depth.labels(self.name).set(len(queue))
         self._wakeup.set()
-        return future
+
+    def _full(self) -> QueueFull:
+        return QueueFull(
+            f"the service is at capacity (the {self.name} queue is full, {self.max_queue} "
+            "items); retry"
+        )
+
+    @staticmethod
+    def _fail(items: Iterable[_Item], error: BaseException) -> None:
+        for item in items:
+            if not item.reply.done():
+                item.reply.set_exception(error)
 
     def _drop_dead(self) -> None:
         """Remove items whose request gave up or whose deadline passed: never run them."""
         now = time.monotonic()
         live: collections.deque[_Item] = collections.deque()
+        expired = 0
         for item in self._queue:
-            if item.future.done():
+            if item.reply.done():
                 # Cancelled by its request when the request's deadline passed (the pipeline's
                 # timeout cancels what it still waits for): dropped before the model too.
-                self._metrics.expired.inc()
+                expired += 1
+                item.reply.set_exception(_GIVEN_UP)
             elif item.deadline <= now:
-                self._metrics.expired.inc()
-                item.future.set_exception(
+                expired += 1
+                item.reply.set_exception(
                     DeadlineExceeded("the request did not finish before its deadline")
                 )
             else:
                 live.append(item)
-        self._queue = live
+        if expired:
+            self._metrics.expired.inc(expired)
+            self._queue = live
 
     def _batch_size(self) -> int:
         """How many queued items the next batch takes.
@@ -289,8 +366,15 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         while True:
             if not self._free:  # every instance is executing: wait for one to finish
+                self._assemble_ahead()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            ahead = next((i for i in self._free if i in self._ahead), None)
+            if ahead is not None:  # its next batch is assembled: start it at once
+                self._free.remove(ahead)
+                batch, assembly = self._ahead.pop(ahead)
+                self._dispatch(ahead, batch, assembly)
                 continue
             if not self._queue:
                 budget = self._regroup_budget() if self._last_batch else 0.0
@@ -310,60 +394,120 @@ class DynamicBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            instance = self._free.pop()
-            self.running_items += len(batch)
-            task = asyncio.get_running_loop().create_task(
-                self._execute(instance, batch), name=f"batch-{self.name}-{instance}"
-            )
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
+            self._dispatch(self._free.pop(), batch, None)
 
-    async def _execute(self, instance: int, batch: list[_Item]) -> None:
-        """Run one batch on one instance and resolve its items' futures."""
+    def _dispatch(self, instance: int, batch: list[_Item], assembly: asyncio.Future | None) -> None:
+        self.running_items += len(batch)
+        self._running_since[instance] = time.monotonic()
+        task = asyncio.get_running_loop().create_task(
+            self._execute(instance, batch, assembly), name=f"batch-{self.name}-{instance}"
+        )
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    def _assemble_ahead(self) -> None:
+        """Every instance is busy: if a full batch is queued, take it for the instance that
+        started first and assemble it now, in the assembly thread (on a GPU: the copy into the
+        other input buffer and the transfer to the device), so that the instance starts it
+        the moment it is done instead of waiting for host work."""
+        if self._ahead_fns is None or len(self._queue) < self.max_batch_size:
+            return
+        waiting = [i for i in self._running_since if i not in self._ahead]
+        if not waiting:
+            return
+        instance = min(waiting, key=self._running_since.__getitem__)
+        self._drop_dead()
+        if len(self._queue) < self.max_batch_size:
+            return
+        batch = [self._queue.popleft() for _ in range(self.max_batch_size)]
+        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        assemble = self._ahead_fns[instance][0]
+        assembly = asyncio.get_running_loop().run_in_executor(
+            self._assembler, _timed, assemble, [item.payload for item in batch]
+        )
+        self._ahead[instance] = (batch, assembly)
+
+    async def _execute(
+        self, instance: int, batch: list[_Item], assembly: asyncio.Future | None
+    ) -> None:
+        """Run one batch on one instance and answer its items."""
         loop = asyncio.get_running_loop()
         m = self._metrics
         started = time.monotonic()
-        payloads = [item.payload for item in batch]
         token = self._busy.begin()
         try:
-            outputs, padded, compute_s = await loop.run_in_executor(
-                self._executors[instance], self._run_fns[instance], payloads
-            )
+            if assembly is None:  # assembled by the runner itself, which waits for it
+                result = await loop.run_in_executor(
+                    self._executors[instance],
+                    self._run_fns[instance],
+                    [item.payload for item in batch],
+                )
+                assembly_s = result[3] if len(result) > 3 else 0.0
+                self._assembly_inline.inc(assembly_s)
+            else:
+                prepared, assembly_s = await assembly
+                self._assembly_ahead.inc(assembly_s)
+                assert self._ahead_fns is not None
+                result = await loop.run_in_executor(
+                    self._executors[instance], self._ahead_fns[instance][1], prepared
+                )
+            outputs, padded, compute_s = result[:3]
         except asyncio.CancelledError:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(ShuttingDown("the service is shutting down"))
+            self._fail(batch, ShuttingDown("the service is shutting down"))
             raise
         except Exception:  # the model failed: fail this batch only, keep serving
             error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
             log.exception("%s: batch of %d failed, error id %s", self.name, len(batch), error_id)
-            error = ModelError(
-                f"the model failed on this batch; error id {error_id}",
-                error_id=error_id,
+            self._fail(
+                batch,
+                ModelError(
+                    f"the model failed on this batch; error id {error_id}", error_id=error_id
+                ),
             )
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
             return
         finally:
             self._busy.end(token)
             self.running_items -= len(batch)
+            self._running_since.pop(instance, None)
             self._free.append(instance)
             self._wakeup.set()
         self._last_end = time.monotonic()
-        elapsed = self._last_end - started
-        self._last_batch, self._last_compute_s = len(batch), compute_s
-        m.runner_busy_seconds.inc(elapsed)
+        n = len(batch)
+        self._last_batch, self._last_compute_s = n, compute_s
+        m.runner_busy_seconds.inc(compute_s)
         m.execution_count.inc()
-        m.inference_count.inc(len(batch))
-        m.batch_size.observe(len(batch))
-        m.padded_slots.inc(padded - len(batch))
+        m.inference_count.inc(n)
+        m.batch_size.observe(n)
+        m.padded_slots.inc(padded - n)
         m.inference_duration.observe(compute_s)
         m.stage_seconds.labels(self.name).observe(compute_s)
+        observe_queue = m.queue_duration.observe
         for i, item in enumerate(batch):
             queue_s = started - item.enqueued
-            m.queue_duration.observe(queue_s)
-            if not item.future.done():
-                item.future.set_result(
-                    (outputs[i], BatchInfo(queue_s, compute_s, len(batch), padded))
-                )
+            observe_queue(queue_s)
+            item.reply.set_result((outputs[i], BatchInfo(queue_s, compute_s, n, padded)))
+
+
+def _timed(fn: AssembleFn, payloads: list[np.ndarray]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(payloads), time.perf_counter() - started
+
+
+class FutureReply:
+    """An ``asyncio.Future`` as a :class:`Reply` that may be answered after it was cancelled."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, result: tuple[np.ndarray, BatchInfo]) -> None:
+        if not self.future.done():
+            self.future.set_result(result)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
