@@ -180,7 +180,8 @@ class EngineClient:
                     row = arena.view(slot, shape, done.dtype).copy()
                 else:
                     assert done.data is not None
-                    row = np.frombuffer(done.data, dtype, offset=inline).reshape(shape)
+                    count = row_bytes // dtype.itemsize
+                    row = np.frombuffer(done.data, dtype, count, inline).reshape(shape)
                 batch = BatchInfo(queue_s, done.compute_s, done.batch_size, done.padded_size)
                 future.set_result((row, batch))
             if slot < 0:

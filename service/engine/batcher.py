@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ctypes
 import logging
 import time
 import uuid
@@ -160,20 +162,34 @@ class DynamicBatcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executors = [
-            ThreadPoolExecutor(1, thread_name_prefix=f"runner-{name}-{i}")
+            ThreadPoolExecutor(
+                1,
+                thread_name_prefix=f"runner-{name}-{i}",
+                initializer=name_thread,
+                initargs=(f"runner-{i}",),
+            )
             for i in range(self.instances)
         ]
         if ahead is not None and len(ahead) != self.instances:
             raise ValueError("ahead needs one (assemble, execute) pair per instance")
         self._ahead_fns = list(ahead) if ahead else None
         self._assembler = (
-            ThreadPoolExecutor(1, thread_name_prefix=f"assemble-{name}") if ahead else None
+            ThreadPoolExecutor(
+                1,
+                thread_name_prefix=f"assemble-{name}",
+                initializer=name_thread,
+                initargs=("assemble",),
+            )
+            if ahead
+            else None
         )
         # instance -> (its next batch, the future of that batch's assembly)
         self._ahead: dict[int, tuple[list[_Item], asyncio.Future]] = {}
         self._running_since: dict[int, float] = {}  # busy instance -> when its batch started
         self._assembly_inline = metrics.batch_assembly_seconds.labels("inline")
         self._assembly_ahead = metrics.batch_assembly_seconds.labels("ahead")
+        self._depth = metrics.queue_depth.labels(name)
+        self._stage_seconds = metrics.stage_seconds.labels(name)
         self._free = list(range(self.instances))[::-1]  # idle instances; pop() takes the 1st
         self._batches: set[asyncio.Task] = set()  # batches executing now
         self._task: asyncio.Task | None = None
@@ -240,7 +256,7 @@ class DynamicBatcher:
             self._last_gap_s = gap = (now - self._last_arrival) / added
             self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
-        self._metrics.queue_depth.labels(self.name).set(len(queue))
+        self._depth.set(len(queue))
         self._wakeup.set()
 
     def _full(self) -> QueueFull:
@@ -301,7 +317,7 @@ class DynamicBatcher:
     def _take_batch(self) -> list[_Item]:
         self._drop_dead()
         batch = [self._queue.popleft() for _ in range(self._batch_size())]
-        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        self._depth.set(len(self._queue))
         return batch
 
     async def _hold_partial(self) -> None:
@@ -420,7 +436,7 @@ class DynamicBatcher:
         if len(self._queue) < self.max_batch_size:
             return
         batch = [self._queue.popleft() for _ in range(self.max_batch_size)]
-        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        self._depth.set(len(self._queue))
         assemble = self._ahead_fns[instance][0]
         assembly = asyncio.get_running_loop().run_in_executor(
             self._assembler, _timed, assemble, [item.payload for item in batch]
@@ -480,12 +496,18 @@ class DynamicBatcher:
         m.batch_size.observe(n)
         m.padded_slots.inc(padded - n)
         m.inference_duration.observe(compute_s)
-        m.stage_seconds.labels(self.name).observe(compute_s)
+        self._stage_seconds.observe(compute_s)
         observe_queue = m.queue_duration.observe
         for i, item in enumerate(batch):
             queue_s = started - item.enqueued
             observe_queue(queue_s)
             item.reply.set_result((outputs[i], BatchInfo(queue_s, compute_s, n, padded)))
+
+
+def name_thread(name: str) -> None:
+    """Name this thread for the system too (top -H, py-spy, /proc/PID/task/*/comm)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(15, name[:15].encode(), 0, 0, 0)  # PR_SET_NAME
 
 
 def _timed(fn: AssembleFn, payloads: list[np.ndarray]) -> tuple[Any, float]:

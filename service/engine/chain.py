@@ -41,10 +41,12 @@ class Chain:
             return batcher.submit(item, deadline)
         return asyncio.ensure_future(self.run(item, deadline))
 
-    def submit_many(self, entries: list[tuple[np.ndarray, float, Reply]]) -> list[asyncio.Task]:
+    def submit_many(
+        self, entries: list[tuple[np.ndarray, float, Reply]]
+    ) -> list[tuple[Reply, asyncio.Task]]:
         """Items that arrived together, each ``(item, deadline, reply)``: straight into the
         first stage's batcher when it is the only stage; else one task per item through the
-        stages (returned, so that a cancelled request can cancel its task)."""
+        stages (returned with its reply, so that a cancelled request can cancel its task)."""
         if len(self.stages) == 1:
             batcher = self.first.batcher
             assert batcher is not None, f"stage {self.first.name} is not started"
@@ -56,7 +58,7 @@ class Chain:
             # cancelled task does at once, whatever its first stage is still doing.
             task = asyncio.ensure_future(self.run(item.copy(), deadline))
             task.add_done_callback(partial(_settle, reply))
-            tasks.append(task)
+            tasks.append((reply, task))
         return tasks
 
     async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:

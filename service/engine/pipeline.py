@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import NotReady
+from ..errors import InvalidInput, NotReady
 from ..metrics import Metrics
 from ..model.labels import load_labels
 from ..model.loader import LoadedModel
@@ -247,8 +247,26 @@ class Pipeline:
             raise NotReady.of(self.state)
         return self.chain.submit(item, deadline)
 
-    def submit_many(self, entries: list[tuple[np.ndarray, float, Reply]]) -> list[asyncio.Task]:
-        """Items that arrived together (see ``Chain.submit_many``); raises ``NotReady``."""
+    def submit_many(
+        self, entries: list[tuple[np.ndarray, float, Reply]]
+    ) -> list[tuple[Reply, asyncio.Task]]:
+        """Items that arrived together (see ``Chain.submit_many``); raises ``NotReady``. An
+        item that is not what the first model takes is answered ``InvalidInput`` on its own,
+        and the others run."""
         if self.chain is None:
             raise NotReady.of(self.state)
-        return self.chain.submit_many(entries)
+        runner = self.chain.first.runner
+        shape, dtype = tuple(runner.input_shape), runner.input_dtype
+        fit = []
+        for entry in entries:
+            item = entry[0]
+            if item.shape == shape and item.dtype == dtype:
+                fit.append(entry)
+            else:
+                entry[2].set_exception(
+                    InvalidInput(
+                        f"pipeline {self.name!r} takes {list(shape)} {dtype}, got "
+                        f"{list(item.shape)} {item.dtype}"
+                    )
+                )
+        return self.chain.submit_many(fit)

@@ -28,6 +28,7 @@ from .server import EngineServer
 
 log = logging.getLogger("service.engine")
 
+
 async def serve(settings: Settings, run_dir: Path) -> None:
     """Load the pipelines and serve them until SIGTERM (then drain and stop)."""
     metrics = Metrics()

@@ -25,7 +25,6 @@ from .pipeline import ModelFactory, Pipeline
 log = logging.getLogger(__name__)
 
 
-
 class PipelineRegistry:
     """Every configured pipeline; ``default`` (``SERVE_MODEL``) is always one of them.
 
@@ -94,7 +93,7 @@ class PipelineRegistry:
 
     def submit_many(
         self, name: str, entries: list[tuple[np.ndarray, float, Reply]]
-    ) -> list[asyncio.Task]:
+    ) -> list[tuple[Reply, asyncio.Task]]:
         """Items for one pipeline that arrived together (``Pipeline.submit_many``)."""
         return self.get(name).submit_many(entries)
 

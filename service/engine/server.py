@@ -136,8 +136,8 @@ class FrontEnd:
                 for _, _, ticket in entries:
                     ticket.set_exception(exc)
                 continue
-            for (_, _, ticket), task in zip(entries, tasks, strict=False):
-                ticket.task = task
+            for ticket, task in tasks:  # multi-stage pipelines: a task per item
+                ticket.task = task  # type: ignore[attr-defined]
 
     # -- what goes back --------------------------------------------------------------------
 
@@ -201,9 +201,14 @@ class FrontEnd:
         ids = [e[0] for e in entries]
         slots = [e[1] for e in entries]
         queue_s = [e[2] for e in entries]
+        arena = self.arena
+        if len(entries) == 1 and slots[0] >= 0 and arena is not None:
+            row = entries[0][3]
+            if row.nbytes <= arena.slot_bytes:
+                arena.write(slots[0], row)
+                return m.Done(ids, slots, queue_s, shape, dtype, compute_s, size, padded)
         rows = np.stack([e[3] for e in entries])
         data = None
-        arena = self.arena
         if arena is not None and rows[0].nbytes <= arena.slot_bytes:
             in_slots = [i for i, slot in enumerate(slots) if slot >= 0]
             if in_slots:

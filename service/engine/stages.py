@@ -99,11 +99,9 @@ class ModelStage(Stage):
             exact_sizes=runner.buckets if exact else None,
             regroup_s=settings.batch_regroup_ms / 1000.0,
             call_cost_s=runner.call_cost_s,
-            # A full batch is assembled while the one before runs: on an accelerator, or with
-            # one instance; several CPU instances split the queue between them instead.
-            ahead=[(r.assemble, r.execute) for r in runners]
-            if gpu or self.instances == 1
-            else None,
+            # On an accelerator, a full batch is assembled and sent while the one before runs.
+            # On a CPU the copy would only take cores from the model: the runner does it.
+            ahead=[(r.assemble, r.execute) for r in runners] if gpu else None,
         )
         self.batcher.start()
 

@@ -21,6 +21,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# Segments this process created (the tests run both ends in one process).
+_CREATED: set[str] = set()
+
+
 class Arena:
     """``slots`` slots of ``slot_bytes`` in one segment.
 
@@ -38,12 +42,15 @@ class Arena:
         if self.owner:
             self.shm = SharedMemory(create=True, size=size)
             _reserve(self.shm, size)
+            _CREATED.add(self.shm.name)
         else:
             self.shm = SharedMemory(name=name)
             # Attaching registers the segment with this process's resource tracker, which
-            # would unlink it when this process exits: the owner's tracker does that.
-            with contextlib.suppress(Exception):
-                resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
+            # would unlink it when this process exits: the owner's tracker does that (unless
+            # the owner is this process, whose registration this one shares).
+            if name not in _CREATED:
+                with contextlib.suppress(Exception):
+                    resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
         self.name = self.shm.name
         self._free: collections.deque[int] = collections.deque(range(slots))
 
@@ -102,6 +109,7 @@ class Arena:
         except BufferError:
             return False
         if self.owner:
+            _CREATED.discard(self.name)
             with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
         return True

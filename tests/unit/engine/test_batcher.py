@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from service.errors import DeadlineExceeded, ModelError
-from service.metrics import Metrics
 from service.engine.batcher import DynamicBatcher
-from service.errors import QueueFull
+from service.errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
+from service.metrics import Metrics
 from tests.support.helpers import far, run_with
 
 
@@ -310,3 +309,132 @@ def test_the_fixed_cost_is_the_intercept_of_the_buckets_times():
     assert fixed_cost({1: 0.05, 2: 0.1, 4: 0.2}) == pytest.approx(0.0, abs=1e-9)
     assert fixed_cost({1: 0.001, 32: 0.001}) == pytest.approx(0.001)
     assert fixed_cost({8: 0.01}) == 0.0
+
+
+class TwoHalves:
+    """A runner in its two halves (``assemble``, ``execute``) for the batcher's ``ahead``:
+    records when each half ran; ``execute`` holds until ``gate`` is set."""
+
+    def __init__(self):
+        self.events: list[tuple[str, int, float]] = []
+        self.gate = threading.Event()
+
+    def assemble(self, payloads):
+        self.events.append(("assemble", len(payloads), time.monotonic()))
+        return np.stack(payloads)
+
+    def execute(self, batch):
+        self.gate.wait(10)
+        self.events.append(("execute", len(batch), time.monotonic()))
+        return batch.astype(np.float32) * 2, len(batch), 0.01
+
+    def run(self, payloads):
+        return self.execute(self.assemble(payloads))
+
+
+def test_items_submitted_together_form_one_batch_with_one_wakeup():
+    runner = SlowRunner(0.0)
+    batcher = make(runner)
+
+    class Reply:
+        def __init__(self):
+            self.result = None
+
+        def done(self):
+            return self.result is not None
+
+        def set_result(self, result):
+            self.result = result
+
+        def set_exception(self, exc):
+            self.result = exc
+
+    replies = [Reply() for _ in range(5)]
+
+    async def go():
+        batcher.submit_many([(np.array([float(i)]), far(), r) for i, r in enumerate(replies)])
+        for _ in range(200):
+            if all(r.done() for r in replies):
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run_with(batcher, go()))
+    assert runner.batches == [5]
+    assert [r.result[0].tolist() for r in replies] == [[0.0], [2.0], [4.0], [6.0], [8.0]]
+
+
+def test_items_past_the_queue_bound_in_one_submission_are_refused_alone():
+    batcher = make(SlowRunner(0.0), max_queue=2)
+    seen = []
+
+    class Reply:
+        def done(self):
+            return False
+
+        def set_result(self, result):
+            seen.append("ok")
+
+        def set_exception(self, exc):
+            seen.append(type(exc).__name__)
+
+    async def go():
+        batcher.submit_many([(np.array([1.0]), far(), Reply()) for _ in range(3)])
+        await asyncio.sleep(0.3)
+
+    asyncio.run(run_with(batcher, go()))
+    assert sorted(seen) == ["QueueFull", "ok", "ok"]
+
+
+def test_a_full_batch_is_assembled_while_the_one_before_runs():
+    halves = TwoHalves()
+    metrics = Metrics()
+    batcher = DynamicBatcher(
+        "model",
+        halves.run,
+        max_batch_size=4,
+        metrics=metrics,
+        ahead=[(halves.assemble, halves.execute)],
+    )
+
+    async def go():
+        first = [batcher.submit(np.array([float(i)]), far()) for i in range(4)]
+        await asyncio.sleep(0.1)  # the first batch is executing (held by the gate)
+        second = [batcher.submit(np.array([float(i)]), far()) for i in range(4, 8)]
+        await asyncio.sleep(0.2)  # assembled meanwhile, waiting for the runner
+        assembled_while_busy = [e for e in halves.events if e[0] == "assemble"]
+        halves.gate.set()
+        rows = await asyncio.gather(*first, *second)
+        return assembled_while_busy, rows
+
+    assembled, rows = asyncio.run(run_with(batcher, go()))
+    # Both batches were assembled before the first one finished executing.
+    assert [n for _, n, _ in assembled] == [4, 4]
+    executed = [e for e in halves.events if e[0] == "execute"]
+    assert [n for _, n, _ in executed] == [4, 4]
+    assert [row.tolist() for row, _ in rows] == [[2.0 * i] for i in range(8)]
+    ahead = metrics.batch_assembly_seconds.labels("ahead")._value.get()
+    assert ahead > 0
+
+
+def test_stopping_answers_a_batch_assembled_ahead():
+    halves = TwoHalves()
+    batcher = DynamicBatcher(
+        "model",
+        halves.run,
+        max_batch_size=2,
+        metrics=Metrics(),
+        ahead=[(halves.assemble, halves.execute)],
+    )
+
+    async def go():
+        batcher.start()
+        first = [batcher.submit(np.array([1.0]), far()) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        second = [batcher.submit(np.array([2.0]), far()) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        threading.Timer(0.3, halves.gate.set).start()
+        await batcher.stop()
+        return await asyncio.gather(*first, *second, return_exceptions=True)
+
+    out = asyncio.run(go())
+    assert all(isinstance(x, ShuttingDown) for x in out[2:]), out

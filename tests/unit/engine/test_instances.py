@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from service.engine.batcher import DynamicBatcher
 from service.errors import ModelError, ShuttingDown
 from service.metrics import BusyWindow, Metrics
 from service.model.threads import MAX_AUTO_CPU_INSTANCES, plan_threads
-from service.engine.batcher import DynamicBatcher
 from tests.support.helpers import far, run_with
 
 

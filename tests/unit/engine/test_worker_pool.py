@@ -12,9 +12,9 @@ from multiprocessing import resource_tracker
 import numpy as np
 import pytest
 
-from service.errors import InvalidInput, WorkerLost
 from service.engine import worker_pool as pool_module
 from service.engine.worker_pool import PoolClosed, WorkerPool
+from service.errors import InvalidInput, WorkerLost
 
 H = "tests.support.helpers"  # the cpu-stage functions the workers import
 

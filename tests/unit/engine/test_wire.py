@@ -1,0 +1,409 @@
+"""The boundary between a front end and the accelerator process, in one event loop: the real
+accelerator-side server (``engine/server.py``) over a real registry with the tiny model, and the
+real front-end client (``dataplane/engine_client.py``), over a real Unix socket. Items travel in
+batches both ways, and every item gets exactly one answer whatever fails."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.dataplane.engine_client import EngineClient
+from service.engine.registry import PipelineRegistry
+from service.engine.server import EngineServer
+from service.errors import (
+    DeadlineExceeded,
+    EngineUnavailable,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    ShuttingDown,
+)
+from service.metrics import Metrics
+from service.settings import Settings
+from service.wire import messages as m
+from service.wire.channel import Channel, msgpack_codec
+from tests.support.harness import GatedRunner
+from tests.support.tiny import tiny_loaded
+
+SIZE = 32
+
+
+def settings(**overrides) -> Settings:
+    base = {
+        "model_instances": 1,
+        "max_batch_size": 8,
+        "batch_buckets": [1, 2, 4, 8],
+        "batch_regroup_ms": 0,
+    }
+    return Settings(**{**base, **overrides})
+
+
+class Wired:
+    def __init__(self, registry: PipelineRegistry, server: EngineServer, socket: str, s):
+        self.registry, self.server, self.socket, self.settings = registry, server, socket, s
+        self.clients: list[EngineClient] = []
+
+    async def client(self, slots: int = 8, index: int = 0) -> EngineClient:
+        client = EngineClient(
+            self.settings, self.socket, index=index, slots=slots, slot_bytes=SIZE * SIZE * 3 * 4
+        )
+        await client.start()
+        assert await client.wait_connected(30)
+        self.clients.append(client)
+        return client
+
+    @property
+    def batcher(self):
+        return self.registry.get("default").batcher
+
+
+@contextlib.asynccontextmanager
+async def wired(**overrides) -> AsyncIterator[Wired]:
+    s = settings(**overrides)
+    registry = PipelineRegistry(s, Metrics(), lambda: tiny_loaded(SIZE))
+    server = EngineServer(registry)
+    with tempfile.TemporaryDirectory() as run_dir:
+        socket = str(Path(run_dir) / m.ENGINE_SOCKET)
+        await server.listen(socket)
+        await registry.start()
+        w = Wired(registry, server, socket, s)
+        try:
+            yield w
+        finally:
+            for client in w.clients:
+                await client.stop()
+            await registry.stop()
+            await server.close()
+
+
+def pixels(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), np.uint8)
+
+
+def spy(client: EngineClient) -> dict[str, list]:
+    """Every message the client sends and receives, by kind."""
+    seen: dict[str, list] = {"sent": [], "received": []}
+    channel = client._channel
+    assert channel is not None
+    send, receive = channel.send, client._on_message
+
+    def sending(message):
+        seen["sent"].append(message)
+        return send(message)
+
+    def receiving(message):
+        seen["received"].append(message)
+        receive(message)
+
+    channel.send = sending  # type: ignore[method-assign]
+    channel._on_message = receiving  # type: ignore[assignment]
+    return seen
+
+
+def test_items_ready_together_cross_in_one_message_and_come_back_in_one():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            seen = spy(client)
+            images = [pixels(i) for i in range(4)]
+            results = await asyncio.gather(*(client.run("default", x, far()) for x in images))
+            expected = w.registry.get("default").chain.first.runner.run(images)[0]
+            return seen, results, expected, client.arena.free
+
+    seen, results, expected, free = asyncio.run(go())
+    submits = [x for x in seen["sent"] if isinstance(x, m.Submit)]
+    dones = [x for x in seen["received"] if isinstance(x, m.Done)]
+    assert [len(s.items) for s in submits] == [4]
+    assert [len(d.ids) for d in dones] == [4] and dones[0].batch_size == 4
+    assert all(slot >= 0 for slot in dones[0].slots) and dones[0].data is None  # in shared memory
+    for (row, info), want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6)
+        assert info.batch_size == 4
+    assert free == 8  # every slot back
+
+
+def test_items_past_the_slots_travel_inline_and_still_batch_together():
+    async def go():
+        async with wired() as w:
+            client = await w.client(slots=2)
+            images = [pixels(i) for i in range(5)]
+            results = await asyncio.gather(*(client.run("default", x, far()) for x in images))
+            expected = w.registry.get("default").chain.first.runner.run(images)[0]
+            return results, expected, client.arena.free
+
+    results, expected, free = asyncio.run(go())
+    for (row, _), want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6)
+    assert free == 2
+
+
+def test_an_item_the_pipeline_cannot_take_fails_alone_and_the_others_run():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            bad = np.zeros((SIZE + 1, SIZE, 3), np.uint8)
+            out = await asyncio.gather(
+                client.run("default", pixels(0), far()),
+                client.run("default", bad, far()),
+                client.run("default", pixels(1), far()),
+                return_exceptions=True,
+            )
+            return out, client.arena.free
+
+    (first, bad, last), free = asyncio.run(go())
+    assert isinstance(bad, InvalidInput) and "takes [32, 32, 3]" in bad.message
+    assert first[0].shape == (10,) and last[0].shape == (10,)
+    assert free == 8
+
+
+def test_an_unknown_pipeline_is_a_404_with_the_configured_ones():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            with pytest.raises(NotFound) as err:
+                await client.run("nope", pixels(), far())
+            return err.value
+
+    error = asyncio.run(go())
+    assert error.code == "pipeline_not_found" and "'default'" in error.message
+
+
+def test_a_failing_batch_fails_its_items_with_an_error_id_and_the_next_batch_runs():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            runner = w.batcher._run_fns[0]
+            calls = []
+
+            def flaky(payloads):
+                calls.append(len(payloads))
+                if len(calls) == 1:
+                    raise RuntimeError("device lost")
+                return runner(payloads)
+
+            w.batcher._run_fns[0] = flaky
+            failed = await asyncio.gather(
+                *(client.run("default", pixels(i), far()) for i in range(2)),  # one batch of 2
+                return_exceptions=True,
+            )
+            after = await client.run("default", pixels(9), far())
+            return failed, after, client.arena.free
+
+    failed, after, free = asyncio.run(go())
+    assert all(isinstance(e, ModelError) for e in failed), failed
+    assert len({e.error_id for e in failed}) == 1 and failed[0].error_id
+    assert after[0].shape == (10,)
+    assert free == 8
+
+
+def test_a_cancelled_item_is_dropped_before_the_model_and_its_slot_comes_back():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            gate = GatedRunner(w.batcher)
+            first = asyncio.ensure_future(client.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            keep = asyncio.ensure_future(client.run("default", pixels(1), far()))
+            drop = asyncio.ensure_future(client.run("default", pixels(2), far()))
+            await asyncio.sleep(0.2)  # both queued behind the held batch
+            drop.cancel()
+            await asyncio.sleep(0.2)  # the Cancel crossed
+            assert client.arena.free == 5  # the dropped item's slot is held until answered
+            gate.release.set()
+            await first, await keep
+            with pytest.raises(asyncio.CancelledError):
+                await drop
+            for _ in range(100):
+                if client.arena.free == 8:
+                    break
+                await asyncio.sleep(0.02)
+            return gate.items, client.arena.free, w.registry.metrics.expired._value.get()
+
+    items, free, expired = asyncio.run(go())
+    assert items == 2  # the cancelled one never reached the model
+    assert free == 8 and expired == 1
+
+
+def test_an_item_past_its_deadline_is_answered_504_without_running():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            gate = GatedRunner(w.batcher)
+            first = asyncio.ensure_future(client.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            late = asyncio.ensure_future(client.run("default", pixels(1), time.monotonic() + 0.1))
+            await asyncio.sleep(0.3)
+            gate.release.set()
+            await first
+            with pytest.raises(DeadlineExceeded):
+                await late
+            return gate.items, client.arena.free
+
+    items, free = asyncio.run(go())
+    assert items == 1 and free == 8
+
+
+def test_a_front_end_that_goes_away_mid_batch_loses_only_its_own_items():
+    async def go():
+        async with wired() as w:
+            gone = await w.client(index=0)
+            other = await w.client(index=1)
+            gate = GatedRunner(w.batcher)
+            held = asyncio.ensure_future(gone.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            queued = asyncio.ensure_future(gone.run("default", pixels(1), far()))
+            mine = asyncio.ensure_future(other.run("default", pixels(2), far()))
+            await asyncio.sleep(0.2)
+            assert len(w.server.frontends) == 2
+            gone._stopping = True
+            gone._channel.transport.abort()  # the process died: its socket closes
+            lost = await asyncio.gather(held, queued, return_exceptions=True)
+            gate.release.set()
+            row, _ = await mine
+            for _ in range(100):
+                if len(w.server.frontends) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            frontend = next(iter(w.server.frontends))
+            return lost, row, frontend.index, gate.items, other.arena.free
+
+    lost, row, survivor, items, free = asyncio.run(go())
+    assert all(isinstance(e, EngineUnavailable) for e in lost)
+    assert row.shape == (10,) and survivor == 1 and free == 8
+    assert items == 2  # the held batch ran to its end; the gone front end's queued item never did
+
+
+def test_the_accelerator_process_going_away_fails_every_item_in_flight_at_once():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            gate = GatedRunner(w.batcher)
+            running = asyncio.ensure_future(client.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            queued = asyncio.ensure_future(client.run("default", pixels(1), far()))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            w.server._server.close()  # the process died: no listener, connections reset
+            for frontend in list(w.server.frontends):
+                frontend.channel.transport.abort()
+            out = await asyncio.gather(running, queued, return_exceptions=True)
+            waited = time.monotonic() - started
+            gate.release.set()
+            refused = None
+            try:
+                await client.run("default", pixels(2), far())
+            except EngineUnavailable as exc:
+                refused = exc
+            return out, waited, client.arena.free, refused
+
+    out, waited, free, refused = asyncio.run(go())
+    assert all(isinstance(e, EngineUnavailable) for e in out) and waited < 5
+    assert free == 8 and refused is not None and refused.status == 503
+
+
+def test_stopping_the_accelerator_process_answers_what_is_queued():
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            gate = GatedRunner(w.batcher)
+            running = asyncio.ensure_future(client.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            queued = asyncio.ensure_future(client.run("default", pixels(1), far()))
+            await asyncio.sleep(0.2)
+            # Stopping waits for the runner's thread to finish its batch: let it, from aside.
+            threading.Timer(0.5, gate.release.set).start()
+            await w.registry.stop()
+            return await asyncio.gather(running, queued, return_exceptions=True)
+
+    running, queued = asyncio.run(go())
+    assert isinstance(queued, ShuttingDown)
+    assert isinstance(running, (tuple, ShuttingDown))
+
+
+def test_a_front_end_of_another_build_is_refused_and_told_why():
+    async def go():
+        async with wired() as w:
+            loop = asyncio.get_running_loop()
+            received: list = []
+            closed = loop.create_future()
+            _, channel = await loop.create_unix_connection(
+                lambda: Channel(
+                    received.append,
+                    lambda exc: closed.done() or closed.set_result(exc),
+                    msgpack_codec(m.ToFrontEnd),
+                ),
+                w.socket,
+            )
+            channel.send(m.Hello(m.VERSION + 1, 7, None, 0, 0))
+            await asyncio.wait_for(closed, 10)
+            return received, w.server.frontends
+
+    received, frontends = asyncio.run(go())
+    assert len(received) == 1 and isinstance(received[0], m.Refused)
+    assert "different builds" in received[0].reason and not frontends
+
+
+def test_a_refused_front_end_reports_every_pipeline_failed_with_the_reason(tmp_path):
+    """The client's side: an accelerator process that refuses it (another build)."""
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        socket = str(tmp_path / m.ENGINE_SOCKET)
+
+        def refusing() -> Channel:
+            channel: Channel
+
+            def on_message(message):
+                channel.send(m.Refused("version 1 against version 2: different builds"))
+                channel.close()
+
+            channel = Channel(on_message, None, msgpack_codec(m.ToEngine))
+            return channel
+
+        server = await loop.create_unix_server(refusing, socket)
+        client = EngineClient(settings(), socket)
+        await client.start()
+        for _ in range(200):
+            if client.info("default").state == "failed":
+                break
+            await asyncio.sleep(0.02)
+        info = client.info("default")
+        with pytest.raises(EngineUnavailable) as err:
+            await client.run("default", pixels(), far())
+        await client.stop()
+        server.close()
+        return info, err.value
+
+    info, error = asyncio.run(go())
+    assert info.state == "failed" and "different builds" in (info.error or "")
+    assert "different builds" in error.message
+
+
+def test_errors_cross_with_their_kind_code_and_details():
+    for error in (
+        ModelError("the model failed; error id abc", error_id="abc"),
+        InvalidInput("bad", "invalid_shape", image=2),
+        ShuttingDown("stopping"),
+    ):
+        wire = m.Error.of(error)
+        encode, decode = msgpack_codec(m.ToFrontEnd)
+        back = decode(memoryview(encode(m.Failed([1], wire)))).error.rebuild()
+        assert type(back) is type(error)
+        assert (back.message, back.code, back.details) == (
+            error.message,
+            error.code,
+            error.details,
+        )
+
+
+def far() -> float:
+    return time.monotonic() + 60
