@@ -43,9 +43,7 @@ def _frontend(args: argparse.Namespace) -> None:
     from service.settings import Settings
 
     async def main() -> None:
-        client = EngineClient(
-            Settings(), args.socket, index=args.frontend, slots=args.inflight + 8
-        )
+        client = EngineClient(Settings(), args.socket, index=args.frontend, slots=args.inflight + 8)
         await client.start()
         while not client.info("default").ready:
             await asyncio.sleep(0.05)

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.metrics import Metrics
 from service.engine.batcher import DynamicBatcher
 from service.engine.chain import Chain
 from service.engine.stages import ModelStage
+from service.metrics import Metrics
 from service.preprocess.decode import PreprocessConfig
 from service.preprocess.decoder import Decoder
 

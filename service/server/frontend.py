@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..app import create_app
     from ..dataplane.engine_client import EngineClient
-    from ..wire.messages import ENGINE_SOCKET
     from ..jobs.shared import SharedJobStore
     from ..logs import configure_logging
     from ..metrics import Metrics
+    from ..wire.messages import ENGINE_SOCKET
     from .admission import SharedAdmission
     from .http import ServeHttpProtocol
 

@@ -55,4 +55,6 @@ def test_the_accelerator_process_imports_no_web_framework():
     loaded = modules(ENGINE)
     assert "service.wire.messages" in loaded
     assert [n for n in loaded if n.split(".")[0] in ("fastapi", "starlette", "uvicorn")] == []
-    assert [n for n in loaded if n.startswith(("service.api", "service.codecs", "service.grpc"))] == []
+    assert [
+        n for n in loaded if n.startswith(("service.api", "service.codecs", "service.grpc"))
+    ] == []
