@@ -31,6 +31,10 @@ capacity: venv ## Step-load capacity search: highest rate under SLO_MS, replicas
 	  --out $(if $(filter command line,$(origin REPORT)),$(REPORT),reports/capacity-$(shell date +%Y%m%d-%H%M%S)) \
 	  $(LOADTEST_ARGS)
 
+.PHONY: bench-engine
+bench-engine: venv ## Benchmark: the accelerator process alone on one core, CPU per item and per batch (minutes)
+	$(BIN)/python -m loadtest.bench.engine --json reports/bench-engine.json $(BENCH_ARGS)
+
 .PHONY: bench-serving
 bench-serving: venv ## Benchmark: service vs the decode ceiling, HTTP and gRPC, stand-in model (wrk, h2load; minutes)
 	@command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || \

@@ -173,6 +173,16 @@ def service(image: bytes, args: argparse.Namespace, log: Path, model: str) -> di
         **{k: v for k, v in load.items() if k != "requests_per_s"},
         "mean_batch": inferred / executions if executions else 0.0,
         "runner_busy_ratio": after.get("serve_runner_busy_ratio", 0.0),
+        # Over the load: the runner computing, and batches assembled while it ran the one
+        # before (ahead) or while it waited (inline).
+        **{
+            f"{key}_s": after.get(name, 0.0) - before.get(name, 0.0)
+            for key, name in (
+                ("runner_compute", "serve_runner_busy_seconds_total"),
+                ("assembly_ahead", 'serve_batch_assembly_seconds_total{when="ahead"}'),
+                ("assembly_inline", 'serve_batch_assembly_seconds_total{when="inline"}'),
+            )
+        },
     }
 
 

@@ -30,8 +30,9 @@ Policy (it costs nothing at low load and fills batches under load):
   clients of another's last batch send their next images, and the cores never wait for both.
   With one instance this rule never limits a batch.
 
-* Ahead of time: when an instance is busy and a full batch (``max_batch_size``) is already
-  queued, that batch is taken now and assembled (copied into the instance's other input buffer
+* Ahead of time (``ahead``, on accelerators): when every instance is busy and at least as many
+  items are queued as the batch running (the load is steady), they are taken now for the next
+  batch and assembled (copied into the instance's other input buffer
   and, on an accelerator, sent to the device) in an assembly thread, so that the instance
   starts it the moment it finishes the one it runs: it never waits for host work between
   batches under load. ``serve_batch_assembly_seconds_total{when}`` says how much assembly ran
@@ -185,7 +186,8 @@ class DynamicBatcher:
         )
         # instance -> (its next batch, the future of that batch's assembly)
         self._ahead: dict[int, tuple[list[_Item], asyncio.Future]] = {}
-        self._running_since: dict[int, float] = {}  # busy instance -> when its batch started
+        # busy instance -> (when its batch started, its size)
+        self._running: dict[int, tuple[float, int]] = {}
         self._assembly_inline = metrics.batch_assembly_seconds.labels("inline")
         self._assembly_ahead = metrics.batch_assembly_seconds.labels("ahead")
         self._depth = metrics.queue_depth.labels(name)
@@ -414,7 +416,7 @@ class DynamicBatcher:
 
     def _dispatch(self, instance: int, batch: list[_Item], assembly: asyncio.Future | None) -> None:
         self.running_items += len(batch)
-        self._running_since[instance] = time.monotonic()
+        self._running[instance] = (time.monotonic(), len(batch))
         task = asyncio.get_running_loop().create_task(
             self._execute(instance, batch, assembly), name=f"batch-{self.name}-{instance}"
         )
@@ -422,20 +424,25 @@ class DynamicBatcher:
         task.add_done_callback(self._batches.discard)
 
     def _assemble_ahead(self) -> None:
-        """Every instance is busy: if a full batch is queued, take it for the instance that
-        started first and assemble it now, in the assembly thread (on a GPU: the copy into the
-        other input buffer and the transfer to the device), so that the instance starts it
-        the moment it is done instead of waiting for host work."""
-        if self._ahead_fns is None or len(self._queue) < self.max_batch_size:
+        """Every instance is busy: if at least as many items are queued as the batch running
+        on the instance that started first (the load is steady), take them for its next
+        batch and assemble it now, in the assembly thread (on a GPU: the copy into the other
+        input buffer and the transfer to the device), so that the instance starts it the
+        moment it is done instead of waiting for host work."""
+        if self._ahead_fns is None or not self._queue:
             return
-        waiting = [i for i in self._running_since if i not in self._ahead]
+        waiting = [i for i in self._running if i not in self._ahead]
         if not waiting:
             return
-        instance = min(waiting, key=self._running_since.__getitem__)
-        self._drop_dead()
-        if len(self._queue) < self.max_batch_size:
+        instance = min(waiting, key=lambda i: self._running[i][0])
+        want = min(self.max_batch_size, self._running[instance][1])
+        if len(self._queue) < want:
             return
-        batch = [self._queue.popleft() for _ in range(self.max_batch_size)]
+        self._drop_dead()
+        size = min(len(self._queue), self.max_batch_size)
+        if size < want:
+            return
+        batch = [self._queue.popleft() for _ in range(size)]
         self._depth.set(len(self._queue))
         assemble = self._ahead_fns[instance][0]
         assembly = asyncio.get_running_loop().run_in_executor(
@@ -484,7 +491,7 @@ class DynamicBatcher:
         finally:
             self._busy.end(token)
             self.running_items -= len(batch)
-            self._running_since.pop(instance, None)
+            self._running.pop(instance, None)
             self._free.append(instance)
             self._wakeup.set()
         self._last_end = time.monotonic()
