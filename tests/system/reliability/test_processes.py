@@ -342,3 +342,92 @@ def test_front_ends_that_keep_dying_stop_the_pod_with_exit_1(tiny_model_file, tm
         assert f"front ends died {FRONTEND_RESTARTS} times" in srv.log()
     finally:
         stop_server(srv)
+
+
+# -- every request answered once, whatever dies (the wire's own tests: tests/unit/engine) ------
+
+HELD = {
+    "SERVE_MAX_BATCH_SIZE": "4",
+    "SERVE_BATCH_BUCKETS": "1,2,4",
+    "SERVE_MAX_BATCH_DELAY_MS": "1500",
+    "SERVE_MODEL_INSTANCES": "1",
+}
+
+
+def _send(sock: socket.socket, body: bytes, headers: bytes = b"") -> None:
+    sock.sendall(
+        b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n%s"
+        b"Content-Length: %d\r\n\r\n" % (headers, len(body)) + body
+    )
+
+
+def test_a_front_end_killed_with_an_item_in_a_batch_loses_only_its_own(tiny_model_file, tmp_path):
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file), **HELD}, tmp_path / "log")
+    try:
+        pids = frontends(srv.process.pid)
+        socks = connections_on_each_frontend(srv.url, pids)
+        victim, survivor = pids
+        image = encode(photo_like(40, 40))
+        _send(socks[victim], image)
+        time.sleep(0.3)
+        _send(socks[survivor], image)
+        time.sleep(0.3)  # both images wait in one partial batch (held 1.5 s)
+        os.kill(victim, signal.SIGKILL)
+        status, body = _answer(socks[survivor])
+        # The dead front end's item was dropped before the model: nobody waits for it.
+        assert status == 200 and body["timing"]["batch_sizes"] == [1], body
+        socks[victim].settimeout(10)
+        try:
+            assert socks[victim].recv(65536) == b""  # closed with the process, no answer
+        except ConnectionResetError:
+            pass
+        # The accelerator process answered the dropped item, then let the dead one go.
+        deadline = time.monotonic() + 30
+        while "disconnected (1 items in flight)" not in srv.log():
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.1)
+        r = httpx.post(srv.url + "/v1/classify", content=image, headers=JPEG, timeout=30)
+        assert r.status_code == 200
+    finally:
+        for sock in locals().get("socks", {}).values():
+            sock.close()
+        stop_server(srv)
+
+
+def test_an_accelerator_process_killed_mid_batch_answers_every_request_at_once(
+    tiny_model_file, tmp_path
+):
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file), **HELD}, tmp_path / "log")
+    try:
+        pids = frontends(srv.process.pid)
+        socks = connections_on_each_frontend(srv.url, pids)
+        image = encode(photo_like(40, 40))
+        for pid in pids:
+            _send(socks[pid], image)
+        time.sleep(0.5)  # held in one partial batch
+        os.kill(engine(srv.process.pid), signal.SIGKILL)
+        started = time.monotonic()
+        answers = [_answer(socks[pid]) for pid in pids]
+        assert time.monotonic() - started < 5
+        assert [s for s, _ in answers] == [503, 503], answers
+        assert {b["error"]["code"] for _, b in answers} == {"engine_unavailable"}
+    finally:
+        for sock in locals().get("socks", {}).values():
+            sock.close()
+        stop_server(srv)
+
+
+def test_a_deadline_that_passes_in_a_held_batch_is_a_504_and_the_next_request_runs(
+    held_server,
+):
+    pids = frontends(held_server.process.pid)
+    sock = next(iter(connections_on_each_frontend(held_server.url, pids).values()))
+    image = encode(photo_like(40, 40))
+    started = time.monotonic()
+    _send(sock, image, b"X-Request-Timeout-Ms: 300\r\n")
+    status, body = _answer(sock)
+    assert status == 504 and body["error"]["code"] == "deadline_exceeded", body
+    assert time.monotonic() - started < 1.4  # before the held batch would have run
+    status, body = post(sock, image)
+    sock.close()
+    assert status == 200, body
