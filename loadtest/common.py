@@ -77,6 +77,11 @@ def metric_values(text: str) -> dict[str, float]:
     return out
 
 
+def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
+    """How much the series ``name`` grew between two readings."""
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
 def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
     """``metric_values`` of ``url + /metrics``."""
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as r:

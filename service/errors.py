@@ -15,7 +15,10 @@ raise these, and they cross process boundaries by pickling.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T")
 
 
 class ServeError(Exception):
@@ -83,6 +86,14 @@ class PipelineNotFound(NotFound):
     @classmethod
     def of(cls, name: str, known: list[str]) -> PipelineNotFound:
         return cls(f"unknown pipeline {name!r}; configured: {known}")
+
+    @classmethod
+    def lookup(cls, pipelines: Mapping[str, T], name: str) -> T:
+        """``pipelines[name]``, or this error naming the configured ones."""
+        try:
+            return pipelines[name]
+        except KeyError:
+            raise cls.of(name, list(pipelines)) from None
 
 
 class Conflict(ServeError):

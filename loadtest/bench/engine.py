@@ -30,7 +30,7 @@ import numpy as np
 
 from loadtest.bench.cpu_split import threads_cpu
 from loadtest.bench.serving import CACHE, standin
-from loadtest.common import ROOT
+from loadtest.common import ROOT, delta
 
 
 def _frontend(args: argparse.Namespace) -> None:
@@ -171,21 +171,11 @@ def measure(batch: int, args: argparse.Namespace, model: Path) -> dict:
     threads = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     roles = _roles(threads)
     total = sum(roles.values())
-    executions = counters1.get("serve_execution_count_total", 0) - counters0.get(
-        "serve_execution_count_total", 0
-    )
-    inferred = counters1.get("serve_inference_count_total", 0) - counters0.get(
-        "serve_inference_count_total", 0
-    )
-    ahead = counters1.get("serve_batch_assembly_seconds_total|ahead", 0) - counters0.get(
-        "serve_batch_assembly_seconds_total|ahead", 0
-    )
-    inline = counters1.get("serve_batch_assembly_seconds_total|inline", 0) - counters0.get(
-        "serve_batch_assembly_seconds_total|inline", 0
-    )
-    busy = counters1.get("serve_runner_busy_seconds_total", 0) - counters0.get(
-        "serve_runner_busy_seconds_total", 0
-    )
+    executions = delta(counters1, counters0, "serve_execution_count_total")
+    inferred = delta(counters1, counters0, "serve_inference_count_total")
+    ahead = delta(counters1, counters0, "serve_batch_assembly_seconds_total|ahead")
+    inline = delta(counters1, counters0, "serve_batch_assembly_seconds_total|inline")
+    busy = delta(counters1, counters0, "serve_runner_busy_seconds_total")
     return {
         "max_batch": batch,
         "items_per_s": items / args.seconds,

@@ -31,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loadtest.common import ROOT, free_port, scrape, serving
+from loadtest.common import ROOT, delta, free_port, scrape, serving
 
 GPU_BUCKETS = (1, 8, 32, 64, 128, 256)
 SMOKE_BUCKETS = (1, 2)
@@ -158,12 +158,8 @@ def service(image: bytes, args: argparse.Namespace, log: Path, model: str) -> di
         after = scrape(url)
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
             models = json.loads(r.read())["models"][0]
-    executions = after.get("serve_execution_count_total", 0) - before.get(
-        "serve_execution_count_total", 0
-    )
-    inferred = after.get("serve_inference_count_total", 0) - before.get(
-        "serve_inference_count_total", 0
-    )
+    executions = delta(after, before, "serve_execution_count_total")
+    inferred = delta(after, before, "serve_inference_count_total")
     return {
         "ready_s": ready_s,
         "frontend_processes": int(after.get("serve_frontend_processes", 0)) or None,
@@ -176,7 +172,7 @@ def service(image: bytes, args: argparse.Namespace, log: Path, model: str) -> di
         # Over the load: the runner computing, and batches assembled while it ran the one
         # before (ahead) or while it waited (inline).
         **{
-            f"{key}_s": after.get(name, 0.0) - before.get(name, 0.0)
+            f"{key}_s": delta(after, before, name)
             for key, name in (
                 ("runner_compute", "serve_runner_busy_seconds_total"),
                 ("assembly_ahead", 'serve_batch_assembly_seconds_total{when="ahead"}'),

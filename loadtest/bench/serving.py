@@ -43,7 +43,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.common import ROOT, cpu_seconds, free_port, percentile, process_tree, scrape, serving
+from loadtest.common import (
+    ROOT,
+    cpu_seconds,
+    delta,
+    free_port,
+    percentile,
+    process_tree,
+    scrape,
+    serving,
+)
 
 CACHE = ROOT / ".cache"
 LUA = Path(__file__).with_name("post.lua")
@@ -243,10 +252,6 @@ def bodies(image: Path, model: str) -> dict[str, Body]:
     }
 
 
-def _delta(after: dict, before: dict, name: str) -> float:
-    return after.get(name, 0.0) - before.get(name, 0.0)
-
-
 def _answered(metrics: dict, protocol: str) -> tuple[float, float]:
     """(answered, failed other than cancelled) inference calls of ``protocol`` so far."""
     ok = failed = 0.0
@@ -269,8 +274,8 @@ def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) 
     result = run(target, body, args.connections, args.seconds, loadgen_cpus)
     after, after_cpu = scrape(url), _cpu_by_role(pid)
     images = result["images_per_s"] * args.seconds
-    executions = _delta(after, before, "serve_execution_count_total")
-    inferred = _delta(after, before, "serve_inference_count_total")
+    executions = delta(after, before, "serve_execution_count_total")
+    inferred = delta(after, before, "serve_inference_count_total")
     ok_before, failed_before = _answered(before, protocol)
     ok_after, failed_after = _answered(after, protocol)
     result["answered"] = ok_after - ok_before

@@ -88,10 +88,7 @@ class EngineClient:
         return list(self._configured)
 
     def info(self, name: str) -> PipelineInfo:
-        try:
-            return self._infos[name]
-        except KeyError:
-            raise PipelineNotFound.of(name, self.names()) from None
+        return PipelineNotFound.lookup(self._infos, name)
 
     async def run(
         self, name: str, item: np.ndarray, deadline: float

@@ -32,15 +32,6 @@ class Chain:
     def models(self) -> list[ModelStage]:
         return [s for s in self.stages if isinstance(s, ModelStage)]
 
-    def submit(self, item: np.ndarray, deadline: float) -> asyncio.Future:
-        """``run`` as a future, without a task of its own when the chain is one model stage
-        (the common case: the batcher's own future is the answer)."""
-        if len(self.stages) == 1:
-            batcher = self.first.batcher
-            assert batcher is not None, f"stage {self.first.name} is not started"
-            return batcher.submit(item, deadline)
-        return asyncio.ensure_future(self.run(item, deadline))
-
     def submit_many(
         self, entries: list[tuple[np.ndarray, float, Reply]]
     ) -> list[tuple[Reply, asyncio.Task]]:

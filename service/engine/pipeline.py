@@ -237,16 +237,6 @@ class Pipeline:
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
 
-    async def run(self, item: np.ndarray, deadline: float):
-        """One item through the stages after decode: ``(output row, BatchInfo)``."""
-        return await self.submit(item, deadline)
-
-    def submit(self, item: np.ndarray, deadline: float) -> asyncio.Future:
-        """``run`` as a future (see ``Chain.submit``)."""
-        if self.chain is None:
-            raise NotReady.of(self.state)
-        return self.chain.submit(item, deadline)
-
     def submit_many(
         self, entries: list[tuple[np.ndarray, float, Reply]]
     ) -> list[tuple[Reply, asyncio.Task]]:

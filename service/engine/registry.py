@@ -19,7 +19,7 @@ from ..metrics import Metrics
 from ..pipeline.config import DEFAULT, load_pipelines
 from ..pipeline.info import BatchInfo, PipelineInfo
 from ..settings import Settings
-from .batcher import Reply
+from .batcher import FutureReply, Reply
 from .pipeline import ModelFactory, Pipeline
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,7 @@ class PipelineRegistry:
         return list(self._pipelines)
 
     def get(self, name: str) -> Pipeline:
-        try:
-            return self._pipelines[name]
-        except KeyError:
-            raise PipelineNotFound.of(name, self.names()) from None
+        return PipelineNotFound.lookup(self._pipelines, name)
 
     # -- what the dataplane asks -----------------------------------------------------------
 
@@ -84,12 +81,15 @@ class PipelineRegistry:
     async def run(
         self, name: str, item: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, BatchInfo]:
-        """One item through the pipeline's stages after decode."""
-        return await self.submit(name, item, deadline)
-
-    def submit(self, name: str, item: np.ndarray, deadline: float) -> asyncio.Future:
-        """``run`` as a future."""
-        return self.get(name).submit(item, deadline)
+        """One item through the pipeline's stages after decode (the in-process engine)."""
+        future = asyncio.get_running_loop().create_future()
+        tasks = self.submit_many(name, [(item, deadline, FutureReply(future))])
+        try:
+            return await future
+        except asyncio.CancelledError:  # the request gave up: so do its stages
+            for _, task in tasks:
+                task.cancel()
+            raise
 
     def submit_many(
         self, name: str, entries: list[tuple[np.ndarray, float, Reply]]

@@ -85,6 +85,21 @@ async def wired(**overrides) -> AsyncIterator[Wired]:
             await server.close()
 
 
+async def held_batch(w: Wired, client: EngineClient) -> tuple[GatedRunner, asyncio.Future]:
+    """An item whose batch the runner holds until ``gate.release`` is set."""
+    gate = GatedRunner(w.batcher)
+    running = asyncio.ensure_future(client.run("default", pixels(0), far()))
+    await asyncio.to_thread(gate.entered.wait, 30)
+    return gate, running
+
+
+async def queue_behind(client: EngineClient) -> asyncio.Future:
+    """An item queued behind a held batch."""
+    queued = asyncio.ensure_future(client.run("default", pixels(1), far()))
+    await asyncio.sleep(0.2)
+    return queued
+
+
 def pixels(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), np.uint8)
 
@@ -209,9 +224,7 @@ def test_a_cancelled_item_is_dropped_before_the_model_and_its_slot_comes_back():
     async def go():
         async with wired() as w:
             client = await w.client()
-            gate = GatedRunner(w.batcher)
-            first = asyncio.ensure_future(client.run("default", pixels(0), far()))
-            await asyncio.to_thread(gate.entered.wait, 30)
+            gate, first = await held_batch(w, client)
             keep = asyncio.ensure_future(client.run("default", pixels(1), far()))
             drop = asyncio.ensure_future(client.run("default", pixels(2), far()))
             await asyncio.sleep(0.2)  # both queued behind the held batch
@@ -237,9 +250,7 @@ def test_an_item_past_its_deadline_is_answered_504_without_running():
     async def go():
         async with wired() as w:
             client = await w.client()
-            gate = GatedRunner(w.batcher)
-            first = asyncio.ensure_future(client.run("default", pixels(0), far()))
-            await asyncio.to_thread(gate.entered.wait, 30)
+            gate, first = await held_batch(w, client)
             late = asyncio.ensure_future(client.run("default", pixels(1), time.monotonic() + 0.1))
             await asyncio.sleep(0.3)
             gate.release.set()
@@ -257,9 +268,7 @@ def test_a_front_end_that_goes_away_mid_batch_loses_only_its_own_items():
         async with wired() as w:
             gone = await w.client(index=0)
             other = await w.client(index=1)
-            gate = GatedRunner(w.batcher)
-            held = asyncio.ensure_future(gone.run("default", pixels(0), far()))
-            await asyncio.to_thread(gate.entered.wait, 30)
+            gate, held = await held_batch(w, gone)
             queued = asyncio.ensure_future(gone.run("default", pixels(1), far()))
             mine = asyncio.ensure_future(other.run("default", pixels(2), far()))
             await asyncio.sleep(0.2)
@@ -286,11 +295,8 @@ def test_the_accelerator_process_going_away_fails_every_item_in_flight_at_once()
     async def go():
         async with wired() as w:
             client = await w.client()
-            gate = GatedRunner(w.batcher)
-            running = asyncio.ensure_future(client.run("default", pixels(0), far()))
-            await asyncio.to_thread(gate.entered.wait, 30)
-            queued = asyncio.ensure_future(client.run("default", pixels(1), far()))
-            await asyncio.sleep(0.2)
+            gate, running = await held_batch(w, client)
+            queued = await queue_behind(client)
             started = time.monotonic()
             w.server._server.close()  # the process died: no listener, connections reset
             for frontend in list(w.server.frontends):
@@ -314,11 +320,8 @@ def test_stopping_the_accelerator_process_answers_what_is_queued():
     async def go():
         async with wired() as w:
             client = await w.client()
-            gate = GatedRunner(w.batcher)
-            running = asyncio.ensure_future(client.run("default", pixels(0), far()))
-            await asyncio.to_thread(gate.entered.wait, 30)
-            queued = asyncio.ensure_future(client.run("default", pixels(1), far()))
-            await asyncio.sleep(0.2)
+            gate, running = await held_batch(w, client)
+            queued = await queue_behind(client)
             # Stopping waits for the runner's thread to finish its batch: let it, from aside.
             threading.Timer(0.5, gate.release.set).start()
             await w.registry.stop()
