@@ -265,7 +265,7 @@ class Metrics:
         )
         self.preprocess_duration = Histogram(
             "serve_preprocess_duration_seconds",
-            "Decode and resize time per image, in the worker process.",
+            "Decode and resize time per image, in a front end's decode thread.",
             buckets=STAGE_BUCKETS,
             registry=r,
         )
@@ -323,7 +323,7 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "serve_preprocess_pool_restarts",
-            "Preprocessing workers replaced after dying (the item a worker held is retried once).",
+            "Cpu-stage worker processes replaced after dying (the item one held is retried once).",
             registry=r,
         )
         self.ready = Gauge(

@@ -17,7 +17,7 @@ ModelArch = Literal[
 
 
 def default_workers(cpus: int = 0) -> int:
-    """One preprocessing process per CPU this process may run on (``cpus`` when set)."""
+    """One cpu-stage worker process per CPU this process may run on (``cpus`` when set)."""
     return cpus or available_cpus()
 
 
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
 
     # -- HTTP limits (enforced while the request streams in)
     # The whole request head (request line + headers) at most this many bytes: larger ones get
-    # 431 from the h11 parser (uvicorn's httptools parser has no such limit, so h11 is used).
+    # 431 and the connection is closed (server/http.py counts it as the head arrives).
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     # multipart/form-data: non-file fields per request.
     max_form_fields: int = Field(16, ge=1)
@@ -251,12 +251,3 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
-
-    @classmethod
-    def env_names(cls) -> dict[str, object]:
-        """Environment variable name -> default, for documentation and tests."""
-        out: dict[str, object] = {}
-        for name, field in cls.model_fields.items():
-            default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-            out[f"SERVE_{name.upper()}"] = default
-        return out

@@ -57,7 +57,9 @@ class ModelInfo(BaseModel):
     device: str
     mixed_precision: str = Field(description="off | float16 | bfloat16 (SERVE_MIXED_PRECISION).")
     xla: bool
-    preprocess_workers: int
+    preprocess_workers: int = Field(
+        description="Decode threads of each front-end process (the name is kept for clients)."
+    )
     model_instances: int
     warmup_seconds: float
 

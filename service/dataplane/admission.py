@@ -13,7 +13,7 @@ from ..metrics import Metrics
 
 
 class Bound(Protocol):
-    """What the dataplane needs of a bound: this one, or the pod's (``server/admission.py``)."""
+    """What the dataplane needs of a bound: this one, or the pod's (``server/pod_admission.py``)."""
 
     def admit(self, n: int) -> AbstractContextManager[None]: ...
 

@@ -1,4 +1,6 @@
-"""The accelerator process and the way to it: ``process.py`` owns the pipelines (batchers,
-runners, warm-up) and serves every front end; ``client.py`` is what a front end's dataplane
-runs items through; ``channel.py`` frames their messages; ``arena.py`` holds the pixels and
-rows in shared memory, so only small headers cross the socket."""
+"""The accelerator process: ``process.py`` is its entry point, ``server.py`` serves every front
+end over the wire (``service/wire``); the pipelines (``registry.py``, ``pipeline.py``), their
+stages after decode (``chain.py``, ``stages.py``), the dynamic batcher (``batcher.py``) and the
+cpu stages' worker processes (``worker_pool.py``, ``worker.py``) run here, and the compiled
+models (``service/model``). A front end imports none of it; the tests use the registry in
+their own process as the in-process engine."""

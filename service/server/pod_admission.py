@@ -61,9 +61,6 @@ class SharedAdmission:
         """This front end's images in flight."""
         return int(self._counts[self.index])
 
-    def total(self) -> int:
-        return int(self._counts.sum())
-
     @contextlib.contextmanager
     def admit(self, n: int) -> Iterator[None]:
         """Admit ``n`` images or raise ``Overloaded`` at once."""
