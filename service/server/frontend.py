@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..logs import configure_logging
     from ..metrics import Metrics
     from ..wire.messages import ENGINE_SOCKET
-    from .pod_admission import SharedAdmission
     from .http import ServeHttpProtocol
+    from .pod_admission import SharedAdmission
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
