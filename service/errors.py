@@ -64,6 +64,11 @@ class InvalidInput(ServeError):
     default_code = "invalid_input"
 
 
+class ImageError(InvalidInput):
+    """An input that is not a usable image; ``code`` says why (``empty``, ``not_an_image``,
+    ``too_many_pixels``, ``corrupt_image``)."""
+
+
 class Unauthorized(ServeError):
     """No valid token (401)."""
 
@@ -103,6 +108,18 @@ class Conflict(ServeError):
     default_code = "conflict"
 
 
+class JobConflict(Conflict):
+    """The job cannot be cancelled in its state (``status``): ``job_running`` or
+    ``job_finished``."""
+
+    @classmethod
+    def of(cls, job_id: str, status: str) -> JobConflict:
+        code = "job_running" if status == "running" else "job_finished"
+        return cls(
+            f"job {job_id} is {status}; only queued jobs can be cancelled", code, status=status
+        )
+
+
 class PayloadTooLarge(ServeError):
     """A body over its limit (413)."""
 
@@ -136,6 +153,18 @@ class Overloaded(Unavailable):
 
 class QueueFull(Overloaded):
     """A model stage's queue in the accelerator process is at its bound."""
+
+
+class StoreFull(Unavailable):
+    """The job store holds its maximum number of jobs; retry later."""
+
+    default_code = "jobs_full"
+
+
+class StoreUnavailable(Unavailable):
+    """The job store cannot be reached (Redis down); retry later."""
+
+    default_code = "jobs_unavailable"
 
 
 class NotReady(Unavailable):
@@ -187,3 +216,18 @@ class ModelError(ServeError):
     @property
     def error_id(self) -> str:
         return str(self.details.get("error_id", ""))
+
+
+# -- the service cannot start (before any request; the process exits with the reason) -------
+
+
+class StartupError(RuntimeError):
+    """What stops the service before it serves: the message says what to do."""
+
+
+class WeightsUnavailable(StartupError):
+    """The requested weights cannot be loaded and the service is in strict mode."""
+
+
+class BackendUnavailable(StartupError):
+    """The configured Keras backend cannot run in this process."""

@@ -31,6 +31,7 @@ import numpy as np
 from loadtest.bench.cpu_split import threads_cpu
 from loadtest.bench.serving import CACHE, standin
 from loadtest.common import ROOT, delta
+from service.server.rundir import ENGINE_SOCKET
 
 
 def _frontend(args: argparse.Namespace) -> None:
@@ -124,7 +125,7 @@ def measure(batch: int, args: argparse.Namespace, model: Path) -> dict:
             env=env,
             preexec_fn=lambda: os.sched_setaffinity(0, engine_cpu),
         )
-        socket = str(Path(run_dir) / "engine.sock")
+        socket = str(Path(run_dir) / ENGINE_SOCKET)
         inflight = max(2, 2 * batch)
         count = args.frontends
         try:

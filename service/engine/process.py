@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import Metrics
+from ..server.rundir import ENGINE_SOCKET
 from ..settings import Settings
-from ..wire.messages import ENGINE_SOCKET
 from .registry import PipelineRegistry
 from .server import EngineServer
 

@@ -11,7 +11,8 @@ import asyncio
 import collections
 import time
 
-from .record import QUEUED, RUNNING, Claim, Job, JobStore, StoreFull
+from ..errors import StoreFull
+from .record import QUEUED, RUNNING, Claim, Job, JobStore
 
 
 class MemoryJobStore(JobStore):

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import Conflict, Unavailable
+from ..errors import JobConflict
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -20,29 +20,6 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "cancelled",
 )
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-
-
-class StoreFull(Unavailable):
-    """The store holds its maximum number of jobs; retry later."""
-
-    default_code = "jobs_full"
-
-
-class StoreUnavailable(Unavailable):
-    """The store cannot be reached (Redis down); retry later."""
-
-    default_code = "jobs_unavailable"
-
-
-class JobConflict(Conflict):
-    """The job cannot be cancelled in its state (``status``): ``job_running`` or
-    ``job_finished``."""
-
-    def __init__(self, job_id: str, status: str):
-        code = "job_running" if status == "running" else "job_finished"
-        super().__init__(
-            f"job {job_id} is {status}; only queued jobs can be cancelled", code, status=status
-        )
 
 
 @dataclass
@@ -82,7 +59,7 @@ class Job:
     def cancelled(self, ttl_s: float) -> Job:
         """This queued job, cancelled now; raises ``JobConflict`` in any other state."""
         if self.status != QUEUED:
-            raise JobConflict(self.id, self.status)
+            raise JobConflict.of(self.id, self.status)
         self.status = CANCELLED
         self.finished_at = time.time()
         self.expires_at = self.finished_at + ttl_s

@@ -28,16 +28,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import JobConflict, StoreFull, StoreUnavailable
 from .record import (
     CANCELLED,
     QUEUED,
     RUNNING,
     Claim,
     Job,
-    JobConflict,
     JobStore,
-    StoreFull,
-    StoreUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -145,7 +143,7 @@ class RedisJobStore(JobStore):
             return None
         if not await self._cas(job.cancelled(self.ttl_s), QUEUED):
             current = await self.get(job_id)
-            raise JobConflict(job_id, current.status if current else "expired")
+            raise JobConflict.of(job_id, current.status if current else "expired")
         await self._finish_keys(job.id)
         return job
 

@@ -17,9 +17,10 @@ import os
 from functools import partial
 from typing import Any
 
+from ..errors import StoreUnavailable
 from ..wire.channel import Channel
 from .memory import MemoryJobStore
-from .record import Claim, Job, JobStore, StoreUnavailable
+from .record import Claim, Job, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import WeightsUnavailable
 from .architectures import ARCHITECTURES, Architecture
 from .normalize import NormalizeMode
 
 log = logging.getLogger(__name__)
-
-
-class WeightsUnavailable(RuntimeError):
-    """The requested weights cannot be loaded and the service is in strict mode."""
 
 
 @dataclass

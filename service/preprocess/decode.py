@@ -19,21 +19,13 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import InvalidInput
+from ..errors import ImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We check the pixel count ourselves right after reading the header, with our own limit.
 Image.MAX_IMAGE_PIXELS = None
 
 ResizePolicy = Literal["stretch", "crop"]
-
-
-class ImageError(InvalidInput):
-    """An input that is not a usable image; ``code`` says why (``empty``, ``not_an_image``,
-    ``too_many_pixels``, ``corrupt_image``)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message, code)
 
 
 @dataclass(frozen=True)
@@ -103,19 +95,19 @@ def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
     """
     start = time.perf_counter()
     if not data:
-        raise ImageError("empty", "the image is empty (zero bytes)")
+        raise ImageError("the image is empty (zero bytes)", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im: Image.Image = Image.open(io.BytesIO(data))
             width, height = im.size
             if width <= 0 or height <= 0:
-                raise ImageError("corrupt_image", "the image has no pixels")
+                raise ImageError("the image has no pixels", "corrupt_image")
             if width * height > cfg.max_pixels:
                 raise ImageError(
-                    "too_many_pixels",
                     f"the image is {width}x{height} = {width * height} pixels; "
                     f"the limit is {cfg.max_pixels}",
+                    "too_many_pixels",
                 )
             # EXIF orientation swaps the axes for 5..8; ask the decoder for enough pixels.
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
@@ -142,15 +134,15 @@ def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", "the data is not an image in a supported format") from None
+        raise ImageError("the data is not an image in a supported format", "not_an_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too_many_pixels", "the image is a decompression bomb") from None
+        raise ImageError("the image is a decompression bomb", "too_many_pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         # Pillow reports truncated or corrupt data with these; the text is Pillow's own.
         reason = str(exc) or type(exc).__name__
-        raise ImageError("corrupt_image", f"the image could not be decoded: {reason}") from None
+        raise ImageError(f"the image could not be decoded: {reason}", "corrupt_image") from None
     except MemoryError:
-        raise ImageError("too_many_pixels", "the image is too large to decode") from None
+        raise ImageError("the image is too large to decode", "too_many_pixels") from None
     if pixels.shape != (*cfg.size, 3):  # pragma: no cover - defensive
-        raise ImageError("corrupt_image", f"unexpected decoded shape {pixels.shape}")
+        raise ImageError(f"unexpected decoded shape {pixels.shape}", "corrupt_image")
     return Preprocessed(pixels, time.perf_counter() - start, (width, height))

@@ -24,8 +24,6 @@ from ..settings import Settings
 
 log = logging.getLogger("service.frontend")
 
-ADMISSION = "admission"
-JOBS_SOCKET = "jobs.sock"
 # Items that travel through shared memory at once, per front end (more go inline).
 ARENA_SLOTS = 32
 
@@ -60,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..jobs.shared import SharedJobStore
     from ..logs import configure_logging
     from ..metrics import Metrics
-    from ..wire.messages import ENGINE_SOCKET
     from .http import ServeHttpProtocol
     from .pod_admission import SharedAdmission
+    from .rundir import ADMISSION, ENGINE_SOCKET, JOBS_SOCKET
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)

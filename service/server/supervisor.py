@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..metrics import MULTIPROC_ENV
 from ..settings import Settings
+from .rundir import ADMISSION, JOBS_SOCKET, METRICS
 
 log = logging.getLogger("service.supervisor")
 
@@ -145,9 +146,9 @@ class Supervisor:
     ) -> None:
         if self.frontends.get(index) is not process:
             return
-        from . import admission
+        from . import pod_admission
 
-        admission.reset(self.dir / "admission", index)
+        pod_admission.reset(self.dir / ADMISSION, index)
         if self.stopping:
             return
         if _too_often(self._frontend_deaths, FRONTEND_RESTARTS * self.processes):
@@ -180,9 +181,9 @@ class Supervisor:
     # -- life ------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        from . import admission
+        from . import pod_admission
 
-        admission.create(self.dir / "admission", self.processes)
+        pod_admission.create(self.dir / ADMISSION, self.processes)
         store = await self._job_store()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
@@ -211,7 +212,7 @@ class Supervisor:
 
         s = self.settings
         server = StoreServer(MemoryJobStore(s.max_jobs, s.job_ttl_s))
-        await server.listen(str(self.dir / "jobs.sock"))
+        await server.listen(str(self.dir / JOBS_SOCKET))
         return server
 
     def _on_signal(self, sig: int) -> None:
@@ -281,13 +282,14 @@ def _mark_dead(pid: int) -> None:
 
 
 def main() -> int:
+    from ..errors import BackendUnavailable, WeightsUnavailable
     from ..lifetime import run
     from ..logs import configure_logging
-    from ..model.loader import WeightsUnavailable, check_weights
+    from ..model.loader import check_weights
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
-    from ..model.backends import BackendUnavailable, check
+    from ..model.backends import check
 
     try:
         check(settings.backend)
@@ -301,8 +303,8 @@ def main() -> int:
             log.critical("%s", exc)
             return 3  # what uvicorn answers for a failed startup
     directory = run_dir()
-    (directory / "metrics").mkdir()
-    os.environ[MULTIPROC_ENV] = str(directory / "metrics")
+    (directory / METRICS).mkdir()
+    os.environ[MULTIPROC_ENV] = str(directory / METRICS)
     held: list[socket.socket] = []
     try:
         port = settings.port

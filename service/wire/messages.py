@@ -43,8 +43,6 @@ from ..pipeline.info import PipelineInfo
 
 # Bumped whenever a message changes shape or meaning.
 VERSION = 1
-# The accelerator process's socket, in the pod's run directory.
-ENGINE_SOCKET = "engine.sock"
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):

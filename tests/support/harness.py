@@ -183,7 +183,8 @@ def frontend_of(sock, frontend_pids: list[int]) -> int | None:
 
 def _decode_outcome(data: bytes, max_pixels: int) -> str:
     """Runs in a spawned process: ``ok``, ``ImageError:<code>``, or ``UNEXPECTED:<type>``."""
-    from service.preprocess.decode import ImageError, PreprocessConfig, decode
+    from service.errors import ImageError
+    from service.preprocess.decode import PreprocessConfig, decode
 
     try:
         out = decode(data, PreprocessConfig(size=(32, 32), max_pixels=max_pixels))

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from ...errors import BackendUnavailable
+
 if TYPE_CHECKING:
     from ...settings import Settings
     from ..runner import ModelRunner
@@ -26,10 +28,6 @@ BACKENDS = ("tensorflow", "jax")
 # What each backend needs installed, and the extra that installs it.
 MODULES = {"tensorflow": "tensorflow", "jax": "jax"}
 EXTRAS = {"tensorflow": "tensorflow (or gpu)", "jax": "jax (or jax-gpu)"}
-
-
-class BackendUnavailable(RuntimeError):
-    """The configured backend cannot run in this process."""
 
 
 def check(backend: str) -> None:

@@ -7,6 +7,7 @@ import time
 import httpx
 import pytest
 
+from service.errors import WeightsUnavailable
 from tests.support.helpers import start_server, stop_server
 from tests.support.tiny import tiny_loaded
 
@@ -194,7 +195,7 @@ def test_missing_weights_fall_back_to_random_loudly_when_not_strict(weights, tmp
     loaded = loader.load_model("resnet50", weights, strict=False)
     assert loaded.random_weights and loaded.weights_source == "random"
     assert any("RANDOM" in w for w in loaded.warnings)
-    with pytest.raises(loader.WeightsUnavailable):
+    with pytest.raises(WeightsUnavailable):
         loader.load_model("resnet50", weights, strict=True)
 
 

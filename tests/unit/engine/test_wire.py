@@ -28,6 +28,7 @@ from service.errors import (
     ShuttingDown,
 )
 from service.metrics import Metrics
+from service.server.rundir import ENGINE_SOCKET
 from service.settings import Settings
 from service.wire import messages as m
 from service.wire.channel import Channel, msgpack_codec
@@ -72,7 +73,7 @@ async def wired(**overrides) -> AsyncIterator[Wired]:
     registry = PipelineRegistry(s, Metrics(), lambda: tiny_loaded(SIZE))
     server = EngineServer(registry)
     with tempfile.TemporaryDirectory() as run_dir:
-        socket = str(Path(run_dir) / m.ENGINE_SOCKET)
+        socket = str(Path(run_dir) / ENGINE_SOCKET)
         await server.listen(socket)
         await registry.start()
         w = Wired(registry, server, socket, s)
@@ -360,7 +361,7 @@ def test_a_refused_front_end_reports_every_pipeline_failed_with_the_reason(tmp_p
 
     async def go():
         loop = asyncio.get_running_loop()
-        socket = str(tmp_path / m.ENGINE_SOCKET)
+        socket = str(tmp_path / ENGINE_SOCKET)
 
         def refusing() -> Channel:
             channel: Channel

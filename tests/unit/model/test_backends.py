@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.errors import BackendUnavailable
 from service.model import backends
 from tests.support.helpers import ROOT
 
@@ -75,14 +76,14 @@ def test_a_backend_keras_cannot_switch_to_is_refused_with_the_reason():
     import keras  # this process's Keras: TensorFlow's
 
     assert keras.backend.backend() == "tensorflow"
-    with pytest.raises(backends.BackendUnavailable, match="Keras was imported with tensorflow"):
+    with pytest.raises(BackendUnavailable, match="Keras was imported with tensorflow"):
         backends.check("jax")
     backends.check("tensorflow")
 
 
 def test_a_backend_that_is_not_installed_is_refused_with_the_extra_to_install(monkeypatch):
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(backends.BackendUnavailable, match=r"jax is not installed.*extra jax"):
+    with pytest.raises(BackendUnavailable, match=r"jax is not installed.*extra jax"):
         backends.check("jax")
 
 

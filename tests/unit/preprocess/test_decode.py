@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.errors import ImageError
 from service.model.normalize import normalize
-from service.preprocess.decode import ImageError, PreprocessConfig, decode
+from service.preprocess.decode import PreprocessConfig, decode
 from tests.support.helpers import encode, photo_like
 
 CFG = PreprocessConfig()
@@ -175,5 +176,5 @@ def test_pixel_limit_is_configurable():
 def test_image_error_survives_pickling():
     import pickle
 
-    err = pickle.loads(pickle.dumps(ImageError("corrupt_image", "bad")))
+    err = pickle.loads(pickle.dumps(ImageError("bad", "corrupt_image")))
     assert (err.code, err.message) == ("corrupt_image", "bad")
