@@ -1,42 +1,24 @@
 """The dynamic batcher: gathers items from all concurrent requests into batches for one runner.
 
-Policy (it costs nothing at low load and fills batches under load):
+When a batch starts and how many items it takes is the policy of ``batch_policy.py`` (it costs
+nothing at low load and fills batches under load: a lone item runs at once, a busy runner's
+queue becomes its next batch, with regrouping, coalescing and an optional delay). This module
+is the machinery:
 
-* When the runner is idle and items are waiting, they go to it at once, up to
-  ``max_batch_size``: a lone request never waits for company.
-* While the runner executes a batch, new items queue up; the moment it is done the next batch
-  takes everything waiting. Batches thus grow with the load by themselves.
-* Regrouping, under load only: when the runner finishes a batch while the load continues (items
-  keep arriving), the next batch may wait for as many items as the last batch plus those that
-  were already queued when it finished — closed-loop clients just answered come back within
-  milliseconds — and starts as soon as they are there, but never waits longer than
-  ``regroup_s`` nor ``regroup_fraction`` of the last batch's compute time. Without
-  it, sixteen clients settle into two alternating half-size batches, and on a CPU a batch of 8
-  costs more per image than a batch of 16. An idle service (no item for longer than the
-  regroup budget) never holds: a lone request runs at once.
-* Coalescing, under a high arrival rate only: when items arrive faster than the fixed cost of
-  one execution (what a batch costs whatever its size, measured at warm-up), a short queue is
-  held for at most that cost so that the items due meanwhile run in the same batch, instead of
-  one execution per image. A slow model (ResNet50 on a CPU: no fixed cost to speak of) and an
-  arrival after a pause never hold.
-* ``max_batch_delay_ms`` > 0 (off by default) additionally holds a partial batch, with an idle
-  runner, until it is full or its oldest item has waited that long (Triton's
-  ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
-* Items whose deadline has passed are dropped before they reach the model.
+* Items whose deadline has passed, or whose request gave up, are dropped before the model.
 * Instances (Triton's instance group): given several run functions, the batcher keeps each busy
   with its own batch, dispatching to whichever is free. A batch then takes at most its share of
   the work in the stage (queued plus running, divided by the instances), so the load splits into
   batches that run side by side and finish at different times: while one instance computes, the
   clients of another's last batch send their next images, and the cores never wait for both.
   With one instance this rule never limits a batch.
-
 * Ahead of time (``ahead``, on accelerators): when every instance is busy and at least as many
   items are queued as the batch running (the load is steady), they are taken now for the next
-  batch and assembled (copied into the instance's other input buffer
-  and, on an accelerator, sent to the device) in an assembly thread, so that the instance
-  starts it the moment it finishes the one it runs: it never waits for host work between
-  batches under load. ``serve_batch_assembly_seconds_total{when}`` says how much assembly ran
-  ahead and how much the runner waited for (``inline``).
+  batch and assembled (copied into the instance's other input buffer and, on an accelerator,
+  sent to the device) in an assembly thread, so that the instance starts it the moment it
+  finishes the one it runs: it never waits for host work between batches under load.
+  ``serve_batch_assembly_seconds_total{when}`` says how much assembly ran ahead and how much
+  the runner waited for (``inline``).
 
 Items come in bulk (:meth:`DynamicBatcher.submit_many`: all the items of one message of a
 front end, with one wake-up) and each carries a *reply*: an ``asyncio.Future`` for callers in
@@ -58,13 +40,15 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
 from ..metrics import Metrics
 from ..pipeline.info import BatchInfo
+from .batch_policy import BatchPolicy
+from .replies import GIVEN_UP, FutureReply, Reply
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +59,6 @@ AssembleFn = Callable[[list[np.ndarray]], Any]
 ExecuteFn = Callable[[Any], tuple]
 
 
-_GIVEN_UP = ShuttingDown("the request gave up", "cancelled")
-
-
-class Reply(Protocol):
-    """Where one item's answer goes: ``(output_row, BatchInfo)`` or a ``ServeError``.
-
-    The batcher answers every item it queued exactly once, even one whose reply is already
-    ``done()`` (its request gave up: it is dropped before the model, or its batch was
-    running): a reply ignores what comes after it is done, and the accelerator process's
-    ticket learns from it that the item's slot is free again.
-    """
-
-    def done(self) -> bool: ...
-
-    def set_result(self, result: tuple[np.ndarray, BatchInfo]) -> None: ...
-
-    def set_exception(self, exc: BaseException) -> None: ...
-
-
 @dataclass(slots=True)
 class _Item:
     payload: np.ndarray
@@ -102,7 +67,7 @@ class _Item:
     enqueued: float
 
 
-class DynamicBatcher:
+class DynamicBatcher(BatchPolicy):
     """Batches items for ``run_fn`` (see module docstring for the policy).
 
     Args:
@@ -283,7 +248,7 @@ class DynamicBatcher:
                 # Cancelled by its request when the request's deadline passed (the pipeline's
                 # timeout cancels what it still waits for): dropped before the model too.
                 expired += 1
-                item.reply.set_exception(_GIVEN_UP)
+                item.reply.set_exception(GIVEN_UP)
             elif item.deadline <= now:
                 expired += 1
                 item.reply.set_exception(
@@ -295,91 +260,11 @@ class DynamicBatcher:
             self._metrics.expired.inc(expired)
             self._queue = live
 
-    def _batch_size(self) -> int:
-        """How many queued items the next batch takes.
-
-        With ``exact_sizes``: the largest size the queue fills, unless the queue nearly fills
-        the next size up (at most 1/8 of it would be padding: 15 runs as 16, not as 8 + 7).
-        """
-        size = min(len(self._queue), self.max_batch_size, self._share())
-        if not self.exact_sizes or size < self.exact_sizes[0]:
-            return size
-        up = next((b for b in self.exact_sizes if b >= size), size)
-        if (up - size) * 8 <= up:
-            return size
-        return max(b for b in self.exact_sizes if b <= size)
-
-    def _share(self) -> int:
-        """An instance's share of the work in the stage (queued and running items): with
-        several instances, one batch must not take what the idle others could run beside it."""
-        if self.instances == 1:
-            return self.max_batch_size
-        return -(-(len(self._queue) + self.running_items) // self.instances)
-
     def _take_batch(self) -> list[_Item]:
         self._drop_dead()
         batch = [self._queue.popleft() for _ in range(self._batch_size())]
         self._depth.set(len(self._queue))
         return batch
-
-    async def _hold_partial(self) -> None:
-        """With ``max_delay_s`` > 0, wait for a full batch or the oldest item's delay."""
-        while len(self._queue) < self.max_batch_size:
-            remaining = self._queue[0].enqueued + self.max_delay_s - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
-
-    def _regroup_budget(self) -> float:
-        return min(self.regroup_s, self.regroup_fraction * self._last_compute_s)
-
-    async def _wait_for_items(self, count: int, seconds: float) -> bool:
-        """Wait until ``count`` items are queued or ``seconds`` pass; True if they are."""
-        deadline = time.monotonic() + seconds
-        while len(self._queue) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return len(self._queue) >= count
-        return True
-
-    async def _regroup(self) -> None:
-        """Under load, let the next batch reach the last one's size plus what was already
-        queued when it finished. Items queued since are the last batch's clients coming back:
-        counting them twice would make the batch wait for one more item than will come, so
-        every batch would wait out the whole budget."""
-        earlier = 0
-        for item in self._queue:  # in arrival order
-            if item.enqueued >= self._last_end:
-                break
-            earlier += 1
-        want = min(self.max_batch_size, self._last_batch + earlier)
-        if self._last_batch <= 1 or len(self._queue) >= want:
-            return
-        await self._wait_for_items(want, self._regroup_budget())
-
-    async def _coalesce(self) -> None:
-        """Items arriving faster than one execution's fixed cost: hold a short queue for at
-        most that cost, for the items due meanwhile. A fast model under a high arrival rate
-        otherwise runs every item alone, idle between items, and pays the fixed cost (the
-        framework's call, the transfer to the device) once per image, on a host CPU that the
-        front ends need. The wait never exceeds what the batch saves; an item after a pause
-        (a gap longer than twice the cost) runs at once."""
-        cost = min(self.call_cost_s, self.regroup_s)
-        if cost <= 0 or not self._gap_s or self._last_gap_s > 2 * cost:
-            return
-        due = int(cost / self._gap_s)
-        if due < 1:
-            return
-        await self._wait_for_items(min(self.max_batch_size, len(self._queue) + due), cost)
 
     async def _loop(self) -> None:
         while True:
@@ -520,23 +405,3 @@ def name_thread(name: str) -> None:
 def _timed(fn: AssembleFn, payloads: list[np.ndarray]) -> tuple[Any, float]:
     started = time.perf_counter()
     return fn(payloads), time.perf_counter() - started
-
-
-class FutureReply:
-    """An ``asyncio.Future`` as a :class:`Reply` that may be answered after it was cancelled."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future):
-        self.future = future
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def set_result(self, result: tuple[np.ndarray, BatchInfo]) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
-
-    def set_exception(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)

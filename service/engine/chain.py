@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ShuttingDown
 from ..pipeline.config import PipelineConfigError
 from ..pipeline.info import BatchInfo
-from .batcher import Reply
+from .replies import Reply
 from .stages import CpuStage, ModelStage, Stage
 
 

@@ -23,8 +23,8 @@ from ..model.loader import LoadedModel
 from ..pipeline.config import DEFAULT, CpuStageSpec, ModelStageSpec, PipelineSpec, default_spec
 from ..pipeline.info import PipelineInfo, StageInfo, configured_info, model_name, stage_label
 from ..settings import Settings
-from .batcher import Reply
 from .chain import Chain
+from .replies import Reply
 from .stages import CpuStage, ModelStage, Stage
 from .worker_pool import WorkerPool
 

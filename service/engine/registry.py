@@ -19,8 +19,8 @@ from ..metrics import Metrics
 from ..pipeline.config import DEFAULT, load_pipelines
 from ..pipeline.info import BatchInfo, PipelineInfo
 from ..settings import Settings
-from .batcher import FutureReply, Reply
 from .pipeline import ModelFactory, Pipeline
+from .replies import FutureReply, Reply
 
 log = logging.getLogger(__name__)
 

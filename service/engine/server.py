@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import ServeError, ShuttingDown
+from ..errors import ServeError
 from ..pipeline.info import BatchInfo, PipelineInfo
 from ..wire import messages as m
 from ..wire.arena import Arena
@@ -28,7 +28,6 @@ from .registry import PipelineRegistry
 
 log = logging.getLogger("service.engine")
 
-_CANCELLED = ShuttingDown("the request gave up", "cancelled")
 
 
 class Ticket:
