@@ -22,7 +22,6 @@ from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware, load_tokens
 from .api.body import TIMEOUT_HEADER
-from .api.fast import PATH as FAST_PATH
 from .api.fast import FastClassify
 from .api.middleware import MetricsMiddleware
 from .codecs.classify import B64Image, ClassifyJSON
@@ -140,8 +139,7 @@ def create_app(
         app.include_router(router)
     # Outermost last: CORS (answers preflights) > metrics and request id > authentication >
     # the raw-image classify request without the framework's routing (api/fast.py).
-    route = next(r for r in classify.router.routes if getattr(r, "path", "") == FAST_PATH)
-    app.add_middleware(FastClassify, plane=plane, route=route)
+    app.add_middleware(FastClassify, plane=plane, route=classify.route())
     tokens = load_tokens(settings)
     if tokens:
         app.add_middleware(AuthMiddleware, tokens=tokens, exempt_paths=settings.auth_exempt_paths)

@@ -21,10 +21,9 @@ from ..codecs.classify import RAW_TYPES
 from ..dataplane.dataplane import DataPlane
 from ..errors import ServeError
 from .body import TIMEOUT_HEADER, receive_body, timeout_s
-from .classify import classify_body
+from .classify import PATH, PIPELINE_NAME_MAX, classify_body
 from .errors import serve_error_response
 
-PATH = "/v1/classify"
 _TIMEOUT = TIMEOUT_HEADER.lower().encode()
 _KNOWN_QUERY = {"top_k", "pipeline"}
 
@@ -60,7 +59,7 @@ class FastClassify:
         if (
             (kind and not kind.startswith(RAW_TYPES))
             or not set(query) <= _KNOWN_QUERY
-            or len(query.get("pipeline", "")) > 64  # the route's own validation answers it
+            or len(query.get("pipeline", "")) > PIPELINE_NAME_MAX  # the route answers it
         ):
             await self.app(scope, receive, send)
             return
@@ -68,11 +67,11 @@ class FastClassify:
         plane = self.plane
         try:
             name = query.get("pipeline") or None
-            plane.check(name)  # before reading a large body
+            checked = plane.check(name)  # before reading a large body
             timeout = timeout_s(deadline, plane.settings)
             body = await receive_body(receive, length, plane.settings.max_body_bytes)
             answer = await classify_body(
-                plane, name, body, content_type or "", query.get("top_k"), timeout
+                plane, checked, name, body, content_type or "", query.get("top_k"), timeout
             )
         except ServeError as exc:
             response = serve_error_response(exc, plane.settings.retry_after_s)

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..codecs import tfserving as codec
+from ..codecs.common import protocol_model
 from ..dataplane.dataplane import DataPlane
 from ..errors import InvalidInput
 from ..pipeline.info import PipelineInfo
@@ -22,7 +23,7 @@ router = APIRouter(route_class=PlainErrorRoute, tags=["tensorflow-serving"])
 
 def _model(plane: DataPlane, name: str, version: str | None) -> PipelineInfo:
     """The pipeline this model name picks; 404 in the protocol's own words for any other."""
-    return plane.protocol_model(name, version, **codec.NOT_FOUND)
+    return protocol_model(plane, name, version, **codec.NOT_FOUND)
 
 
 @router.get("/v1/models/{name}", summary="Model status (TensorFlow Serving)")
@@ -55,10 +56,10 @@ async def predict(
         raise InvalidInput(
             f"method :{method} is not supported; this model serves :predict", "invalid_argument"
         )
-    plane.check(info.name)  # before reading a large body
+    plane.check_ready(info)  # before reading a large body
     body = await read_body(request, settings.max_body_bytes)
     infer_request, row = codec.decode_predict(
         body, info, settings, request_timeout_s(request, settings)
     )
-    result = await plane.infer(infer_request)
+    result = await plane.infer(infer_request, info)
     return codec.encode_predict(result.probabilities, row)

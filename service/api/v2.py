@@ -99,14 +99,14 @@ async def infer(
     """Run encoded images (``images``) or pixel tensors (``pixels``) through the model."""
     settings = plane.settings
     model = _model(plane, name, version)
-    plane.check(model.info.name)  # before reading a large body
+    plane.check_ready(model.info)  # before reading a large body
     body = await read_body(request, settings.max_body_bytes)
     body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
     header, binary = v2_inputs.split_body(body, request.headers.get(codec.HEADER_LENGTH))
     infer_request, want = v2_inputs.decode_request(
         header, binary, model, settings, request_timeout_s(request, settings)
     )
-    result = await plane.infer(infer_request)
+    result = await plane.infer(infer_request, model.info)
     content, headers, media_type = codec.encode_response(
         name, header.get("id"), result.probabilities, want, result.pipeline.labels
     )

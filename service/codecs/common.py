@@ -1,4 +1,5 @@
-"""What the codecs share: bounded JSON, base64, top-k, compressed bodies, pixel tensors."""
+"""What the codecs share: bounded JSON, base64, top-k, compressed bodies, pixel tensors, and
+the standard protocols' model names."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from ..errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..pipeline.info import PipelineInfo
 
 # Deeper than any body of these protocols needs ([N, H, W, 3] pixels are 4 deep); a deeper one
 # is refused before anything walks it.
@@ -101,3 +103,29 @@ def to_pixels(values: np.ndarray, prefix: str = "", code: str = "invalid_input")
     if values.size and (not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 255):
         raise InvalidInput(f"{prefix}pixel values must be RGB in 0..255", code)
     return np.round(values).astype(np.uint8)
+
+
+def protocol_model(
+    plane: Any,
+    name: str,
+    version: str | None,
+    *,
+    available: str,
+    unknown_model: str,
+    unknown_version: str,
+) -> PipelineInfo:
+    """The pipeline a standard protocol's model name (and version) picks (V2, TF Serving).
+
+    Every pipeline is a model of its own name (``default`` also of SERVE_MODEL_NAME), each with
+    one version ``available``. Anything else: 404 in the protocol's own words, a template over
+    ``name``, ``version``, ``served`` and ``available``.
+    """
+    fields = {"name": name, "version": version, "available": available}
+    try:
+        info = plane.resolve(name)
+    except NotFound:
+        message = unknown_model.format(served=plane.served_models(), **fields)
+        raise NotFound(message, "model_not_found") from None
+    if version is not None and version != available:
+        raise NotFound(unknown_version.format(**fields), "version_not_found")
+    return info

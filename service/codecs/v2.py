@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..dataplane.postprocess import ranked
 from ..errors import NotFound
 from ..pipeline.info import PipelineInfo
 from ..settings import Settings
+from .common import protocol_model
 
 VERSION = "1"
 INPUT_IMAGES = "images"
@@ -69,13 +71,13 @@ class Model:
 def find_model(plane: Any, name: str, version: str | None) -> Model:
     """The model ``name`` (a pipeline, or ``<pipeline>-pixels``); 404 in V2's words."""
     try:
-        return Model(name, plane.protocol_model(name, version, **NOT_FOUND))
+        return Model(name, protocol_model(plane, name, version, **NOT_FOUND))
     except NotFound:
         base = name.removesuffix(PIXELS_VIEW)
         if base == name or not base:
             raise
         try:
-            return Model(name, plane.protocol_model(base, version, **NOT_FOUND), True)
+            return Model(name, protocol_model(plane, base, version, **NOT_FOUND), True)
         except NotFound:
             pass
         raise
@@ -148,10 +150,9 @@ class OutputSpec:
 
 def classification_strings(probs: np.ndarray, k: int, labels: tuple[str, ...]) -> list[bytes]:
     """Triton's classification strings, ``"%f:index:label"``, best first, row major."""
-    k = min(k, probs.shape[1])
     out = []
     for row in probs:
-        for index in np.argsort(-row, kind="stable")[:k]:
+        for index in ranked(row, k):
             label = labels[index] if index < len(labels) else ""
             text = f"{row[index]:f}:{index}" + (f":{label}" if label else "")
             out.append(text.encode())

@@ -23,7 +23,6 @@ import numpy as np
 from ..errors import (
     DeadlineExceeded,
     InvalidInput,
-    NotFound,
     NotReady,
     PipelineNotFound,
     ServeError,
@@ -129,39 +128,16 @@ class DataPlane:
         except PipelineNotFound:
             raise PipelineNotFound.of(name, self.engine.names()) from None
 
-    def protocol_model(
-        self,
-        name: str,
-        version: str | None,
-        *,
-        available: str,
-        unknown_model: str,
-        unknown_version: str,
-    ) -> PipelineInfo:
-        """The pipeline a standard protocol's model name (and version) picks (V2, TF Serving).
-
-        Every pipeline is a model of its own name (``default`` also of SERVE_MODEL_NAME), each
-        with one version ``available``. Anything else: 404 in the protocol's own words, a
-        template over ``name``, ``version``, ``served`` and ``available``.
-        """
-        fields = {"name": name, "version": version, "available": available}
-        try:
-            info = self.resolve(name)
-        except NotFound:
-            served = self.served_models()
-            message = unknown_model.format(served=served, **fields)
-            raise NotFound(message, "model_not_found") from None
-        if version is not None and version != available:
-            raise NotFound(unknown_version.format(**fields), "version_not_found")
-        return info
-
     def served_models(self) -> list[str]:
         """Every name a protocol may ask for."""
         return sorted({self.settings.model_name, *self.engine.names()})
 
     def check(self, name: str | None) -> PipelineInfo:
         """The pipeline, if it can take a request now (before a large body is read)."""
-        info = self.resolve(name)
+        return self.check_ready(self.resolve(name))
+
+    def check_ready(self, info: PipelineInfo) -> PipelineInfo:
+        """``info`` if its pipeline can take a request now; else ``NotReady``."""
         if self.draining:
             raise NotReady.of("draining")
         if not info.ready:
@@ -191,11 +167,12 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResult:
+    async def infer(self, request: InferRequest, info: PipelineInfo | None = None) -> InferResult:
         """Run one request; raises a ``ServeError`` (bad input, not ready, overloaded,
-        deadline exceeded, model error)."""
+        deadline exceeded, model error). ``info``: the pipeline a transport already checked
+        (``check``) before it read the body, not looked up again."""
         start = time.perf_counter()
-        info = self.check(request.pipeline)
+        info = self.check(request.pipeline) if info is None else self.check_ready(info)
         try:
             result = await self._infer(info, request)
         except ServeError:

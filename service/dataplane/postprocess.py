@@ -31,9 +31,14 @@ def probabilities(outputs: np.ndarray, already_probabilities: bool) -> np.ndarra
     return outputs.astype(np.float32) if already_probabilities else softmax(outputs)
 
 
+def ranked(row: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the ``k`` highest values of ``row``, highest first, ties by index (every
+    protocol's top-k: the native answer, V2's classification strings)."""
+    k = max(1, min(k, row.shape[-1]))
+    idx = np.argpartition(-row, k - 1)[:k]
+    return idx[np.lexsort((idx, -row[idx]))]
+
+
 def top_k(probs: np.ndarray, k: int, labels: tuple[str, ...]) -> list[Prediction]:
     """The ``k`` most probable classes of one image, best first (ties by class id)."""
-    k = max(1, min(k, probs.shape[-1]))
-    idx = np.argpartition(-probs, k - 1)[:k]
-    idx = idx[np.lexsort((idx, -probs[idx]))]
-    return [Prediction(labels[i], int(i), float(probs[i])) for i in idx]
+    return [Prediction(labels[i], int(i), float(probs[i])) for i in ranked(probs, k)]

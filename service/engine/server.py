@@ -29,7 +29,6 @@ from .registry import PipelineRegistry
 log = logging.getLogger("service.engine")
 
 
-
 class Ticket:
     """One front end's item in the batchers: the reply (``batcher.Reply``) that routes its
     answer to that front end's next message. Answered exactly once; a cancelled ticket's answer
