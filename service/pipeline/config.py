@@ -290,25 +290,18 @@ def _explain(errors: list[Any], doc: Any) -> str:
     if not isinstance(doc, dict) or (kind == "missing" and loc == ("pipelines",)):
         return MUST_BE["pipelines"]
     where: list[str] = []
-    owner: Any = _File
-    allowed = ["pipelines"]
+    owner: Any = _File  # the declaration the error is in
     if len(loc) >= 2:
         where.append(f"pipeline {loc[1]!r}")
-        owner, allowed = _Pipeline, ["stages", "labels"]
+        owner = _Pipeline
     stage_kind = ""
     if len(loc) >= 4 and loc[2] == "stages":
         stage = doc["pipelines"][loc[1]]["stages"][loc[3]]
         stage_kind = loc[4] if len(loc) >= 5 else ""
         owner = STAGE_TYPES.get(stage_kind, owner)
         label = stage.get("name") if stage_kind in ("model", "cpu") else stage_kind
-        field = loc[5] if len(loc) >= 6 else None
-        named = isinstance(label, str) and label and field != "name"
+        named = isinstance(label, str) and label and loc[5:6] != ("name",)
         where.append(f"stage {loc[3]} ({label})" if named else f"stage {loc[3]}")
-        allowed = (
-            sorted(f.name for f in dataclasses.fields(owner))
-            if owner in (ModelStageSpec, CpuStageSpec)
-            else ["kind"]
-        )
     prefix = ": ".join(where) + ": " if where else ""
     if kind in ("union_tag_invalid", "union_tag_not_found", "model_attributes_type") and (
         len(loc) == 4
@@ -323,12 +316,18 @@ def _explain(errors: list[Any], doc: Any) -> str:
         if owner in (_Decode, _TopK):
             return f"{prefix}takes no options"
         level = "top-level " if owner is _File else ""
-        return f"{prefix}unknown {level}keys {extra}; allowed {sorted(allowed)}"
+        return f"{prefix}unknown {level}keys {extra}; allowed {_fields(owner)}"
     if kind == "value_error":
         return prefix + str(error["ctx"]["error"])
     field = "stages" if len(loc) == 2 else str(loc[-1]) if loc else "pipelines"
     wording = MUST_BE.get(field, error["msg"])
     return prefix + wording.format(kind=stage_kind, input=error.get("input"))
+
+
+def _fields(owner: Any) -> list[str]:
+    if dataclasses.is_dataclass(owner):
+        return sorted(f.name for f in dataclasses.fields(owner))
+    return sorted(owner.model_fields)
 
 
 def _path(value: str, base: Path) -> str:
