@@ -1,14 +1,19 @@
 """KServe V2 requests, from the HTTP body (JSON header and binary tensor data) or from a gRPC
 ``ModelInferRequest`` turned into the same form: one input (``images`` or ``pixels``), the
-requested output, Triton's ``timeout`` parameter. Every check answers 400 with what is wrong."""
+requested output, Triton's ``timeout`` parameter. Every check answers 400 with what is wrong.
+
+The JSON header's shape is declared as pydantic models (``_Header``); ``_WORDS`` says, field
+by field, how an error there is worded. What depends on the model (input names, pixel shape)
+and on the tensor's contents is checked after, in code."""
 
 from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from ..dataplane.request import InferRequest
 from ..errors import InvalidInput
@@ -39,6 +44,110 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return header, binary
 
 
+# -- the JSON header, declared ---------------------------------------------------------------
+
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+OPEN = ConfigDict(extra="ignore")  # V2 lets clients send fields and parameters we do not use
+
+
+class _RequestParameters(BaseModel):
+    model_config = OPEN
+    timeout: Annotated[StrictInt, Field(gt=0)] | None = None  # microseconds (Triton's)
+    binary_data_output: StrictBool = False
+
+
+class _InputParameters(BaseModel):
+    model_config = OPEN
+    binary_data_size: NonNegative | None = None
+
+
+class _Input(BaseModel):
+    model_config = OPEN
+    name: StrictStr
+    datatype: StrictStr
+    shape: Annotated[list[NonNegative], Field(min_length=1)]
+    parameters: _InputParameters | None = None
+    data: Any = None  # checked against the datatype and shape below
+
+
+class _OutputParameters(BaseModel):
+    model_config = OPEN
+    binary_data: StrictBool | None = None
+    classification: NonNegative = 0
+
+
+class _Output(BaseModel):
+    model_config = OPEN
+    name: StrictStr
+    parameters: _OutputParameters | None = None
+
+
+class _Header(BaseModel):
+    """The fields of a V2 inference request this service reads, in the order they are checked."""
+
+    model_config = OPEN
+    inputs: Annotated[list[_Input], Field(min_length=1)]
+    parameters: _RequestParameters | None = None
+    outputs: Annotated[list[_Output], Field(min_length=1, max_length=1)] | None = None
+
+
+# What went wrong, by where in the header (a number: any list index); the longest match wins.
+_WORDS: dict[tuple[str, ...], str] = {
+    ("inputs",): "the request has no 'inputs' (a non-empty list of tensors)",
+    ("inputs", "#"): "each input must be a JSON object",
+    ("inputs", "#", "name"): "input is missing its 'name'",
+    ("inputs", "#", "datatype"): "input {name!r} is missing its 'datatype'",
+    ("inputs", "#", "shape"): (
+        "input {name!r}: 'shape' must be a non-empty list of non-negative integers"
+    ),
+    ("inputs", "#", "parameters"): "input {name!r}: 'parameters' must be an object",
+    ("inputs", "#", "parameters", "binary_data_size"): (
+        "input {name!r}: binary_data_size must be a non-negative integer"
+    ),
+    ("parameters",): "request: 'parameters' must be an object",
+    ("parameters", "timeout"): (
+        "the 'timeout' parameter must be a positive number of microseconds"
+    ),
+    ("parameters", "binary_data_output"): "binary_data_output must be true or false",
+    ("outputs",): f"'outputs' must be a list with the model's one output, {OUTPUT!r}",
+    ("outputs", "#"): "unexpected inference output {output!r}; the model's output is "
+    + repr(OUTPUT),
+    ("outputs", "#", "name"): "unexpected inference output {output!r}; the model's output is "
+    + repr(OUTPUT),
+    ("outputs", "#", "parameters"): f"output {OUTPUT!r}: 'parameters' must be an object",
+    ("outputs", "#", "parameters", "binary_data"): (
+        f"output {OUTPUT!r}: binary_data must be true or false"
+    ),
+    ("outputs", "#", "parameters", "classification"): (
+        f"output {OUTPUT!r}: classification must be a non-negative integer"
+    ),
+}
+
+
+def _validate(header: dict[str, Any]) -> _Header:
+    try:
+        return _Header.model_validate(header)
+    except ValidationError as exc:
+        raise _bad(_explain(exc.errors()[0]["loc"], header)) from None
+
+
+def _explain(loc: tuple[int | str, ...], header: dict[str, Any]) -> str:
+    """The wording of ``_WORDS`` for the error at ``loc``, with the tensor's name filled in."""
+    key = tuple("#" if isinstance(part, int) else part for part in loc)
+    while key and key not in _WORDS:
+        key = key[:-1]
+    if not key:
+        return "the inference request must be a JSON object"
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    items = header.get(str(loc[0]))
+    item = items[index] if isinstance(items, list) and index < len(items) else None
+    name = item.get("name") if isinstance(item, dict) else item
+    return _WORDS[key].format(name=name, output=name)
+
+
+# -- the request --------------------------------------------------------------------------
+
+
 def decode_request(
     header: dict[str, Any],
     binary: bytes,
@@ -48,48 +157,30 @@ def decode_request(
 ) -> tuple[InferRequest, OutputSpec]:
     """Validate the request's one input and its outputs; ``timeout_s`` is the transport's
     deadline, which Triton's ``timeout`` parameter may shorten."""
-    kind, data = _parse_inputs(header, binary, model, settings)
-    request = InferRequest(pipeline=model.info.name, timeout_s=_timeout_s(header, timeout_s))
+    parsed = _validate(header)
+    kind, data = _parse_input(parsed.inputs, binary, model, settings)
+    params = parsed.parameters or _RequestParameters()
+    timeout_us = params.timeout
+    request = InferRequest(
+        pipeline=model.info.name,
+        timeout_s=timeout_s if timeout_us is None else min(timeout_us / 1e6, timeout_s),
+    )
     if kind == INPUT_IMAGES:
         request.images = data
     else:
         request.pixels = data
-    return request, _parse_outputs(header)
+    return request, _parse_outputs(parsed.outputs, params.binary_data_output)
 
 
-def _timeout_s(header: dict[str, Any], cap_s: float) -> float:
-    """Triton's ``timeout`` request parameter (microseconds), capped like the deadline header."""
-    timeout_us = _parameters(header, "request").get("timeout")
-    if timeout_us is None:
-        return cap_s
-    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
-        raise _bad("the 'timeout' parameter must be a positive number of microseconds")
-    return min(timeout_us / 1e6, cap_s)
-
-
-def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
-    params = obj.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise _bad(f"{where}: 'parameters' must be an object")
-    return params
-
-
-def _parse_inputs(
-    header: dict[str, Any], binary: bytes, model: Model, settings: Settings
+def _parse_input(
+    inputs: list[_Input], binary: bytes, model: Model, settings: Settings
 ) -> tuple[str, Any]:
     """Validate the request's one input; returns ("images", list[bytes]) or ("pixels", array)."""
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise _bad("the request has no 'inputs' (a non-empty list of tensors)")
     if len(inputs) != 1:
         names = " or ".join(repr(n) for n in model.inputs)
         raise _bad(f"expected exactly one input ({names}), got {len(inputs)}")
     spec = inputs[0]
-    if not isinstance(spec, dict):
-        raise _bad("each input must be a JSON object")
-    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-    if not isinstance(name, str):
-        raise _bad("input is missing its 'name'")
+    name, datatype, shape = spec.name, spec.datatype, spec.shape
     if name not in model.inputs:
         if model.pixels_only:
             raise _bad(
@@ -100,14 +191,6 @@ def _parse_inputs(
             f"unexpected inference input {name!r}; the model's inputs are "
             f"{INPUT_IMAGES!r} (BYTES) and {INPUT_PIXELS!r} (FP32/UINT8)"
         )
-    if not isinstance(datatype, str):
-        raise _bad(f"input {name!r} is missing its 'datatype'")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise _bad(f"input {name!r}: 'shape' must be a non-empty list of non-negative integers")
     count = math.prod(shape)
     n = shape[0]
     if n == 0:
@@ -118,15 +201,16 @@ def _parse_inputs(
             f"the limit is {settings.max_images_per_request}",
             "too_many_images",
         )
-    raw = _binary_part(spec, name, binary)
-    if raw is None and "data" not in spec:
+    has_data = "data" in spec.model_fields_set
+    raw = _binary_part(spec, has_data, binary)
+    if raw is None and not has_data:
         raise _bad(f"input {name!r} has neither 'data' nor binary data")
     if name == INPUT_IMAGES:
         if datatype != "BYTES":
             raise _bad(f"input {name!r}: datatype {datatype!r}, expected 'BYTES'")
         if shape not in ([n], [n, 1]):
             raise _bad(f"input {name!r}: shape {shape}, expected [N] or [N, 1]")
-        images = _bytes_elements(raw, name) if raw is not None else _json_bytes(spec["data"], name)
+        images = _bytes_elements(raw, name) if raw is not None else _json_bytes(spec.data, name)
         if len(images) != count:
             raise _bad(f"input {name!r}: shape {shape} needs {count} elements, got {len(images)}")
         for i, image in enumerate(images):
@@ -150,7 +234,7 @@ def _parse_inputs(
         values = np.frombuffer(raw, dtype=dtype)
     else:
         try:
-            values = np.asarray(spec["data"], dtype=np.float64).ravel()
+            values = np.asarray(spec.data, dtype=np.float64).ravel()
         except (TypeError, ValueError):
             raise _bad(f"input {name!r}: 'data' must be numbers (flat or nested lists)") from None
         if values.size != count:
@@ -160,9 +244,9 @@ def _parse_inputs(
     return INPUT_PIXELS, to_pixels(values, f"input {name!r}: ").reshape(shape)
 
 
-def _binary_part(spec: dict[str, Any], name: str, binary: bytes) -> bytes | None:
+def _binary_part(spec: _Input, has_data: bool, binary: bytes) -> bytes | None:
     """The input's slice of the binary data (one input per request, so it is all of it)."""
-    size = _parameters(spec, f"input {name!r}").get("binary_data_size")
+    size = spec.parameters.binary_data_size if spec.parameters else None
     if size is None:
         if binary:
             raise _bad(
@@ -170,13 +254,11 @@ def _binary_part(spec: dict[str, Any], name: str, binary: bytes) -> bytes | None
                 "declares 'binary_data_size'"
             )
         return None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
-    if "data" in spec:
-        raise _bad(f"input {name!r} has both 'data' and binary data")
+    if has_data:
+        raise _bad(f"input {spec.name!r} has both 'data' and binary data")
     if size != len(binary):
         raise _bad(
-            f"input {name!r}: binary_data_size is {size} but {len(binary)} bytes of binary "
+            f"input {spec.name!r}: binary_data_size is {size} but {len(binary)} bytes of binary "
             "data follow the header"
         )
     return binary
@@ -215,24 +297,12 @@ def _json_bytes(data: Any, name: str) -> list[bytes]:
     return out
 
 
-def _parse_outputs(header: dict[str, Any]) -> OutputSpec:
-    default_binary = _parameters(header, "request").get("binary_data_output", False)
-    if not isinstance(default_binary, bool):
-        raise _bad("binary_data_output must be true or false")
-    requested = header.get("outputs")
-    if requested is None:
+def _parse_outputs(outputs: list[_Output] | None, default_binary: bool) -> OutputSpec:
+    if outputs is None:
         return OutputSpec(default_binary, 0)
-    if not isinstance(requested, list) or len(requested) != 1:
-        raise _bad(f"'outputs' must be a list with the model's one output, {OUTPUT!r}")
-    spec = requested[0]
-    if not isinstance(spec, dict) or spec.get("name") != OUTPUT:
-        got = spec.get("name") if isinstance(spec, dict) else spec
-        raise _bad(f"unexpected inference output {got!r}; the model's output is {OUTPUT!r}")
-    params = _parameters(spec, f"output {OUTPUT!r}")
-    binary = params.get("binary_data", default_binary)
-    k = params.get("classification", 0)
-    if not isinstance(binary, bool):
-        raise _bad(f"output {OUTPUT!r}: binary_data must be true or false")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise _bad(f"output {OUTPUT!r}: classification must be a non-negative integer")
-    return OutputSpec(binary, k)
+    spec = outputs[0]
+    if spec.name != OUTPUT:
+        raise _bad(f"unexpected inference output {spec.name!r}; the model's output is {OUTPUT!r}")
+    params = spec.parameters or _OutputParameters()
+    binary = default_binary if params.binary_data is None else params.binary_data
+    return OutputSpec(binary, params.classification)

@@ -1,4 +1,5 @@
-"""Job callbacks: only to allowed hosts, signed with HMAC-SHA256, retried with backoff.
+"""Job callbacks: only to allowed hosts, signed with HMAC-SHA256, retried with backoff, sent
+with an async HTTP client (httpx) on the job runner's event loop.
 
 The receiver checks ``X-Signature-256: sha256=<hex>``, the HMAC-SHA256 of the raw body with the
 shared key ``SERVE_CALLBACK_SECRET`` (compare in constant time, e.g. ``hmac.compare_digest``).
@@ -7,16 +8,16 @@ Redirects are not followed (a redirect could lead outside the allow-list).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
+
 from ..errors import InvalidInput
+from .retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,6 @@ def verify(body: bytes, secret: str, header: str) -> bool:
     return hmac.compare_digest(sign(body, secret), header)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return None  # a 3xx becomes an HTTPError: not delivered
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
 @dataclass
 class Delivery:
     delivered: bool
@@ -90,13 +83,19 @@ class Delivery:
     status: int = 0
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _OPENER.open(request, timeout=timeout_s) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+class _NotDelivered(Exception):
+    """One attempt's failure: the receiver's status (0: none) and what went wrong."""
+
+    def __init__(self, status: int, error: str):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+    @property
+    def final(self) -> bool:
+        """A 4xx other than 408 and 429: the receiver refused this body, and sending it again
+        would not change that."""
+        return 400 <= self.status < 500 and self.status not in (408, 429)
 
 
 async def deliver(
@@ -111,8 +110,8 @@ async def deliver(
     backoff_s: float,
 ) -> Delivery:
     """POST ``body`` to ``url`` until a 2xx, at most ``attempts`` times, sleeping
-    ``backoff_s``, then twice that, ... between attempts. A 4xx other than 408 and 429 is final:
-    the receiver refused this body, and sending it again would not change that."""
+    ``backoff_s``, then twice that, ... between attempts. A 4xx other than 408 and 429 is final.
+    A 3xx is a failure (redirects are not followed)."""
     try:
         check_callback_url(url, allowed_hosts)  # again: the settings may have changed
     except CallbackRefused as exc:
@@ -123,19 +122,31 @@ async def deliver(
         SIGNATURE_HEADER: sign(body, secret),
         "X-Job-Id": job_id,
     }
-    error, status = "", 0
-    for attempt in range(1, attempts + 1):
+    tried = 0
+
+    async def post(attempt: int) -> int:
+        nonlocal tried
+        tried = attempt
         try:
-            status = await asyncio.to_thread(_post, url, body, headers, timeout_s)
-        except (OSError, ValueError) as exc:  # refused, reset, timeout, DNS
-            status, error = 0, f"{type(exc).__name__}: {exc}"
-        else:
-            if 200 <= status < 300:
-                return Delivery(True, attempt, "", status)
-            error = f"HTTP {status}"
-            if 400 <= status < 500 and status not in (408, 429):
-                return Delivery(False, attempt, error, status)
-        if attempt < attempts:
-            log.warning("job %s: callback attempt %d failed (%s); retrying", job_id, attempt, error)
-            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-    return Delivery(False, attempts, error, status)
+            response = await client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:  # refused, reset, timeout, DNS
+            raise _NotDelivered(0, f"{type(exc).__name__}: {exc}") from None
+        if not 200 <= response.status_code < 300:
+            raise _NotDelivered(response.status_code, f"HTTP {response.status_code}")
+        return response.status_code
+
+    def warn(attempt: int, exc: Exception) -> None:
+        log.warning("job %s: callback attempt %d failed (%s); retrying", job_id, attempt, exc)
+
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+        try:
+            status = await retry(
+                post,
+                tries=attempts,
+                backoff=Backoff(backoff_s),
+                retryable=lambda exc: isinstance(exc, _NotDelivered) and not exc.final,
+                on_retry=warn,
+            )
+        except _NotDelivered as exc:
+            return Delivery(False, tried, exc.error, exc.status)
+    return Delivery(True, tried, "", status)

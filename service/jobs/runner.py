@@ -23,10 +23,14 @@ from ..metrics import Metrics
 from ..settings import Settings
 from . import callbacks
 from .record import FAILED, SUCCEEDED, Claim, Job, JobStore
+from .retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
+# A chunk refused for capacity waits 0.05 s, 0.1 s, ... 2 s between tries: about 30 s in all.
 MAX_TRIES = 20
+CAPACITY_BACKOFF = Backoff(0.05, max_s=2.0)
+WAIT_FOR = (NotReady, Unavailable, DeadlineExceeded)
 
 
 class JobFailed(Exception):
@@ -187,9 +191,9 @@ class JobRunner:
 
     async def _chunk(self, job: Job, images: list[bytes], offset: int) -> InferResult:
         """One chunk of a job's images; waits and retries while the pipeline cannot take it."""
-        delay = 0.05
         request = InferRequest(job.pipeline, images, top_k=job.top_k)
-        for _ in range(MAX_TRIES):
+
+        async def attempt(_: int) -> InferResult:
             if self._stopping:
                 raise Abandoned()
             try:
@@ -200,7 +204,7 @@ class JobRunner:
                 raise JobFailed(exc.code, f"image {index}: {reason}") from None
             except ModelError as exc:
                 raise JobFailed("model_error", f"the model failed on a batch: {exc}") from None
-            except NotReady as exc:
+            except NotReady:
                 state = self.plane.resolve(job.pipeline).state
                 if state == "failed":
                     raise JobFailed(
@@ -208,14 +212,19 @@ class JobRunner:
                     ) from None
                 if state in ("stopped", "draining"):
                     raise Abandoned() from None
-                last: Exception = exc
-            except (Unavailable, DeadlineExceeded) as exc:
-                last = exc
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
-        raise JobFailed(
-            "unavailable", f"gave up after {MAX_TRIES} tries: {type(last).__name__}: {last}"
-        )
+                raise
+
+        try:
+            return await retry(
+                attempt,
+                tries=MAX_TRIES,
+                backoff=CAPACITY_BACKOFF,
+                retryable=lambda exc: isinstance(exc, WAIT_FOR),
+            )
+        except WAIT_FOR as exc:
+            raise JobFailed(
+                "unavailable", f"gave up after {MAX_TRIES} tries: {type(exc).__name__}: {exc}"
+            ) from None
 
     async def _callback(self, job: Job) -> None:
         assert job.callback_url

@@ -31,16 +31,33 @@ so it must not import TensorFlow.
 The pipeline named ``default`` is always decode -> ``SERVE_MODEL`` with ``SERVE_WEIGHTS`` ->
 top-k (a file may not redefine it). This module only parses and validates;
 it imports neither TensorFlow nor Keras.
+
+The file's shape is declared once, as pydantic dataclasses (the stage specs the engine reads)
+and models; :func:`_explain` words pydantic's first error as the file's author needs it: the
+file, the pipeline, the stage and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass as spec_dataclass
 
 from ..model.architectures import ARCHITECTURES
 
@@ -49,50 +66,109 @@ CPU_KINDS = ("decode", "cpu")
 STAGE_KINDS = (*CPU_KINDS, "model", "topk")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9_.-]{0,62}[a-z0-9])?$")
 FUNCTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-CPU_KEYS = {"kind", "name", "function"}
-MODEL_KEYS = {"kind", "name", "arch", "weights", "include_top", "pooling", "file", "normalize"}
+RESERVED = ("preprocess", "topk")  # the metrics labels of decode and topk
+
+Name = Annotated[StrictStr, StringConstraints(pattern=NAME.pattern)]
+CLOSED = ConfigDict(extra="forbid")
 
 
 class PipelineConfigError(ValueError):
     """The pipelines file is not valid; the message says where and what is allowed."""
 
 
-@dataclass(frozen=True)
+# -- what a stage is (the engine reads these) ---------------------------------------------
+
+
+@spec_dataclass(frozen=True, config=CLOSED)
 class ModelStageSpec:
-    """One model stage: a Keras ResNet (``arch``) or a whole model from a ``.keras`` file."""
+    """One model stage: a Keras ResNet (``arch``) or a whole model from a ``.keras`` file.
+    Relative paths (``file``, a weights file) are relative to the pipelines file."""
 
-    name: str
-    arch: str | None = None
-    weights: str = "imagenet"
-    include_top: bool = True
-    pooling: str | None = None
-    file: str | None = None
+    name: Name
+    arch: StrictStr | None = None
+    weights: StrictStr = "imagenet"
+    include_top: StrictBool = True
+    pooling: Literal["avg", "max"] | None = None
+    file: StrictStr | None = None
     normalize: Literal["caffe", "tf", "none"] | None = None
+    kind: Literal["model"] = "model"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source(cls, data: Any) -> Any:
+        """In the file, a stage names its model; ``default``'s comes from the settings."""
+        if not isinstance(data, dict):
+            return data
+        if (data.get("arch") is None) == (data.get("file") is None):
+            raise ValueError("give exactly one of 'arch' or 'file'")
+        if data.get("file") is not None and "weights" in data:
+            raise ValueError("a .keras file carries its own weights")
+        return data
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str | None) -> str | None:
+        if arch is not None and arch not in ARCHITECTURES:
+            raise ValueError(f"arch {arch!r} is not one of {list(ARCHITECTURES)}")
+        return arch
+
+    @field_validator("file", "weights")
+    @classmethod
+    def _relative_to_the_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base")
+        if value is None or base is None or value in ("imagenet", "random"):
+            return value
+        return _path(value, base)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelStageSpec:
+        if self.include_top and self.pooling is not None:
+            raise ValueError("pooling needs include_top: false")
+        return self
 
 
-@dataclass(frozen=True)
+@spec_dataclass(frozen=True, config=CLOSED)
 class CpuStageSpec:
     """A CPU stage between model stages: ``function`` (``package.module:function``) applied to
     each item in the pipeline's worker processes."""
 
-    name: str
-    function: str
+    name: Name
+    function: Annotated[StrictStr, StringConstraints(pattern=FUNCTION.pattern)]
+    kind: Literal["cpu"] = "cpu"
 
 
-@dataclass(frozen=True)
+class _Decode(BaseModel):
+    model_config = CLOSED
+    kind: Literal["decode"]
+
+
+class _TopK(BaseModel):
+    model_config = CLOSED
+    kind: Literal["topk"]
+
+
+Stage = Annotated[_Decode | ModelStageSpec | CpuStageSpec | _TopK, Field(discriminator="kind")]
+STAGE_TYPES: dict[str, Any] = {
+    "decode": _Decode,
+    "model": ModelStageSpec,
+    "cpu": CpuStageSpec,
+    "topk": _TopK,
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineSpec:
-    """A named pipeline: ``decode`` -> model stages (and ``cpu`` stages after the first) ->
-    ``topk``."""
+    """A named pipeline: ``decode`` -> ``chain`` (model stages, and ``cpu`` stages after the
+    first) -> ``topk``."""
 
     name: str
-    models: tuple[ModelStageSpec, ...]
+    chain: tuple[ModelStageSpec | CpuStageSpec, ...]
     labels_file: str = ""
-    steps: tuple[ModelStageSpec | CpuStageSpec, ...] = ()  # between decode and topk; () = models
 
     @property
-    def chain(self) -> tuple[ModelStageSpec | CpuStageSpec, ...]:
-        """The stages between ``decode`` and ``topk``, in order."""
-        return self.steps or self.models
+    def models(self) -> tuple[ModelStageSpec, ...]:
+        """The chain's model stages, in order."""
+        return tuple(s for s in self.chain if isinstance(s, ModelStageSpec))
 
     @property
     def stages(self) -> list[str]:
@@ -104,6 +180,64 @@ def default_spec() -> PipelineSpec:
     """decode -> ``SERVE_MODEL`` -> top-k; its model comes from the settings (or a test's
     factory)."""
     return PipelineSpec(DEFAULT, (ModelStageSpec("model"),))
+
+
+# -- the file -----------------------------------------------------------------------------
+
+
+class _Pipeline(BaseModel):
+    model_config = CLOSED
+    stages: list[Stage]
+    labels: StrictStr = ""
+
+    @field_validator("labels")
+    @classmethod
+    def _relative_to_the_file(cls, labels: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base")
+        return _path(labels, base) if labels and base is not None else labels
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Pipeline:
+        kinds = [s.kind for s in self.stages]
+        if (
+            len(kinds) < 3
+            or kinds[0] != "decode"
+            or kinds[-1] != "topk"
+            or "model" not in kinds
+            or not set(kinds[1:-1]) <= {"model", "cpu"}
+        ):
+            raise ValueError(
+                "stages must be decode, then one or more model stages (and cpu stages after "
+                f"the first model), then topk; got {kinds}"
+            )
+        if kinds[1] != "model":
+            raise ValueError(
+                "stage 1: a cpu stage must follow a model stage (decode comes first, then a model)"
+            )
+        names = [s.name for s in self.chain]
+        if len(set(names)) != len(names) or set(RESERVED) & set(names):
+            raise ValueError(
+                "model and cpu stage names must be unique and not 'preprocess' or 'topk'"
+            )
+        return self
+
+    @property
+    def chain(self) -> tuple[ModelStageSpec | CpuStageSpec, ...]:
+        return tuple(s for s in self.stages if isinstance(s, ModelStageSpec | CpuStageSpec))
+
+
+class _File(BaseModel):
+    model_config = CLOSED
+    pipelines: dict[Name, _Pipeline]
+
+    @field_validator("pipelines", mode="wrap")
+    @classmethod
+    def _not_default(cls, value: Any, handler: Any) -> Any:
+        if isinstance(value, dict) and DEFAULT in value:
+            raise ValueError(
+                f"pipeline {DEFAULT!r}: 'default' is SERVE_MODEL's pipeline; rename it"
+            )
+        return handler(value)
 
 
 def load_pipelines(path: str) -> dict[str, PipelineSpec]:
@@ -118,134 +252,82 @@ def load_pipelines(path: str) -> dict[str, PipelineSpec]:
         raise PipelineConfigError(f"cannot read pipelines file {path!r}: {exc}") from None
     except yaml.YAMLError as exc:
         raise PipelineConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("pipelines"), dict):
-        raise PipelineConfigError(f"{path}: expected a mapping with a 'pipelines' mapping")
-    extra = set(doc) - {"pipelines"}
-    if extra:
-        raise PipelineConfigError(f"{path}: unknown top-level keys {sorted(extra)}")
-    for name, body in doc["pipelines"].items():
-        where = f"{path}: pipeline {name!r}"
-        if not isinstance(name, str) or not NAME.match(name):
-            raise PipelineConfigError(
-                f"{where}: names are 1-64 of a-z 0-9 _ . - (starting and ending alphanumeric)"
-            )
-        if name == DEFAULT:
-            raise PipelineConfigError(f"{where}: 'default' is SERVE_MODEL's pipeline; rename it")
-        specs[name] = _parse_pipeline(name, body, where, file.parent)
+    try:
+        parsed = _File.model_validate(doc, context={"base": file.parent})
+    except ValidationError as exc:
+        raise PipelineConfigError(f"{path}: {_explain(exc.errors(), doc)}") from None
+    for name, body in parsed.pipelines.items():
+        specs[name] = PipelineSpec(name, body.chain, body.labels)
     return specs
 
 
-def _parse_pipeline(name: str, body: Any, where: str, base: Path) -> PipelineSpec:
-    if not isinstance(body, dict) or not isinstance(body.get("stages"), list):
-        raise PipelineConfigError(f"{where}: expected a mapping with a 'stages' list")
-    extra = set(body) - {"stages", "labels"}
-    if extra:
-        raise PipelineConfigError(
-            f"{where}: unknown keys {sorted(extra)} (allowed: stages, labels)"
-        )
-    stages = body["stages"]
-    kinds = []
-    for i, stage in enumerate(stages):
-        if not isinstance(stage, dict) or stage.get("kind") not in STAGE_KINDS:
-            got = stage.get("kind") if isinstance(stage, dict) else stage
-            raise PipelineConfigError(
-                f"{where}: stage {i}: kind {got!r} is not one of {list(STAGE_KINDS)}"
-            )
-        kinds.append(stage["kind"])
-    if (
-        len(kinds) < 3
-        or kinds[0] != "decode"
-        or kinds[-1] != "topk"
-        or "model" not in kinds
-        or not set(kinds[1:-1]) <= {"model", "cpu"}
+# -- pydantic's errors in the file's terms ------------------------------------------------
+
+# What a field must be, for errors of type or form (a validator's own message is kept).
+MUST_BE = {
+    "pipelines": "expected a mapping with a 'pipelines' mapping",
+    "stages": "expected a mapping with a 'stages' list",
+    "labels": "labels must be a file path",
+    "[key]": "names are 1-64 of a-z 0-9 _ . - (starting and ending alphanumeric)",
+    "name": "a {kind} stage needs a 'name' (a-z 0-9 _ . -)",
+    "function": "function must be 'package.module:function', got {input!r}",
+    "arch": "arch must be one of " + str(list(ARCHITECTURES)),
+    "weights": "weights must be imagenet, random or a weights file",
+    "file": "file must be the path of a .keras file",
+    "include_top": "include_top must be true or false",
+    "pooling": "pooling must be avg or max",
+    "normalize": "normalize must be caffe, tf or none",
+}
+
+
+EXTRA = ("extra_forbidden", "unexpected_keyword_argument")  # of a model, of a dataclass
+
+
+def _explain(errors: list[Any], doc: Any) -> str:
+    """The first error, as ``pipeline 'p': stage 2 (head): what is wrong``."""
+    error = errors[0]
+    loc, kind = tuple(error["loc"]), error["type"]
+    if not isinstance(doc, dict) or (kind == "missing" and loc == ("pipelines",)):
+        return MUST_BE["pipelines"]
+    where: list[str] = []
+    owner: Any = _File  # the declaration the error is in
+    if len(loc) >= 2:
+        where.append(f"pipeline {loc[1]!r}")
+        owner = _Pipeline
+    stage_kind = ""
+    if len(loc) >= 4 and loc[2] == "stages":
+        stage = doc["pipelines"][loc[1]]["stages"][loc[3]]
+        stage_kind = loc[4] if len(loc) >= 5 else ""
+        owner = STAGE_TYPES.get(stage_kind, owner)
+        label = stage.get("name") if stage_kind in ("model", "cpu") else stage_kind
+        named = isinstance(label, str) and label and loc[5:6] != ("name",)
+        where.append(f"stage {loc[3]} ({label})" if named else f"stage {loc[3]}")
+    prefix = ": ".join(where) + ": " if where else ""
+    if kind in ("union_tag_invalid", "union_tag_not_found", "model_attributes_type") and (
+        len(loc) == 4
     ):
-        raise PipelineConfigError(
-            f"{where}: stages must be decode, then one or more model stages (and cpu stages "
-            f"after the first model), then topk; got {kinds}"
+        got = doc["pipelines"][loc[1]]["stages"][loc[3]]
+        got = got.get("kind") if isinstance(got, dict) else got
+        return f"{prefix}kind {got!r} is not one of {list(STAGE_KINDS)}"
+    if kind in EXTRA:
+        extra = sorted(
+            str(e["loc"][-1]) for e in errors if e["type"] in EXTRA and e["loc"][:-1] == loc[:-1]
         )
-    if kinds[1] != "model":
-        raise PipelineConfigError(
-            f"{where}: stage 1: a cpu stage must follow a model stage (decode comes first, "
-            "then a model)"
-        )
-    for i in (0, len(stages) - 1):
-        if set(stages[i]) != {"kind"}:
-            raise PipelineConfigError(f"{where}: stage {i} ({kinds[i]}) takes no options")
-    steps = tuple(
-        _parse_model(stage, f"{where}: stage {i}", base)
-        if stage["kind"] == "model"
-        else _parse_cpu(stage, f"{where}: stage {i}")
-        for i, stage in enumerate(stages[1:-1], start=1)
-    )
-    models = tuple(s for s in steps if isinstance(s, ModelStageSpec))
-    names = [s.name for s in steps]
-    if len(set(names)) != len(names) or {"preprocess", "topk"} & set(names):
-        raise PipelineConfigError(
-            f"{where}: model and cpu stage names must be unique and not 'preprocess' or 'topk'"
-        )
-    labels = body.get("labels") or ""
-    if labels and not isinstance(labels, str):
-        raise PipelineConfigError(f"{where}: labels must be a file path")
-    return PipelineSpec(name, models, _path(labels, base) if labels else "", steps=steps)
+        if owner in (_Decode, _TopK):
+            return f"{prefix}takes no options"
+        level = "top-level " if owner is _File else ""
+        return f"{prefix}unknown {level}keys {extra}; allowed {_fields(owner)}"
+    if kind == "value_error":
+        return prefix + str(error["ctx"]["error"])
+    field = "stages" if len(loc) == 2 else str(loc[-1]) if loc else "pipelines"
+    wording = MUST_BE.get(field, error["msg"])
+    return prefix + wording.format(kind=stage_kind, input=error.get("input"))
 
 
-def _stage_name(stage: dict[str, Any], where: str, allowed: set[str], kind: str) -> str:
-    """A stage's name, after refusing keys its kind does not know."""
-    extra = set(stage) - allowed
-    if extra:
-        raise PipelineConfigError(
-            f"{where}: unknown keys {sorted(extra)}; allowed {sorted(allowed)}"
-        )
-    name = stage.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
-        raise PipelineConfigError(f"{where}: a {kind} stage needs a 'name' (a-z 0-9 _ . -)")
-    return name
-
-
-def _parse_cpu(stage: dict[str, Any], where: str) -> CpuStageSpec:
-    name = _stage_name(stage, where, CPU_KEYS, "cpu")
-    function = stage.get("function")
-    if not isinstance(function, str) or not FUNCTION.match(function):
-        raise PipelineConfigError(
-            f"{where} ({name}): function must be 'package.module:function', got {function!r}"
-        )
-    return CpuStageSpec(name, function)
-
-
-def _parse_model(stage: dict[str, Any], where: str, base: Path) -> ModelStageSpec:
-    name = _stage_name(stage, where, MODEL_KEYS, "model")
-    arch, file = stage.get("arch"), stage.get("file")
-    if (arch is None) == (file is None):
-        raise PipelineConfigError(f"{where} ({name}): give exactly one of 'arch' or 'file'")
-    if arch is not None and arch not in ARCHITECTURES:
-        raise PipelineConfigError(
-            f"{where} ({name}): arch {arch!r} is not one of {list(ARCHITECTURES)}"
-        )
-    pooling = stage.get("pooling")
-    if pooling not in (None, "avg", "max"):
-        raise PipelineConfigError(f"{where} ({name}): pooling must be avg or max")
-    include_top = stage.get("include_top", True)
-    if not isinstance(include_top, bool):
-        raise PipelineConfigError(f"{where} ({name}): include_top must be true or false")
-    if include_top and pooling is not None:
-        raise PipelineConfigError(f"{where} ({name}): pooling needs include_top: false")
-    normalize = stage.get("normalize")
-    if normalize not in (None, "caffe", "tf", "none"):
-        raise PipelineConfigError(f"{where} ({name}): normalize must be caffe, tf or none")
-    weights = str(stage.get("weights", "imagenet"))
-    if file is not None and "weights" in stage:
-        raise PipelineConfigError(f"{where} ({name}): a .keras file carries its own weights")
-    if weights not in ("imagenet", "random"):
-        weights = _path(weights, base)
-    return ModelStageSpec(
-        name=name,
-        arch=arch,
-        weights=weights,
-        include_top=include_top,
-        pooling=pooling,
-        file=_path(str(file), base) if file is not None else None,
-        normalize=normalize,
-    )
+def _fields(owner: Any) -> list[str]:
+    if dataclasses.is_dataclass(owner):
+        return sorted(f.name for f in dataclasses.fields(owner))
+    return sorted(owner.model_fields)
 
 
 def _path(value: str, base: Path) -> str:

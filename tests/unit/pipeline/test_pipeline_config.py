@@ -138,3 +138,47 @@ def test_mistakes_are_refused_with_a_message(tmp_path, text, message):
 def test_a_missing_file_is_refused():
     with pytest.raises(PipelineConfigError, match="cannot read"):
         load_pipelines("/no/such/pipelines.yaml")
+
+
+def _one_model(model: str, extra: str = "") -> str:
+    return f"pipelines: {{p: {{stages: [{{kind: decode}}, {model}, {{kind: topk}}]{extra}}}}}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            _one_model("{kind: model, name: m, arch: resnet50, include_top: 1}"),
+            "stage 1 (m): include_top must be true or false",
+        ),
+        (
+            _one_model("{kind: model, name: m, file: m.keras, weights: w.h5}"),
+            "stage 1 (m): a .keras file carries its own weights",
+        ),
+        (
+            _one_model("{kind: model, name: m, arch: resnet50, normalize: yes}"),
+            "stage 1 (m): normalize must be caffe, tf or none",
+        ),
+        (_one_model("{name: m}"), "stage 1: kind None is not one of"),
+        (_one_model(GOOD_MODEL, ", labels: [a]"), "pipeline 'p': labels must be a file path"),
+        ("pipelines: {p: 3}", "pipeline 'p': expected a mapping with a 'stages' list"),
+        ("pipelines: {}\nextra: 1", "unknown top-level keys ['extra']"),
+    ],
+)
+def test_each_field_is_checked_where_it_is(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineConfigError) as exc:
+        load_pipelines(str(path))
+    assert message in str(exc.value) and str(exc.value).startswith(f"{path}: ")
+
+
+def test_relative_weights_and_labels_are_relative_to_the_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        _one_model("{kind: model, name: m, arch: resnet50, weights: w.h5}", ", labels: l.txt")
+    )
+    spec = load_pipelines(str(path))["p"]
+    assert spec.models[0].weights == str(tmp_path / "w.h5")
+    assert spec.labels_file == str(tmp_path / "l.txt")
+    assert spec.chain == spec.models
