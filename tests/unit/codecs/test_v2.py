@@ -363,17 +363,18 @@ def test_the_model_config_has_the_batching_limits(info, settings):
 
 
 class Models:
-    """The one method of the dataplane that ``find_model`` uses: names to descriptions."""
+    """What ``find_model`` asks of the dataplane: a name's pipeline, and every served name."""
 
     def __init__(self, info):
         self.info = info
-        self.asked: list[tuple] = []
 
-    def protocol_model(self, name, version, **words):
-        self.asked.append((name, version))
+    def resolve(self, name):
         if name != self.info.model_name:
-            raise NotFound(words["unknown_model"].format(name=name, served="['resnet50']"))
+            raise NotFound(f"unknown pipeline {name!r}")
         return self.info
+
+    def served_models(self):
+        return ["resnet50"]
 
 
 def test_a_pixels_view_is_found_by_its_models_name(info):
