@@ -218,6 +218,15 @@ class ModelError(ServeError):
         return str(self.details.get("error_id", ""))
 
 
+# -- an asynchronous job's outcome (recorded in the job, never an HTTP answer) --------------
+
+
+class JobFailed(ServeError):
+    """A job's images could not be classified; ``code`` and the message become its error."""
+
+    default_code = "job_failed"
+
+
 # -- the service cannot start (before any request; the process exits with the reason) -------
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .model.threads import available_cpus
+from .cpus import available_cpus
 
 ModelArch = Literal[
     "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"

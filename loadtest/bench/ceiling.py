@@ -30,9 +30,8 @@ def _ceiling_runners(buckets: list[int], instances: int, intra: int, inter: int)
     ``instances``/``intra``/``inter`` are the service's settings (``SERVE_MODEL_INSTANCES``...;
     0: automatic, resolved as the service resolves them).
     """
-    from service.model.backends import configure
+    from service.model.backends import configure, make_runner
     from service.model.loader import load_model
-    from service.model.runner import make_runner
     from service.model.threads import plan_threads
     from service.settings import Settings
 

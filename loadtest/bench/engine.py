@@ -31,7 +31,7 @@ import numpy as np
 from loadtest.bench.cpu_split import threads_cpu
 from loadtest.bench.serving import CACHE, standin
 from loadtest.common import ROOT, delta
-from service.server.rundir import ENGINE_SOCKET
+from service.rundir import ENGINE_SOCKET
 
 
 def _frontend(args: argparse.Namespace) -> None:

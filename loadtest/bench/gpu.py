@@ -68,8 +68,8 @@ def _ceiling_child(args: argparse.Namespace) -> None:
     configure(mixed_precision=args.precision)
     import numpy as np
 
+    from service.model.backends import make_runner
     from service.model.loader import load_keras_file, load_model
-    from service.model.runner import make_runner
 
     if args.model:
         loaded = load_keras_file(args.model, "caffe")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import Metrics
-from ..server.rundir import ENGINE_SOCKET
+from ..rundir import ENGINE_SOCKET
 from ..settings import Settings
 from .registry import PipelineRegistry
 from .server import EngineServer

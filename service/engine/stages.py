@@ -80,7 +80,7 @@ class ModelStage(Stage):
 
     async def start(self, settings: Settings, metrics: Metrics) -> None:
         """Trace and warm every bucket (in a thread), then start the batcher."""
-        from ..model.runner import make_runner  # imports the backend
+        from ..model.backends import make_runner  # imports the backend
 
         runner = make_runner(self.loaded, settings.batch_buckets, xla=settings.xla)
         self.warmup_s = await asyncio.to_thread(runner.warmup)

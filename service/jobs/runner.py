@@ -18,7 +18,15 @@ import time
 from ..codecs.classify import answer
 from ..dataplane.dataplane import DataPlane
 from ..dataplane.request import InferRequest, InferResult
-from ..errors import DeadlineExceeded, InvalidInput, ModelError, NotFound, NotReady, Unavailable
+from ..errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    JobFailed,
+    ModelError,
+    NotFound,
+    NotReady,
+    Unavailable,
+)
 from ..metrics import Metrics
 from ..settings import Settings
 from . import callbacks
@@ -31,13 +39,6 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 20
 CAPACITY_BACKOFF = Backoff(0.05, max_s=2.0)
 WAIT_FOR = (NotReady, Unavailable, DeadlineExceeded)
-
-
-class JobFailed(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Abandoned(Exception):
@@ -179,9 +180,7 @@ class JobRunner:
             for offset in range(0, len(images), chunk):
                 part = images[offset : offset + chunk]
                 results.append(await self._chunk(job, part, offset))
-        except JobFailed as exc:
-            job.status, job.error = FAILED, {"code": exc.code, "message": exc.message}
-        except NotFound as exc:
+        except (JobFailed, NotFound) as exc:
             job.status, job.error = FAILED, {"code": exc.code, "message": exc.message}
         else:
             job.status = SUCCEEDED
@@ -201,14 +200,14 @@ class JobRunner:
             except InvalidInput as exc:
                 reason = exc.message.split(": ", 1)[-1]
                 index = offset + int(exc.details.get("image", 0))
-                raise JobFailed(exc.code, f"image {index}: {reason}") from None
+                raise JobFailed(f"image {index}: {reason}", exc.code) from None
             except ModelError as exc:
-                raise JobFailed("model_error", f"the model failed on a batch: {exc}") from None
+                raise JobFailed(f"the model failed on a batch: {exc}", "model_error") from None
             except NotReady:
                 state = self.plane.resolve(job.pipeline).state
                 if state == "failed":
                     raise JobFailed(
-                        "pipeline_failed", f"pipeline {job.pipeline} failed to load"
+                        f"pipeline {job.pipeline} failed to load", "pipeline_failed"
                     ) from None
                 if state in ("stopped", "draining"):
                     raise Abandoned() from None
@@ -223,7 +222,7 @@ class JobRunner:
             )
         except WAIT_FOR as exc:
             raise JobFailed(
-                "unavailable", f"gave up after {MAX_TRIES} tries: {type(exc).__name__}: {exc}"
+                f"gave up after {MAX_TRIES} tries: {type(exc).__name__}: {exc}", "unavailable"
             ) from None
 
     async def _callback(self, job: Job) -> None:

@@ -205,10 +205,3 @@ def fixed_cost(seconds: dict[int, float]) -> float:
         return 0.0
     slope, intercept = np.polyfit(sizes, [seconds[s] for s in sizes], 1)
     return float(min(max(intercept, 0.0), seconds[sizes[0]]))
-
-
-def make_runner(loaded: LoadedModel, buckets: list[int], *, xla: bool = False) -> ModelRunner:
-    """The runner of the Keras backend this process runs (``backends.select``)."""
-    from .backends import runner_class
-
-    return runner_class()(loaded, buckets, xla=xla)

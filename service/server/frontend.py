@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..jobs.shared import SharedJobStore
     from ..logs import configure_logging
     from ..metrics import Metrics
+    from ..rundir import ADMISSION, ENGINE_SOCKET, JOBS_SOCKET
     from .http import ServeHttpProtocol
     from .pod_admission import SharedAdmission
-    from .rundir import ADMISSION, ENGINE_SOCKET, JOBS_SOCKET
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)

@@ -37,8 +37,8 @@ from collections import deque
 from pathlib import Path
 
 from ..metrics import MULTIPROC_ENV
+from ..rundir import ADMISSION, JOBS_SOCKET, METRICS
 from ..settings import Settings
-from .rundir import ADMISSION, JOBS_SOCKET, METRICS
 
 log = logging.getLogger("service.supervisor")
 

@@ -35,7 +35,7 @@ def test_each_architecture_uses_its_own_keras_preprocessing(name):
 def test_compiled_runner_equals_keras_predict_on_preprocess_input(resnet50):
     from keras.applications.resnet50 import preprocess_input
 
-    from service.model.runner import make_runner
+    from service.model.backends import make_runner
 
     runner = make_runner(resnet50, [1, 2, 4])
     runner.warmup()

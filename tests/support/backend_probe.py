@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     select(args.backend)
     configure(Settings(backend=args.backend, model_instances=1))
     from service.dataplane.postprocess import probabilities
+    from service.model.backends import make_runner
     from service.model.loader import load_keras_file, load_model
-    from service.model.runner import make_runner
 
     if args.keras_file:
         loaded = load_keras_file(args.keras_file, args.normalize)

@@ -22,6 +22,7 @@ from ...errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from ...settings import Settings
+    from ..loader import LoadedModel
     from ..runner import ModelRunner
 
 BACKENDS = ("tensorflow", "jax")
@@ -94,8 +95,6 @@ def runner_class() -> type[ModelRunner]:
     return TensorFlowRunner
 
 
-def precision_policy(mixed_precision: str) -> str:
-    """The Keras dtype policy of ``SERVE_MIXED_PRECISION`` (outputs stay float32)."""
-    return {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[
-        mixed_precision
-    ]
+def make_runner(loaded: LoadedModel, buckets: list[int], *, xla: bool = False) -> ModelRunner:
+    """The runner of the Keras backend this process runs (:func:`select`)."""
+    return runner_class()(loaded, buckets, xla=xla)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..precision import precision_policy
 from ..runner import ModelRunner, graph_normalize
-from . import precision_policy
 
 
 def environment(memory_fraction: float) -> dict[str, str]:

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from ...cpus import available_cpus
+from ..precision import precision_policy
 from ..runner import ModelRunner, graph_normalize
-from ..threads import ThreadPlan, available_cpus, plan_threads
-from . import precision_policy
+from ..threads import ThreadPlan, plan_threads
 
 log = logging.getLogger(__name__)
 

@@ -215,7 +215,7 @@ def test_automatic_instances_and_threads(settings, gpu, cpus, expected):
     ],
 )
 def test_a_pods_cpu_limit_is_read_from_its_cgroup(tmp_path, files, expected):
-    from service.model.threads import available_cpus, cgroup_cpu_limit
+    from service.cpus import available_cpus, cgroup_cpu_limit
 
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

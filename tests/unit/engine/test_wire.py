@@ -28,7 +28,7 @@ from service.errors import (
     ShuttingDown,
 )
 from service.metrics import Metrics
-from service.server.rundir import ENGINE_SOCKET
+from service.rundir import ENGINE_SOCKET
 from service.settings import Settings
 from service.wire import messages as m
 from service.wire.channel import Channel, msgpack_codec

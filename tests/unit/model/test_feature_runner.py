@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from service.model.backends import make_runner
 from service.model.loader import LoadedModel
-from service.model.runner import make_runner
 from tests.support.tiny import build_tiny_head
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from service.model.backends import make_runner
 from service.model.normalize import normalize
-from service.model.runner import make_runner
 from tests.support.tiny import tiny_loaded
 
 
