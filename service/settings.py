@@ -6,10 +6,35 @@ import json
 from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .cpus import available_cpus
+
+
+def _listed(value: object) -> object:
+    """A list setting from the environment: comma-separated (``1,2,4``) or a JSON array."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+# List settings: taken as they are written (NoDecode: not JSON-decoded first), then listed.
+IntList = Annotated[list[int], NoDecode, BeforeValidator(_listed)]
+TextList = Annotated[list[str], NoDecode, BeforeValidator(_listed)]
+HostList = Annotated[
+    list[str], NoDecode, BeforeValidator(_listed), AfterValidator(lambda v: [h.lower() for h in v])
+]
 
 ModelArch = Literal[
     "resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"
@@ -103,9 +128,7 @@ class Settings(BaseSettings):
     # The most images in one model execution.
     max_batch_size: int = Field(32, ge=1, le=1024)
     # Batch sizes batches are padded to, comma-separated; each is warmed before ready.
-    batch_buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [1, 2, 4, 8, 16, 32]
-    )
+    batch_buckets: IntList = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     # pad: pad a batch up to the next bucket (GPUs: a padded slot is almost free); exact: take
     # only as many images as the largest bucket the queue fills (CPUs: a padded slot costs as
     # much as an image); auto: exact on CPU, pad on GPU.
@@ -144,7 +167,7 @@ class Settings(BaseSettings):
     # Redis: a job whose replica has not renewed its claim for this long is taken over.
     job_claim_idle_s: float = Field(30.0, gt=0)
     # Callbacks: hosts (host or host:port) that callback_url may name; empty: no callbacks.
-    callback_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_allowed_hosts: HostList = Field(default_factory=list)
     # Key of the HMAC-SHA256 signature header of callbacks (from a Secret).
     callback_secret: SecretStr = SecretStr("")
     # Seconds one callback attempt may take.
@@ -186,11 +209,9 @@ class Settings(BaseSettings):
     # A file of tokens, one per line ('#' comments), e.g. a mounted Secret; read at start.
     auth_tokens_file: str = ""
     # Paths answered without a token (probes and Prometheus scrape), comma-separated.
-    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/metrics"]
-    )
+    auth_exempt_paths: TextList = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics"])
     # Origins allowed by CORS, comma-separated ("*" for any); empty: CORS is off (no headers).
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: TextList = Field(default_factory=list)
     # One JSON/text log line per request (request id, route, status, duration); off by default.
     access_log: bool = False
 
@@ -200,23 +221,6 @@ class Settings(BaseSettings):
         if isinstance(value, bool) or str(value).lower() in ("true", "false", "1", "0"):
             return "float16" if str(value).lower() in ("true", "1") else "off"
         return value
-
-    @field_validator("batch_buckets", mode="before")
-    @classmethod
-    def _parse_buckets(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [int(part) for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("auth_exempt_paths", "cors_origins", mode="before")
-    @classmethod
-    def _parse_csv(cls, value: object) -> object:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return json.loads(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_buckets(self) -> Settings:
@@ -242,12 +246,3 @@ class Settings(BaseSettings):
     def cpu_count(self) -> int:
         """The CPUs automatic sizes count: ``SERVE_CPUS``, else the affinity mask and cgroup."""
         return self.cpus or available_cpus()
-
-    @field_validator("callback_allowed_hosts", mode="before")
-    @classmethod
-    def _parse_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [part.strip().lower() for part in value.split(",") if part.strip()]
-        return value
