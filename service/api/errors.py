@@ -120,14 +120,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex[:12]
-        log.error(
-            "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
-        )
-        return error_response(
-            500,
-            "internal_error",
-            f"internal error; quote error id {error_id}",
-            shape=_shape(request),
-            details={"error_id": error_id},
-        )
+        return unexpected_response(request.method, request.url.path, exc, _shape(request))
+
+
+def unexpected_response(
+    method: str, path: str, exc: Exception, shape: str = NATIVE
+) -> JSONResponse:
+    """A bug's answer: 500 with an error id, which the log line with the traceback carries."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s on %s %s", error_id, method, path, exc_info=exc)
+    return error_response(
+        500,
+        "internal_error",
+        f"internal error; quote error id {error_id}",
+        shape=shape,
+        details={"error_id": error_id},
+    )

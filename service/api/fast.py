@@ -3,8 +3,9 @@
 A front end per core keeps a GPU busy only if the Python each request costs stays small, and
 for the commonest request most of that is the framework: routing through every route,
 dependency solving, a ``Request`` object, two more middleware layers. This ASGI layer sits
-inside the request-id/metrics and authentication middleware (so those still apply) and answers
-that one request shape itself, with the same code the route uses (``classify_body``, the same
+inside the request-id/metrics and authentication layers (so those still apply) and outside the
+framework, which the requests it answers never enter (``app.py``), and answers that one request
+shape itself, with the same code the route uses (``classify_body``, the same
 codec, the same dataplane, the same error answers). Everything else, including multipart and
 JSON bodies and any query parameter it does not know, goes on to the framework unchanged, so
 the answers are the route's in every case.
@@ -22,7 +23,7 @@ from ..dataplane.dataplane import DataPlane
 from ..errors import ServeError
 from .body import TIMEOUT_HEADER, receive_body, timeout_s
 from .classify import PATH, PIPELINE_NAME_MAX, classify_body
-from .errors import serve_error_response
+from .errors import serve_error_response, unexpected_response
 
 _TIMEOUT = TIMEOUT_HEADER.lower().encode()
 _KNOWN_QUERY = {"top_k", "pipeline"}
@@ -76,6 +77,9 @@ class FastClassify:
         except ServeError as exc:
             response = serve_error_response(exc, plane.settings.retry_after_s)
             await response(scope, receive, send)
+            return
+        except Exception as exc:  # outside the framework: its last-resort handler is not here
+            await unexpected_response("POST", PATH, exc)(scope, receive, send)
             return
         payload = msgspec.json.encode(answer)  # the same JSON as json.dumps, ~5x faster
         await send(
