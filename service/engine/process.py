@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import gpu_metrics
 from ..errors import ServeError
 from ..metrics import Metrics
 from ..pipeline.info import PipelineInfo
@@ -170,6 +171,8 @@ class EngineServer:
 async def serve(settings: Settings, run_dir: Path) -> None:
     """Load the pipelines and serve them until SIGTERM (then drain and stop)."""
     metrics = Metrics()
+    metrics.accelerator_starts.inc()
+    gpu_metrics.install(metrics)  # absent (no error) without NVML
     registry = PipelineRegistry(settings, metrics)
     server = EngineServer(registry)
     await server.listen(str(run_dir / SOCKET))
