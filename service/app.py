@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from . import __version__
+from . import __version__, tracing
 from .api import classify, errors, health, tfserving, v2, web
 from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
@@ -78,6 +78,7 @@ def create_app(
             (a front-end process passes ``SERVE_GRPC_PORT``); 0: HTTP only.
     """
     settings = settings or Settings()
+    tracing.configure()  # OTEL_* variables; off without them
     metrics = metrics or Metrics()
     engine = engine or PipelineRegistry(settings, metrics, model_factory)
     decoder = Decoder(niceness=settings.preprocess_nice)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from .. import tracing
 from ..codecs import classify as codec
 from ..dataplane.dataplane import DataPlane
 from ..dataplane.request import InferRequest
@@ -92,7 +93,8 @@ async def classify_with(request: Request, name: str | None) -> JSONResponse:
     settings = plane.settings
     plane.check(name)  # before reading a large body
     timeout = request_timeout_s(request, settings)
-    body = await read_body(request, settings.max_body_bytes)
+    with tracing.span("read body"):
+        body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
     answer = await classify_body(
         plane, name, body, content_type, request.query_params.get("top_k"), timeout
@@ -116,4 +118,5 @@ async def classify_body(
     result = await plane.infer(
         InferRequest(named or name, batch.images, top_k=batch.top_k, timeout_s=timeout)
     )
-    return codec.answer(result)
+    with tracing.span("answer"):
+        return codec.answer(result)

@@ -178,6 +178,15 @@ async def _burst(url: str, image: bytes, held: asyncio.Event | None = None) -> l
         return [last, *await asyncio.gather(*tasks)]
 
 
+def slow_pipeline_ready(url: str) -> None:
+    """/readyz is the default pipeline's; the slow one starts its workers on its own."""
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/v1/pipelines/slow", timeout=5).json()["state"] == "ready"
+
+    _wait(ready, 60, "the slow pipeline")
+
+
 def _wait(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,6 +214,7 @@ def run(tmp_path_factory, tiny_model_file) -> Run:
         },
         tmp / "server.log",
     )
+    slow_pipeline_ready(server.url)
     port = free_port()
     config = tmp / "prometheus.yml"
     address = server.url.removeprefix("http://")
