@@ -93,8 +93,7 @@ async def classify_with(request: Request, name: str | None) -> JSONResponse:
     settings = plane.settings
     plane.check(name)  # before reading a large body
     timeout = request_timeout_s(request, settings)
-    with tracing.span("read body"):
-        body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     content_type = request.headers.get("content-type", "")
     answer = await classify_body(
         plane, name, body, content_type, request.query_params.get("top_k"), timeout

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from .. import tracing
 from ..codecs import tfserving as codec
 from ..dataplane.dataplane import DataPlane
 from ..errors import InvalidInput
@@ -61,4 +62,5 @@ async def predict(
         body, info, settings, request_timeout_s(request, settings)
     )
     result = await plane.infer(infer_request)
-    return codec.encode_predict(result.probabilities, row)
+    with tracing.span("answer"):
+        return codec.encode_predict(result.probabilities, row)

@@ -117,6 +117,21 @@ def test_a_framework_route_is_traced_the_same_way(traced, receiver, image):
     )
 
 
+def test_a_v2_http_request_is_traced_with_its_route_template(traced, receiver, image):
+    import tritonclient.http as httpclient
+
+    trace_id, parent, header = new_parent()
+    client = httpclient.InferenceServerClient(traced.url.removeprefix("http://"))
+    tensor = httpclient.InferInput("images", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=np.object_), binary_data=True)
+    client.infer("default", [tensor], headers={"traceparent": header})
+    client.close()
+    name = "POST /v2/models/{name}/infer"
+    spans = trace_of(receiver, trace_id, {name} | STAGES)
+    assert spans[name].parent_id == parent
+    check_children(spans, spans[name])
+
+
 def test_a_grpc_call_continues_the_callers_trace_from_its_metadata(traced, receiver, image):
     import tritonclient.grpc as grpcclient
 

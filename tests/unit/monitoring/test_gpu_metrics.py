@@ -3,7 +3,7 @@
 This machine has no NVIDIA driver, so the real pynvml finds no library: that is the first test.
 The others give the module a binding with NVML's calls and two devices (one that reports no
 power, as some boards do), to check names, labels, units and both ways the series reach a
-scrape; a lent GPU machine checks the real NVML (docs/OPERATIONS.md, "GPU metrics").
+scrape. The real NVML was checked once on a lent H200 (docs/OPERATIONS.md, "GPU metrics").
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import gpu_metrics
 from service.metrics import Metrics
+from tests.support.helpers import ROOT
 
 
 class NVMLError(Exception):
@@ -98,11 +99,9 @@ def test_one_process_reads_the_devices_at_each_scrape():
 
 
 MULTIPROCESS = """
-import sys
 from service import gpu_metrics
 from service.metrics import Metrics
-sys.path.insert(0, {tests!r})
-from test_gpu_metrics import FakeNvml
+from tests.unit.monitoring.test_gpu_metrics import FakeNvml
 nvml = FakeNvml()
 metrics = Metrics()
 assert gpu_metrics.install(metrics, nvml) == 2
@@ -115,14 +114,18 @@ def test_the_accelerator_process_writes_them_where_a_front_end_scrape_reads_them
     """Several processes: the one with the devices writes at each refresh; another process
     (a front end) serves them in its scrape."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    code = MULTIPROCESS.format(tests=os.path.dirname(__file__))
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", MULTIPROCESS], env=env, cwd=ROOT, check=True, timeout=60)
     reader = (
         "from service.metrics import Metrics; import sys; "
         "sys.stdout.write(Metrics().render()[0].decode())"
     )
     out = subprocess.run(
-        [sys.executable, "-c", reader], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", reader],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     samples = {
         (s.name, s.labels.get("gpu_uuid")): s.value
