@@ -5,6 +5,7 @@ the real service in test_real_prometheus.py."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -143,7 +144,12 @@ def test_the_dashboard_answers_the_operators_questions():
 def test_the_503_504_panel_lists_every_refusal_and_deadline_code():
     (expr,) = [e for t, e in panel_queries() if t == "503 and 504 by reason"]
     listed = set(re.search(r'reason=~"([^"]+)"', expr).group(1).split("|"))
+    for path in (ROOT / "service").rglob("*.py"):  # every module that names an error code
+        if "default_code =" in path.read_text():
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            importlib.import_module(module)
     codes = {cls.default_code for cls in _subclasses(errors.ServeError) if cls.status in (503, 504)}
+    assert "jobs_full" in codes and "deadline_exceeded" in codes
     assert listed == codes
 
 
