@@ -12,9 +12,9 @@ CPU_BASE_IMAGE ?= ubuntu:24.04
 # pip extras of each variant: every feature the chart can switch on (redis.mode internal or
 # external needs `redis`) is in all; the GPU variant has `gpu` (TensorFlow and its CUDA wheels),
 # the CPU one `tensorflow`, the JAX one `jax-gpu` (JAX and its CUDA 13 wheels).
-GPU_EXTRAS ?= gpu,redis
-CPU_EXTRAS ?= tensorflow,redis
-JAX_EXTRAS ?= jax-gpu,redis
+GPU_EXTRAS ?= gpu,redis,otel
+CPU_EXTRAS ?= tensorflow,redis,otel
+JAX_EXTRAS ?= jax-gpu,redis,otel
 JAX_BASE_IMAGE ?= nvidia/cuda:13.0.1-base-ubuntu24.04
 
 .PHONY: image

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, tracing
 from .api import classify, errors, health, tfserving, v2, web
 from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
@@ -95,6 +95,7 @@ def create_app(
             (a front-end process passes ``SERVE_GRPC_PORT``); 0: HTTP only.
     """
     settings = settings or Settings()
+    tracing.configure()  # OTEL_* variables; off without them
     metrics = metrics or Metrics()
     local = engine is None
     if engine is None:  # one process: the pipelines load here (tests, notebooks)

@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "method", "route", "status", "duration_ms"):
+        for key in ("request_id", "trace_id", "method", "route", "status", "duration_ms"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:

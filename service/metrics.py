@@ -171,6 +171,7 @@ class Metrics:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.share = share
         self._watched: list[tuple[Any, Callable[[], float]]] = []
+        self._hooks: list[Callable[[], None]] = []
         r = self.registry
         # -- requests: HTTP (route: the path template) and gRPC (route: the method's name)
         self.request_success = Counter(
@@ -326,6 +327,11 @@ class Metrics:
             "Cpu-stage worker processes replaced after dying (the item one held is retried once).",
             registry=r,
         )
+        self.accelerator_starts = Counter(
+            "serve_accelerator_starts",
+            "Starts of the accelerator process (the first one, then each restart).",
+            registry=r,
+        )
         self.ready = Gauge(
             "serve_ready",
             "1 when the service is ready for traffic (with several front ends: any of them).",
@@ -385,10 +391,16 @@ class Metrics:
         self._watched = [(g, f) for g, f in self._watched if g is not gauge]
         self._watched.append((gauge, value))
 
+    def on_refresh(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at each refresh: it writes gauges of its own (GPU readings)."""
+        self._hooks.append(hook)
+
     def refresh(self) -> None:
         """Write every watched value into its gauge (multiprocess mode)."""
         for gauge, value in self._watched:
             gauge.set(value())
+        for hook in self._hooks:
+            hook()
 
     def collect(self) -> Iterable[Metric]:
         """Every metric family of the pod (all processes summed), as a scrape would see it."""

@@ -6,6 +6,7 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
+from .. import tracing
 from ..errors import InvalidInput, PayloadTooLarge
 from ..settings import Settings
 
@@ -15,7 +16,8 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it passes ``limit`` bytes."""
-    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+    with tracing.span("read body"):
+        return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
 async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:

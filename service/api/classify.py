@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from .. import tracing
 from ..codecs import classify as codec
 from ..dataplane.dataplane import DataPlane
 from ..dataplane.request import InferRequest
@@ -124,7 +125,8 @@ async def classify_body(
     request = InferRequest(named or name, batch.images, top_k=batch.top_k, timeout_s=timeout)
     # A pipeline named by the body alone was not the one checked: the dataplane looks it up.
     result = await plane.infer(request, None if named and not name else checked)
-    return codec.answer(result)
+    with tracing.span("answer"):
+        return codec.answer(result)
 
 
 def route() -> object:

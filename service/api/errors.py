@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import tracing
 from ..errors import ServeError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ def error_response(
         body: dict[str, object] = {"error": message}
     else:
         body = {"error": {"code": code, "message": message, **(details or {})}}
+    if status >= 500 and tracing.ENABLED:  # where to look in the traces
+        trace = tracing.trace_id()
+        if trace:
+            body["trace_id"] = trace
     response = JSONResponse(body, status_code=status, headers=headers)
     response.headers["X-Error-Code"] = code  # read by the metrics middleware
     return response

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import tracing
 from ..codecs.classify import RAW_TYPES
 from ..dataplane.dataplane import DataPlane
 from ..errors import ServeError
@@ -70,7 +71,8 @@ class FastClassify:
             name = query.get("pipeline") or None
             checked = plane.check(name)  # before reading a large body
             timeout = timeout_s(deadline, plane.settings)
-            body = await receive_body(receive, length, plane.settings.max_body_bytes)
+            with tracing.span("read body"):
+                body = await receive_body(receive, length, plane.settings.max_body_bytes)
             answer = await classify_body(
                 plane, checked, name, body, content_type or "", query.get("top_k"), timeout
             )

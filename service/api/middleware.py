@@ -8,6 +8,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import tracing
 from ..logs import request_id as current_request_id
 from ..metrics import Metrics
 
@@ -50,6 +51,7 @@ class MetricsMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        span = tracing.http_request(scope) if tracing.ENABLED else None
         m.pending_requests.inc()
         # Not reset at the end: each request runs in a task of its own, and Starlette's
         # outermost error handler logs unexpected exceptions after this returns.
@@ -62,19 +64,18 @@ class MetricsMiddleware:
             path = getattr(route, "path", UNMATCHED)
             elapsed = time.perf_counter() - start
             m.request_duration.labels(path, str(status), "http").observe(elapsed)
+            if span is not None:
+                tracing.http_done(span, scope["method"], path, status)
             if self.access_log:
-                access.info(
-                    "%s %s %d",
-                    scope["method"],
-                    path,
-                    status,
-                    extra={
-                        "method": scope["method"],
-                        "route": path,
-                        "status": status,
-                        "duration_ms": round(1000 * elapsed, 3),
-                    },
-                )
+                extra = {
+                    "method": scope["method"],
+                    "route": path,
+                    "status": status,
+                    "duration_ms": round(1000 * elapsed, 3),
+                }
+                if span is not None:
+                    extra["trace_id"] = span.trace_id
+                access.info("%s %s %d", scope["method"], path, status, extra=extra)
             if status < 400:
                 m.request_success.labels(path, "http").inc()
             else:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from .. import tracing
 from ..codecs import tfserving as codec
 from ..codecs.common import protocol_model
 from ..dataplane.dataplane import DataPlane
@@ -62,4 +63,5 @@ async def predict(
         body, info, settings, request_timeout_s(request, settings)
     )
     result = await plane.infer(infer_request, info)
-    return codec.encode_predict(result.probabilities, row)
+    with tracing.span("answer"):
+        return codec.encode_predict(result.probabilities, row)

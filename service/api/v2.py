@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
-from .. import __version__
+from .. import __version__, tracing
 from ..codecs import v2 as codec
 from ..codecs import v2_inputs
 from ..codecs.common import decompress
@@ -107,9 +107,10 @@ async def infer(
         header, binary, model, settings, request_timeout_s(request, settings)
     )
     result = await plane.infer(infer_request, model.info)
-    content, headers, media_type = codec.encode_response(
-        name, header.get("id"), result.probabilities, want, result.pipeline.labels
-    )
+    with tracing.span("answer"):
+        content, headers, media_type = codec.encode_response(
+            name, header.get("id"), result.probabilities, want, result.pipeline.labels
+        )
     return Response(content, media_type=media_type, headers=headers)
 
 

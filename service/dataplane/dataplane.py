@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .. import tracing
 from ..errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -245,6 +246,8 @@ class DataPlane:
         self, name: str, pixels: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, float, BatchInfo]:
         row, info = await self.engine.run(name, pixels, deadline)
+        if tracing.ENABLED:
+            tracing.batch_spans(tracing.now_ns(), info.queue_s, info.compute_s, info.batch_size)
         return row, 0.0, info
 
     async def _image(
@@ -252,7 +255,8 @@ class DataPlane:
     ) -> tuple[np.ndarray, float, BatchInfo]:
         self._decoding[info.name] += 1
         try:
-            pre = await self.decoder.decode(data, self._config(info))
+            with tracing.span("decode"):
+                pre = await self.decoder.decode(data, self._config(info))
         except ServeError as exc:
             if isinstance(exc, InvalidInput):
                 raise InvalidInput(f"image {index}: {exc.message}", exc.code, image=index) from None
@@ -263,6 +267,8 @@ class DataPlane:
         self.metrics.stage_seconds.labels(info.stages[0].name).observe(pre.seconds)
         self._windows[info.name][0].add(pre.seconds)
         row, batch = await self.engine.run(info.name, pre.pixels, deadline)
+        if tracing.ENABLED:
+            tracing.batch_spans(tracing.now_ns(), batch.queue_s, batch.compute_s, batch.batch_size)
         return row, pre.seconds, batch
 
     def _config(self, info: PipelineInfo) -> PreprocessConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tracing
 from ..errors import EngineUnavailable, PipelineNotFound, ShuttingDown
 from ..pipeline.config import load_pipelines
 from ..pipeline.info import BatchInfo, PipelineInfo, configured_info
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.2
 UNREACHABLE = "the accelerator process is not reachable (restarting); retry"
-
-
-def _trace() -> str | None:
-    """The current request's W3C ``traceparent`` for the accelerator process's batch span
-    (None: tracing is off)."""
-    return None
 
 
 class EngineClient:
@@ -110,7 +105,9 @@ class EngineClient:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, slot)
         self._submit.append(
-            m.Item(rid, name, slot, item.shape, item.dtype.str, deadline, data, _trace())
+            m.Item(
+                rid, name, slot, item.shape, item.dtype.str, deadline, data, tracing.traceparent()
+            )
         )
         self._schedule()
         try:

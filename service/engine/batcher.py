@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tracing
 from ..errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
 from ..metrics import Metrics
 from ..pipeline.info import BatchInfo
@@ -342,6 +343,7 @@ class DynamicBatcher(BatchPolicy):
         loop = asyncio.get_running_loop()
         m = self._metrics
         started = time.monotonic()
+        started_ns = time.time_ns() if tracing.ENABLED else 0
         token = self._busy.begin()
         try:
             if assembly is None:  # assembled by the runner itself, which waits for it
@@ -389,6 +391,16 @@ class DynamicBatcher(BatchPolicy):
         m.padded_slots.inc(padded - n)
         m.inference_duration.observe(compute_s)
         self._stage_seconds.observe(compute_s)
+        if tracing.ENABLED:
+            tracing.batch_span(
+                [item.reply.trace for item in batch],
+                self.name.partition("/")[0] if "/" in self.name else "default",
+                self.name,
+                n,
+                padded,
+                started_ns,
+                started_ns + int((time.monotonic() - started) * 1e9),
+            )
         observe_queue = m.queue_duration.observe
         for i, item in enumerate(batch):
             queue_s = started - item.enqueued

@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from .. import gpu_metrics, tracing
 from ..metrics import Metrics
 from ..rundir import ENGINE_SOCKET
 from ..settings import Settings
@@ -32,6 +33,8 @@ log = logging.getLogger("service.engine")
 async def serve(settings: Settings, run_dir: Path) -> None:
     """Load the pipelines and serve them until SIGTERM (then drain and stop)."""
     metrics = Metrics()
+    metrics.accelerator_starts.inc()
+    gpu_metrics.install(metrics)  # absent (no error) without NVML
     registry = PipelineRegistry(settings, metrics)
     server = EngineServer(registry)
     await server.listen(str(run_dir / ENGINE_SOCKET))
@@ -61,6 +64,7 @@ async def serve(settings: Settings, run_dir: Path) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await registry.stop()
     await server.close()
+    tracing.shutdown()  # export the last batches' spans
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    tracing.configure()  # OTEL_* variables; off without them
     from ..model.backends import select
 
     select(settings.backend)  # before anything imports Keras

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from .. import tracing
 from ..errors import PipelineNotFound
 from ..metrics import Metrics
 from ..pipeline.config import DEFAULT, load_pipelines
@@ -83,7 +84,8 @@ class PipelineRegistry:
     ) -> tuple[np.ndarray, BatchInfo]:
         """One item through the pipeline's stages after decode (the in-process engine)."""
         future = asyncio.get_running_loop().create_future()
-        tasks = self.submit_many(name, [(item, deadline, FutureReply(future))])
+        reply = FutureReply(future, tracing.traceparent())
+        tasks = self.submit_many(name, [(item, deadline, reply)])
         try:
             return await future
         except asyncio.CancelledError:  # the request gave up: so do its stages

@@ -23,6 +23,8 @@ class Reply(Protocol):
     ticket learns from it that the item's slot is free again.
     """
 
+    trace: str | None  # the request's W3C traceparent, for the batch's span (traces on)
+
     def done(self) -> bool: ...
 
     def set_result(self, result: tuple[np.ndarray, BatchInfo]) -> None: ...
@@ -33,10 +35,11 @@ class Reply(Protocol):
 class FutureReply:
     """An ``asyncio.Future`` as a :class:`Reply` that may be answered after it was cancelled."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "trace")
 
-    def __init__(self, future: asyncio.Future):
+    def __init__(self, future: asyncio.Future, trace: str | None = None):
         self.future = future
+        self.trace = trace
 
     def done(self) -> bool:
         return self.future.done()

@@ -34,12 +34,13 @@ class Ticket:
     answer to that front end's next message. Answered exactly once; a cancelled ticket's answer
     only tells the front end that the item's slot is free."""
 
-    __slots__ = ("answered", "cancelled", "frontend", "id", "slot", "task")
+    __slots__ = ("answered", "cancelled", "frontend", "id", "slot", "task", "trace")
 
-    def __init__(self, frontend: FrontEnd, rid: int, slot: int):
+    def __init__(self, frontend: FrontEnd, rid: int, slot: int, trace: str | None = None):
         self.frontend = frontend
         self.id = rid
         self.slot = slot
+        self.trace = trace
         self.answered = False
         self.cancelled = False
         self.task: asyncio.Task | None = None  # multi-stage pipelines run each item in a task
@@ -116,7 +117,7 @@ class FrontEnd:
         by_pipeline: dict[str, list] = {}
         arena = self.arena
         for it in items:
-            ticket = Ticket(self, it.id, it.slot)
+            ticket = Ticket(self, it.id, it.slot, it.trace)
             self.pending[it.id] = ticket
             if it.slot >= 0:
                 if arena is None:

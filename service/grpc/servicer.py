@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .. import __version__
+from .. import __version__, tracing
 from ..api.auth import token_matches
 from ..codecs import v2
 from ..dataplane.dataplane import DataPlane
@@ -38,6 +38,8 @@ Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]
 
 SERVICE = "inference.GRPCInferenceService"
+# Statuses that are the server's failure (their message carries the trace id, as a 5xx body).
+SERVER_ERRORS = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS"}
 DEADLINE_MARGIN_S = 0.02
 
 
@@ -50,6 +52,9 @@ def rpc(method: Handler) -> Handler:
         m = self.metrics
         start = time.perf_counter()
         status, reason = "OK", ""
+        span = None
+        if tracing.ENABLED:
+            span = tracing.grpc_request(SERVICE, route, context.invocation_metadata() or ())
         m.pending_requests.inc()
         try:
             rid = self._begin(context)
@@ -58,7 +63,10 @@ def rpc(method: Handler) -> Handler:
         except ServeError as exc:
             code = status_code(exc)
             status, reason = code.name, exc.code
-            await context.abort(code, exc.message, ((ERROR_CODE_KEY, exc.code),))
+            message = exc.message
+            if span is not None and code.name in SERVER_ERRORS:
+                message = f"{message} (trace id {span.trace_id})"
+            await context.abort(code, message, ((ERROR_CODE_KEY, exc.code),))
         except asyncio.CancelledError:  # the client went away, or its deadline passed
             status, reason = "CANCELLED", "cancelled"
             raise
@@ -68,13 +76,16 @@ def rpc(method: Handler) -> Handler:
             error_id = uuid.uuid4().hex[:12]
             log.error("internal error %s in %s", error_id, route, exc_info=exc)
             status, reason = "INTERNAL", "internal_error"
+            trace = f", trace id {span.trace_id}" if span is not None else ""
             await context.abort(
                 grpc.StatusCode.INTERNAL,
-                f"internal error; quote error id {error_id}",
+                f"internal error; quote error id {error_id}{trace}",
                 ((ERROR_CODE_KEY, reason),),
             )
         finally:
             m.pending_requests.dec()
+            if span is not None:
+                tracing.grpc_done(span, status, getattr(grpc.StatusCode, status).value[0])
             m.request_duration.labels(route, status, "grpc").observe(time.perf_counter() - start)
             if status == "OK":
                 m.request_success.labels(route, "grpc").inc()
@@ -196,9 +207,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             timeout = min(timeout, remaining - min(DEADLINE_MARGIN_S, remaining / 10))
         infer_request, want = codec.decode_infer(request, model, self.settings, timeout)
         result = await plane.infer(infer_request)
-        return codec.encode_infer(
-            request.model_name, request.id, result.probabilities, want, result.pipeline.labels
-        )
+        with tracing.span("answer"):
+            return codec.encode_infer(
+                request.model_name, request.id, result.probabilities, want, result.pipeline.labels
+            )
 
 
 def _unimplemented(method: str, why: str) -> Callable[..., Awaitable[None]]:

@@ -25,7 +25,11 @@ CHECKOV = TOOLS / "venv" / "bin" / "checkov"
 # unknown fields fail). 1.30 is about the oldest still supported by the managed services.
 K8S_VERSIONS = ("1.30.0", "1.32.0", "1.34.0", "1.37.0")
 # Custom resources: no OpenAPI schema ships for them; checked by tests of their own.
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),  # tests/monitoring/test_alert_rules.py
+}
 
 PLATFORM_VALUES = sorted(p.name for p in CHART.glob("values-*.yaml"))
 CI_VALUES = sorted(f"ci/{p.name}" for p in (CHART / "ci").glob("*.yaml"))

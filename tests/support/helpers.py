@@ -183,3 +183,9 @@ def slow_double(array: np.ndarray) -> np.ndarray:
     """A cpu-stage function that takes 50 ms: its workers are busy when a test kills one."""
     time.sleep(0.05)
     return array * 2
+
+
+def pause(array: np.ndarray) -> np.ndarray:
+    """A cpu-stage function that keeps its item in flight for 3 s (after the model has run)."""
+    time.sleep(3.0)
+    return array
