@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-
 # The most bytes of an error message a client gets (UTF-8). Messages quote what the client
 # sent (a model name, a shape); quoted whole, a 64 KB name made gRPC answers that the caller's
 # own library refuses (its default limit on received metadata is 16 KB, and the status message

@@ -202,8 +202,7 @@ class _Call:
             raw = await asyncio.wait_for(context.read(), timeout)
         except TimeoutError:
             raise DeadlineExceeded(
-                f"no complete request message within {timeout:g} s "
-                "(SERVE_GRPC_MESSAGE_TIMEOUT_S)",
+                f"no complete request message within {timeout:g} s (SERVE_GRPC_MESSAGE_TIMEOUT_S)",
                 "message_timeout",
             ) from None
         if raw is grpc.aio.EOF or raw is None:
@@ -227,7 +226,7 @@ class _Call:
         request = await self._read(context)
         if request is None:
             raise InvalidInput(
-                f"the call ended without its request message ({self.type_name})",
+                f"the call ended without a complete request message ({self.type_name})",
                 "missing_message",
             )
         return request

@@ -33,6 +33,11 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 # A dead peer's connection is found by the server's keep-alive pings within this long.
 KEEPALIVE_TIMEOUT_MS = 20_000
+# A connection must send its preface, and acknowledge the server's SETTINGS, within this long
+# (a client does both in one round trip). Until it acknowledges them, the server's limits on
+# header lists are not in force for it (HTTP/2 applies settings once acknowledged): a client
+# that never does could otherwise hold up to 16 MiB of metadata per stream.
+HANDSHAKE_TIMEOUT_MS = 5_000
 
 
 def options(settings: Settings) -> list[tuple[str, int]]:
@@ -49,6 +54,8 @@ def options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", int(settings.keepalive_timeout_s * 1000)),
         ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.http2.settings_timeout", HANDSHAKE_TIMEOUT_MS),
     ]
 
 
