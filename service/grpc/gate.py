@@ -134,13 +134,7 @@ class _Call:
     async def unary(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
         start, status, reason = self._begin()
         try:
-            self._authenticate(context)
-            if self.client_streaming:
-                return await self.fn(self._messages(context), context)
-            request = await self._first(context)
-            if not current_request_id.get():
-                current_request_id.set(getattr(request, "id", "") or uuid.uuid4().hex)
-            return await self.fn(request, context)
+            return await self.fn(await self._argument(context), context)
         except BaseException as exc:
             status, reason = _outcome(exc)
             await self._answer(exc, context)
@@ -151,11 +145,7 @@ class _Call:
     async def streaming(self, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
         start, status, reason = self._begin()
         try:
-            self._authenticate(context)
-            if self.client_streaming:
-                answers = self.fn(self._messages(context), context)
-            else:
-                answers = self.fn(await self._first(context), context)
+            answers = self.fn(await self._argument(context), context)
             if inspect.isawaitable(answers):  # a method this server does not offer: it raises
                 answers = await answers
             async for answer in answers:
@@ -173,6 +163,16 @@ class _Call:
         if self.metered:
             self.gate.metrics.pending_requests.inc()
         return time.perf_counter(), "OK", ""
+
+    async def _argument(self, context: grpc.aio.ServicerContext) -> Any:
+        """What the servicer's method takes: the parsed request, or an iterator of them."""
+        self._authenticate(context)
+        if self.client_streaming:
+            return self._messages(context)
+        request = await self._first(context)
+        if not current_request_id.get():
+            current_request_id.set(getattr(request, "id", "") or uuid.uuid4().hex)
+        return request
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
         """The client's ``x-request-id`` taken, its token (if tokens are on) checked."""
@@ -236,8 +236,9 @@ class _Call:
             yield request
 
     async def _answer(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
-        """Aborts the call with ``exc``'s status (a cancellation or an abort passes as is)."""
-        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+        """Aborts the call with ``exc``'s status (a cancellation, a closed stream or an abort
+        passes as is)."""
+        if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
         if isinstance(exc, ServeError):
             code = status_code(exc)
@@ -264,7 +265,7 @@ class _Call:
 
 def _outcome(exc: BaseException) -> tuple[str, str]:
     """The status and reason the metrics count for a call that raised ``exc``."""
-    if isinstance(exc, asyncio.CancelledError):  # the client went away, or its deadline passed
+    if not isinstance(exc, Exception):  # the client went away, or its deadline passed
         return "CANCELLED", "cancelled"
     if isinstance(exc, grpc.aio.AbortError):
         return "ABORTED", "aborted"
