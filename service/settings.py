@@ -176,8 +176,8 @@ class Settings(BaseSettings):
     # further calls wait in the client for a free stream. With the message bound, what one
     # connection can make the process hold.
     grpc_max_concurrent_streams: int = Field(32, ge=1, le=10_000)
-    # Largest metadata (headers) of one call: a call past it is refused RESOURCE_EXHAUSTED, and
-    # the connection of one past twice this is closed.
+    # Largest metadata (headers) of one call: gRPC refuses a call past twice this with
+    # RESOURCE_EXHAUSTED, and a share of those between this and twice this (its soft limit).
     grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)
     # The longest a call may take to deliver each request message once it has started; past
     # it: DEADLINE_EXCEEDED. Bounds how long an incomplete call holds a stream.

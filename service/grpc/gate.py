@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
@@ -171,7 +171,8 @@ class _Call:
             return self._messages(context)
         request = await self._first(context)
         if not current_request_id.get():
-            current_request_id.set(getattr(request, "id", "") or uuid.uuid4().hex)
+            rid = str(getattr(request, "id", ""))[:REQUEST_ID_BYTES]
+            current_request_id.set(rid if rid.isprintable() and rid else uuid.uuid4().hex)
         return request
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
@@ -215,7 +216,7 @@ class _Call:
             )
         try:
             return self.message.FromString(raw)
-        except DecodeError:
+        except Exception:  # DecodeError; any failure to parse the client's bytes is theirs
             raise InvalidInput(
                 f"the request is not a valid {self.type_name} protobuf message "
                 "(malformed wire format, or a string field that is not UTF-8)",

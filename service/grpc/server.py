@@ -47,8 +47,8 @@ def options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
-        # The soft limit refuses a call whose metadata passes it; the hard one is gRPC's
-        # default relation (twice the soft limit), past which the connection is closed.
+        # Past the hard limit every call is refused; between the soft and the hard limit, a
+        # growing share of them (gRPC's own relation between the two is about this one).
         ("grpc.max_metadata_size", settings.grpc_max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", 2 * settings.grpc_max_metadata_bytes),
         ("grpc.max_connection_idle_ms", int(settings.keepalive_timeout_s * 1000)),

@@ -16,7 +16,6 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def grpc_frame(message: bytes, announced: int | None = None) -> bytes:
