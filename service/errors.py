@@ -20,6 +20,27 @@ from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 
+# The most bytes of an error message a client gets (UTF-8). Messages quote what the client
+# sent (a model name, a shape); quoted whole, a 64 KB name made gRPC answers that the caller's
+# own library refuses (its default limit on received metadata is 16 KB, and the status message
+# travels percent-encoded in it: up to 3 bytes per byte).
+MESSAGE_LIMIT = 1024
+
+
+def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, keeping its start and its end (what
+    was wrong, and what is allowed) around a note of how much was left out."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    head, tail = data[: limit * 2 // 3], data[-(limit // 4) :]
+    left_out = len(data) - len(head) - len(tail)
+    return (
+        head.decode("utf-8", "ignore")
+        + f"... ({left_out} bytes left out) ..."
+        + tail.decode("utf-8", "ignore")
+    )
+
 
 class ServeError(Exception):
     """A failure answered to the client as is.

@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     log_tracebacks: bool = False
     # After SIGTERM, in-flight requests get this long to finish before the process exits.
     graceful_timeout_s: float = Field(30.0, ge=0)
-    # Idle keep-alive connections are closed after this long: keep it above the idle timeout of
-    # the proxies and load balancers in front (commonly 60 s).
+    # Idle keep-alive connections (HTTP, and gRPC connections without a call) are closed after
+    # this long: keep it above the idle timeout of the proxies and load balancers in front
+    # (commonly 60 s).
     keepalive_timeout_s: float = Field(75.0, ge=1)
 
     # CPUs the automatic sizes count (preprocessing workers, model instances); 0: this process's
@@ -190,8 +191,24 @@ class Settings(BaseSettings):
     # Retry-After seconds on 503 answers (overload, not ready, draining).
     retry_after_s: int = Field(1, ge=1)
 
-    # Largest gRPC message, received or sent (RESOURCE_EXHAUSTED past it).
-    grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    # -- gRPC limits, per front-end process (docs/RELIABILITY.md, "HTTP/2 and gRPC")
+    # Largest gRPC message, received or sent (RESOURCE_EXHAUSTED past it): the bound of a
+    # ModelInfer request; every other method's request is refused past 64 KiB.
+    grpc_max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a client's
+    # further calls wait in the client for a free stream. With the message bound, what one
+    # connection can make the process hold.
+    grpc_max_concurrent_streams: int = Field(32, ge=1, le=10_000)
+    # Largest metadata (headers) of one call: gRPC refuses a call past twice this with
+    # RESOURCE_EXHAUSTED, and a share of those between this and twice this (its soft limit).
+    grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)
+    # The longest a call may take to deliver each request message once it has started; past
+    # it: DEADLINE_EXCEEDED. Bounds how long an incomplete call holds a stream.
+    grpc_message_timeout_s: float = Field(10.0, gt=0)
+    # The server pings a connection after this long without traffic, and closes it when the
+    # ping is not answered in 20 s (a peer that vanished). Connections without calls close
+    # after SERVE_KEEPALIVE_TIMEOUT_S.
+    grpc_keepalive_s: float = Field(60.0, ge=1)
 
     # -- HTTP limits (enforced while the request streams in)
     # The whole request head (request line + headers) at most this many bytes: larger ones get

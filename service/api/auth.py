@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,9 +47,12 @@ def load_tokens(settings: Settings) -> list[bytes]:
     return [t.encode("utf-8") for t in tokens if t]
 
 
-def presented_token(scope: Scope) -> bytes | None:
-    """The token of ``Authorization: Bearer`` or ``X-API-Key``, if the request carries one."""
-    for key, value in scope.get("headers", []):
+def presented_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The token of ``Authorization: Bearer`` or ``X-API-Key``, if the headers carry one.
+
+    Shared by HTTP (the ASGI scope's headers) and gRPC (the call's metadata, as bytes).
+    """
+    for key, value in headers:
         name = key.lower()
         if name == b"authorization":
             scheme, _, credentials = value.partition(b" ")
@@ -87,7 +91,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        presented = presented_token(scope)
+        presented = presented_token(scope.get("headers", []))
         if presented is not None and token_matches(presented, self.tokens):
             await self.app(scope, receive, send)
             return

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import tracing
-from ..errors import ServeError
+from ..errors import ServeError, bounded
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def error_response(
     shape: str = NATIVE,
     details: dict[str, object] | None = None,
 ) -> JSONResponse:
-    """An error answer in ``shape``; ``details`` are extra fields of the native shape."""
+    """An error answer in ``shape``; ``details`` are extra fields of the native shape. The
+    message is bounded (``errors.bounded``): it may quote what the client sent."""
+    message = bounded(message)
     if shape == PLAIN:
         body: dict[str, object] = {"error": message}
     else:

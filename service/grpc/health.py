@@ -8,7 +8,8 @@ Answered from the dataplane's own state at each call, so it can never disagree w
   probe over gRPC;
 * any other name: NOT_FOUND (``Check``) or SERVICE_UNKNOWN (``Watch``), as the protocol says.
 
-No token is asked: probes carry none (as ``SERVE_AUTH_EXEMPT_PATHS`` exempts HTTP's).
+No token is asked: probes carry none (as ``SERVE_AUTH_EXEMPT_PATHS`` exempts HTTP's). The
+messages are read and parsed by ``gate.py``, like every service's.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ..dataplane.dataplane import DataPlane
+from ..errors import NotFound
 
 LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -45,7 +46,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     async def Check(self, request, context):
         status = self.status(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            raise NotFound(f"unknown service {request.service!r}", "unknown_service")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request, context) -> AsyncIterator[health_pb2.HealthCheckResponse]:

@@ -15,17 +15,48 @@ from __future__ import annotations
 import logging
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from ..api.auth import load_tokens
 from ..dataplane.dataplane import DataPlane
 from ..metrics import Metrics
-from .generated import grpc_service_pb2_grpc as pb_grpc
+from ..settings import Settings
+from .gate import Gate, Limits
 from .health import HealthServicer
-from .servicer import SERVICE, InferenceServicer
+from .servicer import DESCRIPTOR, SERVICE, InferenceServicer
 
 log = logging.getLogger(__name__)
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+REFLECTION = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
+# A dead peer's connection is found by the server's keep-alive pings within this long.
+KEEPALIVE_TIMEOUT_MS = 20_000
+# A connection must send its preface, and acknowledge the server's SETTINGS, within this long
+# (a client does both in one round trip). Until it acknowledges them, the server's limits on
+# header lists are not in force for it (HTTP/2 applies settings once acknowledged): a client
+# that never does could otherwise hold up to 16 MiB of metadata per stream.
+HANDSHAKE_TIMEOUT_MS = 5_000
+
+
+def options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC core's limits of one connection (docs/RELIABILITY.md, "HTTP/2 and gRPC")."""
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        # Past the hard limit every call is refused; between the soft and the hard limit, a
+        # growing share of them (gRPC's own relation between the two is about this one).
+        ("grpc.max_metadata_size", settings.grpc_max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", 2 * settings.grpc_max_metadata_bytes),
+        ("grpc.max_connection_idle_ms", int(settings.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.http2.settings_timeout", HANDSHAKE_TIMEOUT_MS),
+    ]
 
 
 class GrpcServer:
@@ -38,24 +69,17 @@ class GrpcServer:
     def __init__(self, plane: DataPlane, metrics: Metrics, port: int):
         settings = plane.settings
         self.grace_s = settings.graceful_timeout_s
-        limit = settings.grpc_max_message_bytes
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 1),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
+        self.server = grpc.aio.server(options=options(settings))
+        limits = Limits(settings.grpc_max_message_bytes, settings.grpc_message_timeout_s)
+        gate = Gate(limits, load_tokens(settings), metrics)
+        names = (SERVICE, HEALTH.full_name, reflection.SERVICE_NAME)
+        self.server.add_generic_rpc_handlers(
+            (
+                gate.service(DESCRIPTOR, InferenceServicer(plane, metrics), metered=True),
+                gate.service(HEALTH, HealthServicer(plane, (SERVICE,))),
+                gate.service(REFLECTION, ReflectionServicer(names)),
+            )
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(plane, metrics, load_tokens(settings)), self.server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(plane, (SERVICE,)), self.server)
-        names = (
-            SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, self.server)
         host = settings.host
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # Raises RuntimeError when the port cannot be bound: the front end does not start.

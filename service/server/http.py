@@ -7,6 +7,10 @@ per core feeding one accelerator. What this subclass adds:
   however it arrives: counted as the parser reports each piece, and as raw bytes while the head
   is incomplete (a head dribbled in, or one huge header value that llhttp buffers). Past it:
   431 with the JSON error shape, and the connection is closed.
+* This port speaks HTTP/1.1 only. A connection that opens with the HTTP/2 preface (a client
+  with prior knowledge, or gRPC sent to the wrong port) gets 505 and is closed before anything
+  else is parsed; an ``Upgrade: h2c`` request is answered over HTTP/1.1 (the upgrade is
+  ignored, as RFC 9110 allows).
 * Malformed requests get the JSON error shape (400) instead of uvicorn's plain text, and the
   connection is closed. That includes a request with both ``Content-Length`` and
   ``Transfer-Encoding``, which llhttp refuses: the bytes after it are never read as a request.
@@ -30,6 +34,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 # How long a connection that was answered before its body arrived keeps reading (and
 # discarding) before it is closed.
 LINGER_S = 2.0
+# The first bytes of an HTTP/2 connection (RFC 9113 section 3.4); one split over several
+# reads is refused as malformed HTTP/1.1 (400) instead.
+H2_PREFACE = b"PRI * HTTP/2.0"
 
 
 class HeadTooLarge(Exception):
@@ -94,6 +101,9 @@ class ServeHttpProtocol(HttpToolsProtocol):
             return  # read and thrown away until the linger ends
         self._unset_keepalive_if_required()
         if self._in_head:
+            if self._head_raw == 0 and data.startswith(H2_PREFACE):
+                self._refuse_h2()
+                return
             self._head_raw += len(data)
         try:
             self.parser.feed_data(data)
@@ -145,6 +155,12 @@ class ServeHttpProtocol(HttpToolsProtocol):
         message = f"the request line and headers exceed {self._limit} bytes"
         self._send_and_close(
             _error(431, b"Request Header Fields Too Large", "header_too_large", message)
+        )
+
+    def _refuse_h2(self) -> None:
+        message = "this port speaks HTTP/1.1 only; gRPC and HTTP/2 go to the gRPC port"
+        self._send_and_close(
+            _error(505, b"HTTP Version Not Supported", "http2_not_supported", message)
         )
 
     # -- malformed requests ----------------------------------------------------------------

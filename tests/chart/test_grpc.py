@@ -176,3 +176,23 @@ def test_notes_say_nothing_of_grpc_when_it_is_off(tmp_path):
     out = helm("install", "demo", str(CHART), "--dry-run=client", "-n", "ml", "-f", str(values))
     notes = out.stdout.split("NOTES:", 1)[1]
     assert "grpcurl" not in notes and "8001" not in notes
+
+
+def test_grpc_limits_become_the_services_settings():
+    env = env_of(server_container(render()))
+    assert env["SERVE_GRPC_MAX_MESSAGE_BYTES"] == "8388608"
+    assert env["SERVE_GRPC_MAX_CONCURRENT_STREAMS"] == "32"
+    assert env["SERVE_GRPC_MAX_METADATA_BYTES"] == "16384"
+    assert env["SERVE_GRPC_MESSAGE_TIMEOUT_S"] == "10"
+    assert env["SERVE_GRPC_KEEPALIVE_S"] == "60"
+    sets = ("grpc.limits.maxConcurrentStreams=8", "grpc.limits.messageTimeoutSeconds=3")
+    env = env_of(server_container(render(sets=sets)))
+    assert (env["SERVE_GRPC_MAX_CONCURRENT_STREAMS"], env["SERVE_GRPC_MESSAGE_TIMEOUT_S"]) == (
+        "8",
+        "3",
+    )
+    # Each value is one the service accepts (its Settings validate the same bounds).
+    from service.settings import Settings
+
+    Settings(**{k.removeprefix("SERVE_").lower(): v for k, v in env.items() if "_GRPC_" in k})
+    assert "maxConcurrentStreams" in template_error("grpc.limits.maxConcurrentStreams=0")

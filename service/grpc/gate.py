@@ -1,0 +1,303 @@
+"""Every gRPC call's way in: the token, the request message read, bounded and parsed here.
+
+gRPC's generated registration hands each method a parsed message, and answers a message that
+does not parse ``UNKNOWN: Unexpected <class 'DecodeError'>``; a unary call whose stream ends
+without its message is never answered at all. So every method of every service is registered
+here instead, as a handler of the raw bytes (no deserializer) that:
+
+1. checks the token (``api.auth``, the HTTP port's rules), unless the service is public
+   (:data:`PUBLIC`: the health service, for probes), before its message is looked at;
+2. waits at most ``SERVE_GRPC_MESSAGE_TIMEOUT_S`` for each request message (an incomplete
+   call holds a stream; it is answered ``DEADLINE_EXCEEDED``), and answers
+   ``INVALID_ARGUMENT`` to a unary call that ended without one;
+3. bounds the message by method (:data:`SMALL_MESSAGE_BYTES` for everything but
+   ``ModelInfer``, whose bound is ``SERVE_GRPC_MAX_MESSAGE_BYTES``, gRPC's transport limit);
+4. parses it, answering ``INVALID_ARGUMENT`` with what was expected when it is not the
+   method's protobuf;
+5. calls the servicer, and maps the service's errors onto status codes (``errors.py``), with
+   the stable reason in the ``x-error-code`` trailer and the message bounded
+   (``service.errors.bounded``: messages quote client input). For a metered service, the
+   request metrics (``route`` the method's name, ``status`` the gRPC status name,
+   ``protocol="grpc"``).
+
+A unary call's one message is read and the call answered without waiting for the client to
+half-close its side: what a client sends after its message is not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2
+
+from .. import tracing
+from ..api.auth import presented_token, token_matches
+from ..errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    PayloadTooLarge,
+    ServeError,
+    Unauthorized,
+    bounded,
+)
+from ..logs import request_id as current_request_id
+from ..metrics import Metrics
+from .errors import ERROR_CODE_KEY, status_code
+
+log = logging.getLogger(__name__)
+
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Services answered without a token: probes carry none. Reflection is not among them: it hands
+# out the whole schema of the service (docs/SECURITY.md).
+PUBLIC = frozenset({HEALTH})
+# The request of every method but ModelInfer is a name or two: larger ones are refused.
+SMALL_MESSAGE_BYTES = 64 * 1024
+# The method whose requests may be as large as SERVE_GRPC_MAX_MESSAGE_BYTES.
+LARGE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+REQUEST_ID_BYTES = 128
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Args:
+    message_bytes: the largest request message of a :data:`LARGE_METHODS` method.
+    message_timeout_s: the longest wait for a request message.
+    """
+
+    message_bytes: int
+    message_timeout_s: float
+
+
+class Gate:
+    """Builds the handlers of services whose servicers take parsed messages.
+
+    Args:
+        limits: the message bounds.
+        tokens: accepted tokens; empty: no authentication.
+        metrics: the front end's metrics (for metered services).
+    """
+
+    def __init__(self, limits: Limits, tokens: list[bytes], metrics: Metrics):
+        self.limits = limits
+        self.tokens = tokens
+        self.metrics = metrics
+
+    def service(
+        self, descriptor: ServiceDescriptor, servicer: Any, metered: bool = False
+    ) -> grpc.GenericRpcHandler:
+        """The handlers of every method of ``descriptor``, answered by ``servicer``'s methods
+        of the same names."""
+        handlers = {
+            method.name: self._handler(method, getattr(servicer, method.name), metered)
+            for method in descriptor.methods
+        }
+        return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+    def _handler(
+        self, method: MethodDescriptor, fn: Callable[..., Any], metered: bool
+    ) -> grpc.RpcMethodHandler:
+        call = _Call(self, method, fn, metered)
+        serialize = GetMessageClass(method.output_type).SerializeToString
+        # Every method takes a stream of raw messages (a unary call is a stream of one), so
+        # that the read, its bound and its timeout are this module's.
+        if method.server_streaming:
+            return grpc.stream_stream_rpc_method_handler(call.streaming, None, serialize)
+        return grpc.stream_unary_rpc_method_handler(call.unary, None, serialize)
+
+
+# Statuses that are the server's failure (their message carries the trace id, as a 5xx body).
+SERVER_ERRORS = {"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS"}
+
+
+class _Call:
+    """One method's handler."""
+
+    def __init__(self, gate: Gate, method: MethodDescriptor, fn: Callable[..., Any], metered: bool):
+        self.gate = gate
+        self.fn = fn
+        self.name = method.name
+        self.service = method.containing_service.full_name
+        self.message = GetMessageClass(method.input_type)
+        self.type_name = method.input_type.full_name
+        self.client_streaming = method.client_streaming
+        self.public = method.containing_service.full_name in PUBLIC
+        self.metered = metered
+        self.limit = (
+            gate.limits.message_bytes if method.name in LARGE_METHODS else SMALL_MESSAGE_BYTES
+        )
+
+    async def unary(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        start, status, reason = self._begin()
+        span = self._span(context)
+        try:
+            return await self.fn(await self._argument(context), context)
+        except BaseException as exc:
+            status, reason = _outcome(exc)
+            await self._answer(exc, context, span)
+            raise
+        finally:
+            self._end(start, status, reason, span)
+
+    async def streaming(self, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        start, status, reason = self._begin()
+        span = self._span(context)
+        try:
+            answers = self.fn(await self._argument(context), context)
+            if inspect.isawaitable(answers):  # a method this server does not offer: it raises
+                answers = await answers
+            async for answer in answers:
+                yield answer
+        except BaseException as exc:
+            status, reason = _outcome(exc)
+            await self._answer(exc, context, span)
+            raise
+        finally:
+            self._end(start, status, reason, span)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _begin(self) -> tuple[float, str, str]:
+        if self.metered:
+            self.gate.metrics.pending_requests.inc()
+        return time.perf_counter(), "OK", ""
+
+    def _span(self, context: grpc.aio.ServicerContext) -> tracing.RequestSpan | None:
+        """The call's server span (traces on, a metered method), its parent from the
+        caller's ``traceparent`` metadata."""
+        if not (tracing.ENABLED and self.metered):
+            return None
+        return tracing.grpc_request(self.service, self.name, context.invocation_metadata() or ())
+
+    async def _argument(self, context: grpc.aio.ServicerContext) -> Any:
+        """What the servicer's method takes: the parsed request, or an iterator of them."""
+        self._authenticate(context)
+        if self.client_streaming:
+            return self._messages(context)
+        request = await self._first(context)
+        if not current_request_id.get():
+            rid = str(getattr(request, "id", ""))[:REQUEST_ID_BYTES]
+            current_request_id.set(rid if rid.isprintable() and rid else uuid.uuid4().hex)
+        return request
+
+    def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
+        """The client's ``x-request-id`` taken, its token (if tokens are on) checked."""
+        metadata = [
+            (key.encode(), value.encode())
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        ]
+        rid = next((v for k, v in metadata if k == b"x-request-id"), b"")[:REQUEST_ID_BYTES]
+        text = rid.decode(errors="replace")
+        current_request_id.set(text if text and text.isprintable() else None)
+        if self.public or not self.gate.tokens:
+            return
+        token = presented_token(metadata)
+        if token is None:
+            raise Unauthorized(
+                "authentication required: send the metadata "
+                "'authorization: Bearer <token>' or 'x-api-key: <token>'"
+            )
+        if not token_matches(token, self.gate.tokens):
+            raise Unauthorized("the token is not valid", "invalid_token")
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> Message | None:
+        """The next request message, parsed; None at the end of the client's stream."""
+        timeout = self.gate.limits.message_timeout_s
+        try:
+            raw = await asyncio.wait_for(context.read(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no complete request message within {timeout:g} s (SERVE_GRPC_MESSAGE_TIMEOUT_S)",
+                "message_timeout",
+            ) from None
+        if raw is grpc.aio.EOF or raw is None:
+            return None
+        if len(raw) > self.limit:
+            raise PayloadTooLarge(
+                f"the {self.name} request is {len(raw)} bytes; this method takes at most "
+                f"{self.limit}",
+                "message_too_large",
+            )
+        try:
+            return self.message.FromString(raw)
+        except Exception:  # DecodeError; any failure to parse the client's bytes is theirs
+            raise InvalidInput(
+                f"the request is not a valid {self.type_name} protobuf message "
+                "(malformed wire format, or a string field that is not UTF-8)",
+                "invalid_message",
+            ) from None
+
+    async def _first(self, context: grpc.aio.ServicerContext) -> Message:
+        request = await self._read(context)
+        if request is None:
+            raise InvalidInput(
+                f"the call ended without a complete request message ({self.type_name})",
+                "missing_message",
+            )
+        return request
+
+    async def _messages(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        while (request := await self._read(context)) is not None:
+            yield request
+
+    async def _answer(
+        self,
+        exc: BaseException,
+        context: grpc.aio.ServicerContext,
+        span: tracing.RequestSpan | None,
+    ) -> None:
+        """Aborts the call with ``exc``'s status (a cancellation, a closed stream or an abort
+        passes as is). The server's own failures quote the trace id, as 5xx bodies do."""
+        if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+            return
+        if isinstance(exc, ServeError):
+            code = status_code(exc)
+            message = bounded(exc.message)
+            if span is not None and code.name in SERVER_ERRORS:
+                message = f"{message} (trace id {span.trace_id})"
+            await context.abort(code, message, ((ERROR_CODE_KEY, exc.code),))
+        error_id = uuid.uuid4().hex[:12]
+        log.error("internal error %s in %s", error_id, self.name, exc_info=exc)
+        trace = f", trace id {span.trace_id}" if span is not None else ""
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error; quote error id {error_id}{trace}",
+            ((ERROR_CODE_KEY, "internal_error"),),
+        )
+
+    def _end(
+        self, start: float, status: str, reason: str, span: tracing.RequestSpan | None
+    ) -> None:
+        if span is not None:
+            tracing.grpc_done(span, status, getattr(grpc.StatusCode, status).value[0])
+        if not self.metered:
+            return
+        m = self.gate.metrics
+        m.pending_requests.dec()
+        m.request_duration.labels(self.name, status, "grpc").observe(time.perf_counter() - start)
+        if status == "OK":
+            m.request_success.labels(self.name, "grpc").inc()
+        else:
+            m.request_failure.labels(self.name, reason, "grpc").inc()
+
+
+def _outcome(exc: BaseException) -> tuple[str, str]:
+    """The status and reason the metrics count for a call that raised ``exc``."""
+    if not isinstance(exc, Exception):  # the client went away, or its deadline passed
+        return "CANCELLED", "cancelled"
+    if isinstance(exc, grpc.aio.AbortError):
+        return "ABORTED", "aborted"
+    if isinstance(exc, ServeError):
+        return status_code(exc).name, exc.code
+    return "INTERNAL", "internal_error"
