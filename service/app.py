@@ -21,10 +21,11 @@ from . import __version__, tracing
 from .api import classify, errors, health, tfserving, v2, web
 from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
-from .api.auth import AuthMiddleware, load_tokens
+from .api.auth import AuthMiddleware
 from .api.body import TIMEOUT_HEADER
 from .api.fast import FastClassify
 from .api.middleware import MetricsMiddleware
+from .auth import load_tokens
 from .codecs.classify import B64Image, ClassifyJSON
 from .dataplane.admission import Bound
 from .dataplane.dataplane import DataPlane, Engine

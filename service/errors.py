@@ -15,6 +15,8 @@ raise these, and they cross process boundaries by pickling.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -67,6 +69,12 @@ class ServeError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The service's JSON error body, ``{"error": {"code", "message", ...}}``: every transport
+    that answers in JSON builds it here (HTTP answers, malformed HTTP refused by the server)."""
+    return {"error": {"code": code, "message": message, **details}}
 
 
 def _rebuild(cls: type[ServeError], message: str, code: str, details: dict) -> ServeError:
@@ -226,6 +234,19 @@ class DeadlineExceeded(ServeError):
 
 
 # -- the service failed (5xx) ---------------------------------------------------------------
+
+
+class InternalError(ServeError):
+    """A bug: answered with an error id, which the log line carrying the traceback quotes."""
+
+    status = 500
+    default_code = "internal_error"
+
+    @classmethod
+    def of(cls, exc: BaseException, where: str, log: logging.Logger) -> InternalError:
+        error_id = uuid.uuid4().hex[:12]
+        log.error("internal error %s in %s", error_id, where, exc_info=exc)
+        return cls(f"internal error; quote error id {error_id}", error_id=error_id)
 
 
 class ModelError(ServeError):

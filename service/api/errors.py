@@ -15,7 +15,6 @@ carry ``Retry-After``.
 from __future__ import annotations
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import tracing
-from ..errors import ServeError, bounded
+from ..errors import InternalError, ServeError, bounded, error_body
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def error_response(
     if shape == PLAIN:
         body: dict[str, object] = {"error": message}
     else:
-        body = {"error": {"code": code, "message": message, **(details or {})}}
+        body = error_body(code, message, **(details or {}))
     if status >= 500 and tracing.ENABLED:  # where to look in the traces
         trace = tracing.trace_id()
         if trace:
@@ -134,12 +133,4 @@ def unexpected_response(
     method: str, path: str, exc: Exception, shape: str = NATIVE
 ) -> JSONResponse:
     """A bug's answer: 500 with an error id, which the log line with the traceback carries."""
-    error_id = uuid.uuid4().hex[:12]
-    log.error("internal error %s on %s %s", error_id, method, path, exc_info=exc)
-    return error_response(
-        500,
-        "internal_error",
-        f"internal error; quote error id {error_id}",
-        shape=shape,
-        details={"error_id": error_id},
-    )
+    return serve_error_response(InternalError.of(exc, f"{method} {path}", log), 0, shape)

@@ -42,9 +42,10 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 
 from .. import tracing
-from ..api.auth import presented_token, token_matches
+from ..auth import presented_token, token_matches
 from ..errors import (
     DeadlineExceeded,
+    InternalError,
     InvalidInput,
     PayloadTooLarge,
     ServeError,
@@ -261,20 +262,14 @@ class _Call:
         passes as is). The server's own failures quote the trace id, as 5xx bodies do."""
         if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
             return
-        if isinstance(exc, ServeError):
-            code = status_code(exc)
-            message = bounded(exc.message)
-            if span is not None and code.name in SERVER_ERRORS:
-                message = f"{message} (trace id {span.trace_id})"
-            await context.abort(code, message, ((ERROR_CODE_KEY, exc.code),))
-        error_id = uuid.uuid4().hex[:12]
-        log.error("internal error %s in %s", error_id, self.name, exc_info=exc)
-        trace = f", trace id {span.trace_id}" if span is not None else ""
-        await context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error; quote error id {error_id}{trace}",
-            ((ERROR_CODE_KEY, "internal_error"),),
-        )
+        trace = f" (trace id {span.trace_id})" if span is not None else ""
+        if not isinstance(exc, ServeError):
+            exc = InternalError.of(exc, self.name, log)
+        code = status_code(exc)
+        message = bounded(exc.message)
+        if code.name in SERVER_ERRORS:
+            message += trace
+        await context.abort(code, message, ((ERROR_CODE_KEY, exc.code),))
 
     def _end(
         self, start: float, status: str, reason: str, span: tracing.RequestSpan | None

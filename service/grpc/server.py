@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from ..api.auth import load_tokens
+from ..auth import load_tokens
 from ..dataplane.dataplane import DataPlane
 from ..metrics import Metrics
 from ..settings import Settings

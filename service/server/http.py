@@ -31,6 +31,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..errors import error_body
+
 # How long a connection that was answered before its body arrived keeps reading (and
 # discarding) before it is closed.
 LINGER_S = 2.0
@@ -44,7 +46,7 @@ class HeadTooLarge(Exception):
 
 
 def _error(status: int, reason: bytes, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     head = [
         b"HTTP/1.1 %d %s" % (status, reason),
         b"content-type: application/json",

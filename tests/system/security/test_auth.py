@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from service.api import auth
+from service import auth
 from service.app import create_app
 from service.settings import Settings
 
