@@ -52,7 +52,7 @@ port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
 
 check_ports() {
   local p
-  for p in $API_PORT $ETCD_PORT $ETCD_PEER_PORT $KUBELET_PORT "${HOLLOW_PORTS[@]}" 20248 20256 20249; do
+  for p in $API_PORT $ETCD_PORT $ETCD_PEER_PORT $KUBELET_PORT "${HOLLOW_PORTS[@]}" 20248 20256 20249 "$WHEELS_PORT"; do
     port_free "$p" || fail "port $p is in use on this machine (another \`make e2e\`?)"
   done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -247,9 +247,7 @@ cluster_down() {
     rm -f "$PIDS"
   fi
   [ -x "$KUBE_BIN/kube-proxy" ] && "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
-  if [ -d "$STATE" ]; then
-    grep -o " $STATE[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  fi
+  unmount_state
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE" || true
 }
 
@@ -262,4 +260,12 @@ pkill_own() {
   local deadline=$((SECONDS + 20))
   while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
   kill -9 "$pid" 2>/dev/null || true
+}
+
+# The kubelet's and dockerd's mounts under $STATE (secrets, emptyDirs, network namespaces).
+unmount_state() {
+  local m
+  awk -v d="$STATE/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
 }

@@ -90,16 +90,17 @@ EOF
   touch "$WHEELS/.key-$key"
 }
 
+# On a fixed port: the address is a build argument, and a new one every run would void
+# Docker's layer cache from the first RUN on.
+WHEELS_PORT=23880
 serve_wheels() {
-  local port_file=$STATE/wheels.port
   start wheels "$PYTHON" -c '
 import functools, http.server, sys
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-open(sys.argv[2], "w").write(str(server.server_address[1]))
-server.serve_forever()' "$WHEELS" "$port_file"
-  wait_for "the wheelhouse server" 20 test -s "$port_file"
-  WHEELS_URL=http://127.0.0.1:$(cat "$port_file")/simple/
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+' "$WHEELS" "$WHEELS_PORT"
+  WHEELS_URL=http://127.0.0.1:$WHEELS_PORT/simple/
+  WAIT_LOG=$LOGS/wheels.log wait_for "the wheelhouse server" 20 curl -fs "$WHEELS_URL"
 }
 
 build_serve_image() {
@@ -137,6 +138,5 @@ EOF
 make_weights() {
   [ -s "$WEIGHTS_DIR/$WEIGHTS_FILE" ] && return 0
   mkdir -p "$WEIGHTS_DIR/models"
-  "$PYTHON" scripts/e2e/checks.py make-weights --out "$WEIGHTS_DIR/$WEIGHTS_FILE.part"
-  mv "$WEIGHTS_DIR/$WEIGHTS_FILE.part" "$WEIGHTS_DIR/$WEIGHTS_FILE"
+  "$PYTHON" scripts/e2e/checks.py make-weights --out "$WEIGHTS_DIR/$WEIGHTS_FILE"
 }

@@ -62,6 +62,7 @@ if [ -f "$PIDS" ]; then
   echo "e2e: stopping what an interrupted run left ($PIDS)"
   cluster_down
 fi
+unmount_state
 rm -rf "$STATE"
 mkdir -p "$STATE"
 check_ports
