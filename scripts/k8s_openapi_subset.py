@@ -42,7 +42,9 @@ INT_OR_STRING = "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
 
 def strict(node: Any) -> Any:
     if isinstance(node, dict):
-        out = {k: strict(v) for k, v in node.items() if k != "description" and not k.startswith("x-")}
+        out = {
+            k: strict(v) for k, v in node.items() if k != "description" and not k.startswith("x-")
+        }
         if "$ref" in out:
             return {"$ref": out["$ref"]}
         if "properties" in out and "additionalProperties" not in out:

@@ -1,3 +1,4 @@
+# ruff: noqa: T201  (a command-line tool: it reports on stdout)
 """The client side of `make e2e` (scripts/e2e/run.sh), run on the host with the project's venv.
 
 Subcommands:
@@ -93,12 +94,15 @@ def compare(got: list[dict], expected: list[dict], where: str) -> None:
     print(f"PASS {where}: top {TOP_K} {labels} as expected", flush=True)
 
 
-def post_classify(url: str, timeout: float = 60.0) -> tuple[int, dict | None]:
+def post_classify(url: str, timeout: float = 60.0, token: str = "") -> tuple[int, dict | None]:
+    headers = {"Content-Type": "image/png", "Connection": "close"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
         f"{url.rstrip('/')}/v1/classify?top_k={TOP_K}",
         data=test_png(),
         method="POST",
-        headers={"Content-Type": "image/png", "Connection": "close"},
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -143,11 +147,11 @@ def grpc_classify(target: str, model: str, expected: list[dict]) -> None:
     compare(got, expected, f"gRPC ModelInfer {target}")
 
 
-def steady(url: str, stop: Path, report: Path) -> int:
+def steady(url: str, stop: Path, report: Path, token: str) -> int:
     ok, failures = 0, []
     while not stop.exists():
         try:
-            status, body = post_classify(url, timeout=30)
+            status, body = post_classify(url, timeout=30, token=token)
             if status == 200 and body:
                 ok += 1
             else:
@@ -195,7 +199,9 @@ def wheel_gaps(folder: Path, python: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("make-weights")
     p.add_argument("--out", type=Path, required=True)
@@ -214,6 +220,7 @@ def main() -> int:
     p.add_argument("--url", required=True)
     p.add_argument("--stop", type=Path, required=True)
     p.add_argument("--report", type=Path, required=True)
+    p.add_argument("--token", default="", help="bearer token sent with every request")
     args = parser.parse_args()
     if args.command == "make-weights":
         make_weights(args.out)
@@ -226,7 +233,7 @@ def main() -> int:
     elif args.command == "wheel-gaps":
         print("\n".join(wheel_gaps(args.wheels, args.python)))
     elif args.command == "steady":
-        return steady(args.url, args.stop, args.report)
+        return steady(args.url, args.stop, args.report, args.token)
     return 0
 
 

@@ -1,9 +1,12 @@
 # Sourced by scripts/e2e/run.sh: a throwaway Kubernetes v1.20 cluster on this machine.
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler on loopback; one real node,
 # `localhost` (kubelet + a private dockerd on a bridge of its own); two kubemark ("hollow")
-# nodes that advertise nvidia.com/gpu; kube-proxy (userspace mode, bound to the bridge) for
-# ClusterIPs; scripts/e2e/dns.py for Service names. Every process goes into $STATE/pids and
-# cluster_down stops them; nothing is installed as a service.
+# nodes that advertise nvidia.com/gpu; kube-proxy (iptables mode, masquerading all Service
+# traffic so that replies come back through the host) for ClusterIPs; scripts/e2e/dns.py for
+# Service names. Every process goes into $STATE/pids and cluster_down stops them; nothing is
+# installed as a service. Forwarding is on while the test runs (ClusterIP traffic between two
+# pods is routed by the host), fenced to the bridge by two FORWARD rules; the sysctls it
+# changes are restored at the end.
 
 PIDS=$STATE/pids
 KUBE_BIN=$CACHE/kube/bin
@@ -201,10 +204,14 @@ start_nodes() {
       --node-labels nvidia.com/gpu.present=true,e2e.resnet-serve/hollow=true \
       --register-with-taints nvidia.com/gpu=present:NoSchedule
   done
+  fence_bridge
+  # Userspace mode would need a file limit above this machine's hard limit (64000 > 20000).
   start kube-proxy "$KUBE_BIN/kube-proxy" --kubeconfig "$KUBECONFIG" \
-    --proxy-mode userspace --bind-address "$BRIDGE_IP" --hostname-override localhost \
+    --proxy-mode iptables --masquerade-all --bind-address "$BRIDGE_IP" \
+    --hostname-override localhost \
     --healthz-bind-address 127.0.0.1:20256 --metrics-bind-address 127.0.0.1:20249 \
     --conntrack-max-per-core 0
+  WAIT_LOG=$LOGS/kube-proxy.log wait_for kube-proxy 30 curl -fs http://127.0.0.1:20256/healthz
   start dns "$PYTHON" scripts/e2e/dns.py --listen "$BRIDGE_IP" --server "$API" \
     --ca "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key"
   WAIT_LOG=$LOGS/kubelet.log wait_for "node localhost Ready" 120 \
@@ -218,6 +225,28 @@ start_nodes() {
   done
   wait_for "nvidia.com/gpu on the hollow nodes" 30 gpu_allocatable_is 2
   wait_for "the default ServiceAccount" 60 kubectl get serviceaccount default
+}
+
+# Forwarding for ClusterIP traffic between pods, and only between the bridge's own addresses:
+# nothing from the bridge leaves by another interface, nothing from elsewhere enters it.
+FENCE=(-m comment --comment resnet-e2e -j DROP)
+fence_bridge() {
+  echo "$(sysctl -n net.ipv4.ip_forward) $(sysctl -n net.ipv4.conf.all.route_localnet)" \
+    >"$STATE/sysctl.saved"
+  iptables -I FORWARD -i "$BRIDGE" ! -o "$BRIDGE" "${FENCE[@]}"
+  iptables -I FORWARD -o "$BRIDGE" ! -i "$BRIDGE" "${FENCE[@]}"
+  sysctl -qw net.ipv4.ip_forward=1
+}
+
+unfence_bridge() {
+  if [ -f "$STATE/sysctl.saved" ]; then
+    local forward localnet
+    read -r forward localnet <"$STATE/sysctl.saved"
+    sysctl -qw net.ipv4.ip_forward="$forward" net.ipv4.conf.all.route_localnet="$localnet"
+    rm -f "$STATE/sysctl.saved"
+  fi
+  while iptables -D FORWARD -i "$BRIDGE" ! -o "$BRIDGE" "${FENCE[@]}" 2>/dev/null; do :; done
+  while iptables -D FORWARD -o "$BRIDGE" ! -i "$BRIDGE" "${FENCE[@]}" 2>/dev/null; do :; done
 }
 
 gpu_allocatable_is() {
@@ -247,6 +276,7 @@ cluster_down() {
     rm -f "$PIDS"
   fi
   [ -x "$KUBE_BIN/kube-proxy" ] && "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  unfence_bridge
   unmount_state
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE" || true
 }

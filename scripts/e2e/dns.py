@@ -1,3 +1,4 @@
+# ruff: noqa: T201  (a command-line tool: it reports on stdout)
 """Cluster DNS stand-in of `make e2e`: answers `<service>.<namespace>.svc.<domain>` with the
 Service's ClusterIP, read from the API server, and nothing else.
 

@@ -4,9 +4,9 @@
 # docs/DEPLOY.md ("make e2e") says what it proves and what still needs a GPU cluster.
 #
 # Needs root (it starts dockerd, a kubelet, a bridge) and Debian packages it installs when
-# missing. Traffic goes to loopback and to the bridge it makes (10.213.1.0/24) only; the
-# Service range (10.213.0.0/24) is routed onto that bridge, the fake nodes' pod address is
-# blackholed. It fails, with the reason, when the machine cannot run it: never a silent pass.
+# missing. Traffic goes to loopback and to the bridge it makes (10.213.1.0/24) only: the
+# Service range (10.213.0.0/24) is routed onto that bridge, FORWARD rules keep the bridge's
+# traffic on it, and the fake nodes' pod address is blackholed. It fails, with the reason, when the machine cannot run it: never a silent pass.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,7 +37,7 @@ done
 # Debian packages: the Go toolchain and rsync (the Kubernetes build), etcd, Docker, mmdebstrap
 # (the base image), socat (port-forward), gcc (the pause binary), openssl (certificates).
 PACKAGES=(golang-go rsync etcd-server docker.io mmdebstrap socat gcc libc6-dev openssl iptables
-          iproute2 util-linux curl dpkg-dev)
+          conntrack iproute2 util-linux curl dpkg-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -154,19 +154,22 @@ drain_refused() {
   echo "PASS: drain refused by the PDB"
 }
 
+# The upgrade turns authentication on: the client sends its token from the start (a service
+# without authentication ignores it), and `helm test` must then pass with the token too.
+TOKEN=e2e-token-$RANDOM$RANDOM
 upgrade_without_drops() {
-  step "helm upgrade while a client keeps calling through the Service"
+  step "helm upgrade (authentication on) while a client keeps calling through the Service"
   local ip
   ip=$(kube get service "$FULLNAME" -o jsonpath='{.spec.clusterIP}')
   wait_for "kube-proxy's rule for $ip" 30 sh -c "iptables -t nat -S | grep -q -- '-d $ip/32'"
   wait_for "the Service at $ip" 30 curl -fs "http://$ip/readyz"
   bg steady "$PYTHON" scripts/e2e/checks.py steady --url "http://$ip" \
-    --stop "$STATE/steady.stop" --report "$REPORTS/steady.json"
+    --stop "$STATE/steady.stop" --report "$REPORTS/steady.json" --token "$TOKEN"
   sleep 3
   local old
   old=$(server_pod)
   helm upgrade "$RELEASE" charts/resnet-serve --namespace "$NS" --reuse-values \
-    --set-string podAnnotations.e2e/rollout="$(date +%s)" --wait --timeout 10m
+    --set-string secretSettings.SERVE_AUTH_TOKENS="$TOKEN" --wait --timeout 10m
   kube rollout status "deployment/$FULLNAME" --timeout 5m
   WAIT_LOG= wait_for "the old pod $old to go" 120 sh -c "! kubectl -n $NS get pod $old"
   sleep 3
@@ -182,6 +185,13 @@ sys.exit(0 if r["ok"] > 0 and not r["failures"] else 1)
 EOF
   [ "$(server_pod)" != "$old" ] || fail "the upgrade did not replace the pod"
   echo "PASS: rollout $old -> $(server_pod), no request dropped"
+
+  step "helm test with authentication on"
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: image/png' \
+    --data-binary @"$STATE/expected.json" "http://$ip/v1/classify")
+  [ "$status" = 401 ] || fail "without a token: HTTP $status, expected 401 (authentication off?)"
+  helm test "$RELEASE" --namespace "$NS" --logs --timeout 5m
 }
 
 gpu_scheduling() {

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..lifetime import PARENT_PID_ENV
 from ..metrics import MULTIPROC_ENV
 from ..settings import Settings
 
@@ -106,8 +107,9 @@ class Supervisor:
         # A session of its own: a terminal's Ctrl-C (or any signal to the supervisor's
         # process group) reaches the supervisor alone, which stops the children in order.
         return await asyncio.create_subprocess_exec(
-            sys.executable, *args, "--run-dir", str(self.dir), pass_fds=fds, start_new_session=True
-        )
+            sys.executable, *args, "--run-dir", str(self.dir), pass_fds=fds,
+            start_new_session=True, env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+        )  # fmt: skip
 
     async def start_engine(self) -> None:
         self.engine = await self._spawn("-m", "service.engine.process")

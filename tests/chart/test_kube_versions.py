@@ -53,7 +53,9 @@ def errors_1_20(obj: dict) -> list[str]:
 
 
 def check_1_20(objs: list[dict]) -> None:
-    errors = [e for o in objs if (o["apiVersion"], o["kind"]) not in CRD_KINDS for e in errors_1_20(o)]
+    errors = [
+        e for o in objs if (o["apiVersion"], o["kind"]) not in CRD_KINDS for e in errors_1_20(o)
+    ]
     assert not errors, "\n".join(errors)
 
 
@@ -89,7 +91,10 @@ def test_hpa_and_pdb_api_versions_follow_the_cluster(version, hpa, pdb):
 def test_gpu_limit_is_a_quoted_quantity():
     limits = server_container(render())["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
-    assert "nvidia.com/gpu: \"1\"" in helm("template", "rel", str(LOCUST_CHART.parent / "resnet-serve")).stdout
+    assert (
+        'nvidia.com/gpu: "1"'
+        in helm("template", "rel", str(LOCUST_CHART.parent / "resnet-serve")).stdout
+    )
 
 
 def test_1_20_schema_refuses_a_bare_number_for_a_quantity():
@@ -113,3 +118,28 @@ def test_grpc_probes_on_a_cluster_before_1_24_fail_with_the_reason():
     assert out.returncode != 0
     assert "probes.grpc=true needs Kubernetes 1.24 or newer" in out.stderr
     assert "v1.20.2" in out.stderr
+
+
+def ports_of(obj: dict) -> list[dict]:
+    if obj["kind"] == "Service":
+        return obj["spec"]["ports"]
+    spec = obj.get("spec", {})
+    spec = spec if obj["kind"] == "Pod" else spec.get("template", {}).get("spec", {})
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    return [p for c in containers for p in c.get("ports", [])]
+
+
+@pytest.mark.parametrize(
+    "objs",
+    [
+        render(sets=("redis.mode=internal",)),
+        render(chart=LOCUST_CHART, sets=("master.serviceType=NodePort",)),
+    ],
+    ids=["resnet-serve", "locust"],
+)
+def test_every_port_names_its_protocol(objs):
+    """(port, protocol) is the key of these lists: server-side apply before Kubernetes 1.20's
+    fix refuses an element without it ("omits key field protocol")."""
+    ports = [(o["metadata"]["name"], p) for o in objs for p in ports_of(o)]
+    assert len(ports) >= 5
+    assert all(p.get("protocol") == "TCP" for _, p in ports), ports

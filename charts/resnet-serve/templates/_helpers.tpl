@@ -162,3 +162,15 @@ same fields); policy/v1 PodDisruptionBudget is 1.21+ (v1beta1 before, same field
 {{- define "resnet-serve.capabilities.grpcProbes" -}}
 {{- if semverCompare ">=1.24-0" .Capabilities.KubeVersion.Version }}true{{ end }}
 {{- end }}
+
+{{/* progressDeadlineSeconds: the value, or the startup budget plus 1200 s (node provisioning, image pull). */}}
+{{- define "resnet-serve.progressDeadlineSeconds" -}}
+{{- if .Values.progressDeadlineSeconds }}{{ .Values.progressDeadlineSeconds }}
+{{- else }}{{ add (mul .Values.probes.startup.periodSeconds .Values.probes.startup.failureThreshold) 1200 }}
+{{- end }}
+{{- end }}
+
+{{/* The fewest server pods that run: replicaCount, or autoscaling.minReplicas. */}}
+{{- define "resnet-serve.minReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}
