@@ -63,7 +63,7 @@ install_and_test() {
   local pod
   pod=$(server_pod)
   kube get pod "$pod" -o wide
-  kube exec "$pod" -c server -- python3 - <<'EOF'
+  kube exec -i "$pod" -c server -- python3 - <<'EOF'
 import os, pathlib
 assert os.getuid() == 10001 and os.getgid() == 10001, (os.getuid(), os.getgid())
 try:
@@ -86,7 +86,9 @@ for p in pathlib.Path("/proc").iterdir():
             pass
 python = [c for c in cmdlines if "python" in c or "resnet-serve" in c]
 print("processes:", *python, sep="\n  ")
-assert len(python) >= 2, "expected the supervisor's front-end and accelerator processes"
+assert sum("service.engine.process" in c for c in python) == 1, "one accelerator process"
+assert sum("service.server.frontend" in c for c in python) >= 1, "front-end processes"
+assert any(c.endswith("bin/resnet-serve") for c in python), "the supervisor"
 print("PASS: uid 10001, read-only root, /dev/shm tmpfs, volumes, SERVE_CPUS=1")
 EOF
 
@@ -203,13 +205,14 @@ metadata: {name: nvidia}
 handler: nvidia
 EOF
   kubectl create namespace "$GPU_NS"
-  # Three replicas, two GPUs: one pod cannot fit. Small CPU and memory requests: a hollow
-  # node offers 1 CPU and 3.75 GiB.
+  # Three replicas, two GPUs: one pod cannot fit. Small CPU, memory and disk requests: a
+  # hollow node offers 1 CPU, 3.75 GiB and no ephemeral storage.
   helm install gpu charts/resnet-serve --namespace "$GPU_NS" \
     -f charts/resnet-serve/values-gpu-operator.yaml \
     --set image.repository="$SERVE_IMAGE" --set image.tag="$SERVE_TAG" \
     --set replicaCount=3 --set resources.requests.cpu=100m \
     --set resources.requests.memory=512Mi --set resources.limits.memory=512Mi \
+    --set-string resources.requests.ephemeral-storage=0 \
     --set podDisruptionBudget.enabled=false
   wait_for "two GPU pods scheduled" 60 sh -c \
     "[ \$(kubectl -n $GPU_NS get pods -o jsonpath='{range .items[*]}{.spec.nodeName}{\"\\n\"}{end}' | grep -c '^gpu-') = 2 ]"
