@@ -34,7 +34,7 @@ SRC
 fi
 
 cd "$src/tree"
-# The Debian tree is a release tarball: no .git, so the version comes from these variables.
+# The version the binaries report, where the tree itself does not say (a tarball has no .git).
 export KUBE_GIT_VERSION=v1.20.2 KUBE_GIT_TREE_STATE=clean KUBE_GIT_COMMIT=debian-1.20.5+really1.20.2
 export GOFLAGS=-mod=vendor GO111MODULE=on GOPROXY=off GOTOOLCHAIN=local
 export GOCACHE=$CACHE/kube/gocache GOPATH=$CACHE/kube/gopath

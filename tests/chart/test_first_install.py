@@ -67,13 +67,17 @@ def test_a_progress_deadline_inside_the_startup_budget_is_refused():
 # 2. helm test with authentication
 
 
+TOKENS, FULL = "SERVE_AUTH_TOKENS", "rel-resnet-serve"
+
+
 @pytest.mark.parametrize(
     ("sets", "expected"),
     [
-        (("secretSettings.SERVE_AUTH_TOKENS=a\\,b",), ("SERVE_AUTH_TOKENS", "secretKeyRef", "rel-resnet-serve")),
-        (("settings.SERVE_AUTH_TOKENS=a",), ("SERVE_AUTH_TOKENS", "configMapKeyRef", "rel-resnet-serve")),
-        (("existingSecret=serve-env",), ("SERVE_AUTH_TOKENS", "secretKeyRef", "serve-env")),
-        (("tests.tokenSecret.name=tok", "tests.tokenSecret.key=t"), ("SERVE_TEST_TOKEN", "secretKeyRef", "tok")),
+        (("secretSettings.SERVE_AUTH_TOKENS=a\\,b",), (TOKENS, "secretKeyRef", FULL)),
+        (("settings.SERVE_AUTH_TOKENS=a",), (TOKENS, "configMapKeyRef", FULL)),
+        (("existingSecret=serve-env",), (TOKENS, "secretKeyRef", "serve-env")),
+        (("tests.tokenSecret.name=tok", "tests.tokenSecret.key=t"),
+         ("SERVE_TEST_TOKEN", "secretKeyRef", "tok")),
     ],
 )  # fmt: skip
 def test_the_helm_test_pod_gets_the_token_where_the_server_gets_it(sets, expected):
@@ -217,7 +221,8 @@ def test_extra_volume_mounts_need_a_name_and_an_absolute_path():
         (("replicaCount=1",), {"minAvailable": 1}),
         (("replicaCount=2",), {"maxUnavailable": 1}),
         (("autoscaling.enabled=true", "autoscaling.minReplicas=1"), {"minAvailable": 1}),
-        (("autoscaling.enabled=true", "autoscaling.minReplicas=3", "replicaCount=1"), {"maxUnavailable": 1}),
+        (("autoscaling.enabled=true", "autoscaling.minReplicas=3", "replicaCount=1"),
+         {"maxUnavailable": 1}),
     ],
 )  # fmt: skip
 def test_a_drain_never_evicts_the_only_pod(sets, spec):
