@@ -175,6 +175,7 @@ start_control_plane() {
 }
 
 start_nodes() {
+  note_kube_chains
   mkdir -p "$STATE/kubelet" "$STATE/kubelet-plugins"
   start kubelet "$KUBE_BIN/kubelet" \
     --kubeconfig "$STATE/node-localhost.kubeconfig" --hostname-override localhost \
@@ -249,6 +250,25 @@ unfence_bridge() {
   while iptables -D FORWARD -o "$BRIDGE" ! -i "$BRIDGE" "${FENCE[@]}" 2>/dev/null; do :; done
 }
 
+# The kubelet and kube-proxy make KUBE-* iptables chains (and jumps to them from INPUT,
+# OUTPUT...); kube-proxy --cleanup removes its own only. Where the machine had none before the
+# test ($STATE/iptables.ours), all of them go at the end.
+note_kube_chains() {
+  iptables-save 2>/dev/null | grep -q '^:KUBE-' || touch "$STATE/iptables.ours"
+}
+
+remove_kube_chains() {
+  [ -f "$STATE/iptables.ours" ] || return 0
+  local table rule chain
+  for table in filter nat mangle; do
+    iptables -t "$table" -S | grep -E '^-A [A-Z]+ .*-j KUBE-' | grep -vE '^-A KUBE-' | sed 's/^-A /-D /' |
+      while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
+    for chain in $(iptables -t "$table" -S | awk '/^-N KUBE-/ {print $2}'); do iptables -t "$table" -F "$chain"; done
+    for chain in $(iptables -t "$table" -S | awk '/^-N KUBE-/ {print $2}'); do iptables -t "$table" -X "$chain"; done
+  done
+  rm -f "$STATE/iptables.ours"
+}
+
 gpu_allocatable_is() {
   [ "$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.allocatable.nvidia\.com/gpu}{"\n"}{end}' | grep -c '^1$')" = "$1" ]
 }
@@ -277,6 +297,7 @@ cluster_down() {
   fi
   [ -x "$KUBE_BIN/kube-proxy" ] && "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   unfence_bridge
+  remove_kube_chains
   unmount_state
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE" || true
 }
