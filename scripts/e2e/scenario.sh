@@ -196,6 +196,16 @@ EOF
   helm test "$RELEASE" --namespace "$NS" --logs --timeout 5m
 }
 
+scheduler_reason() {
+  local message
+  message=$(kubectl -n "$GPU_NS" get pod "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')
+  [ -n "$message" ] || message=$(kubectl -n "$GPU_NS" get events \
+    --field-selector "involvedObject.name=$1,reason=FailedScheduling" \
+    -o jsonpath='{.items[-1:].message}')
+  [ -n "$message" ] && echo "$message"
+}
+
 gpu_scheduling() {
   step "GPU values on the fake GPU nodes: placement, and the scheduler's reasons for a pod that does not fit"
   kubectl apply -f - <<EOF
@@ -224,9 +234,10 @@ EOF
   [ "$limit" = 1 ] || fail "GPU limit '$limit'"
   pending=$(kubectl -n "$GPU_NS" get pods --field-selector=status.phase=Pending -o jsonpath='{.items[0].metadata.name}')
   [ -n "$pending" ] || fail "the third GPU pod is not Pending"
-  wait_for "the scheduler's reason" 30 sh -c \
-    "kubectl -n $GPU_NS get pod $pending -o jsonpath='{.status.conditions[?(@.type==\"PodScheduled\")].message}' | grep -q ."
-  reason=$(kubectl -n "$GPU_NS" get pod "$pending" -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].message}')
+  # The scheduler's reason: the pod's PodScheduled condition, or its FailedScheduling event
+  # (whichever the API server has first on a loaded machine).
+  wait_for "the scheduler's reason for $pending" 120 scheduler_reason "$pending"
+  reason=$(scheduler_reason "$pending")
   echo "Pending $pending: $reason"
   echo "$reason" | grep -q "Insufficient nvidia.com/gpu" || fail "no 'Insufficient nvidia.com/gpu' in: $reason"
   echo "$reason" | grep -q "node selector\|affinity" || fail "no node-selector refusal (node localhost) in: $reason"
