@@ -232,8 +232,10 @@ EOF
   [ "$nodes" = "gpu-1 gpu-2 " ] || fail "GPU pods on '$nodes', expected one on each of gpu-1 and gpu-2"
   limit=$(kubectl -n "$GPU_NS" get pods -o jsonpath='{.items[0].spec.containers[0].resources.limits.nvidia\.com/gpu}')
   [ "$limit" = 1 ] || fail "GPU limit '$limit'"
-  pending=$(kubectl -n "$GPU_NS" get pods --field-selector=status.phase=Pending -o jsonpath='{.items[0].metadata.name}')
-  [ -n "$pending" ] || fail "the third GPU pod is not Pending"
+  # The unscheduled one (phase Pending alone would also match a scheduled pod still creating).
+  pending=$(kubectl -n "$GPU_NS" get pods \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' | awk 'NF == 1 {print $1}')
+  [ "$(echo "$pending" | grep -c .)" = 1 ] || fail "expected one unscheduled GPU pod, found: '$pending'"
   # The scheduler's reason: the pod's PodScheduled condition, or its FailedScheduling event
   # (whichever the API server has first on a loaded machine).
   wait_for "the scheduler's reason for $pending" 120 scheduler_reason "$pending"
