@@ -16,10 +16,9 @@ chart-lint: tools ## helm lint --strict the chart with every shipped values file
 chart-readme: ## Regenerate the values table of charts/resnet-serve/README.md from values.yaml
 	$(PYTHON) scripts/chart_readme.py --write
 
-.PHONY: e2e-kind
-e2e-kind: tools ## Throwaway kind cluster: CPU image, install with Redis, helm test, a job, in-cluster Locust Job (needs Docker + kind)
-	HELM=$(HELM) KUBECTL=$(KUBECTL) IMAGE=$(IMAGE) TAG=$(TAG) PYTHON=$(BIN)/python \
-	  bash scripts/e2e-kind.sh
+.PHONY: e2e
+e2e: venv tools ## Real Kubernetes 1.20 here: build it and the CPU image, install, helm test, drain, upgrade, GPU scheduling, Locust (root; ~30 min cold, less warm)
+	PYTHON=$(abspath $(BIN))/python PIP=$(abspath $(BIN))/pip bash scripts/e2e/run.sh
 
 .PHONY: gpu-smoke
 gpu-smoke: ## On an NVIDIA GPU machine: TensorFlow sees the GPU; FP32 vs mixed-precision ceiling

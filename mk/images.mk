@@ -8,6 +8,9 @@ IMAGE     ?= $(if $(REGISTRY),$(REGISTRY)/)resnet-serve
 # true: bake the ImageNet weights into the image; false: mount them (weights.source pvc/url).
 BAKE_WEIGHTS ?= true
 DOCKER    ?= docker
+# Further `docker build` options for every variant (`make e2e` adds --network host and a
+# PIP_INDEX_URL build argument).
+DOCKER_BUILD_ARGS ?=
 CPU_BASE_IMAGE ?= ubuntu:24.04
 # pip extras of each variant: every feature the chart can switch on (redis.mode internal or
 # external needs `redis`) is in all; the GPU variant has `gpu` (TensorFlow and its CUDA wheels),
@@ -19,18 +22,18 @@ JAX_BASE_IMAGE ?= nvidia/cuda:13.0.1-base-ubuntu24.04
 
 .PHONY: image
 image: ## Build the GPU image $(IMAGE):$(TAG) (needs a Docker engine)
-	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG) --build-arg EXTRAS=$(GPU_EXTRAS) \
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile -t $(IMAGE):$(TAG) --build-arg EXTRAS=$(GPU_EXTRAS) \
 	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
 
 .PHONY: image-cpu
 image-cpu: ## Build the CPU image $(IMAGE):$(TAG)-cpu (needs a Docker engine)
-	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG)-cpu \
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile -t $(IMAGE):$(TAG)-cpu \
 	  --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg EXTRAS=$(CPU_EXTRAS) \
 	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
 
 .PHONY: image-jax
 image-jax: ## Build the GPU image with the JAX backend $(IMAGE):$(TAG)-jax (needs a Docker engine)
-	$(DOCKER) build -f docker/Dockerfile -t $(IMAGE):$(TAG)-jax \
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) -f docker/Dockerfile -t $(IMAGE):$(TAG)-jax \
 	  --build-arg BASE_IMAGE=$(JAX_BASE_IMAGE) --build-arg EXTRAS=$(JAX_EXTRAS) \
 	  --build-arg BACKEND=jax --build-arg CONSTRAINTS=constraints-jax.txt \
 	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .

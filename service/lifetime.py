@@ -8,6 +8,9 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+# Set by the supervisor in its children's environment: its own pid.
+PARENT_PID_ENV = "RESNET_SERVE_PARENT_PID"
+
 
 def die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent dies, even by SIGKILL, so that no
@@ -20,7 +23,12 @@ def die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: children notice a broken pipe instead
         pass
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    # The parent died before prctl took effect: this process was handed to a reaper. The
+    # supervisor names itself (PARENT_PID_ENV), as it may be PID 1 itself (a container's
+    # entrypoint); a process started by anyone else can only compare with PID 1.
+    expected = os.environ.pop(PARENT_PID_ENV, "")
+    parent = os.getppid()
+    if parent != int(expected) if expected.isdigit() else parent == 1:
         os._exit(1)
 
 

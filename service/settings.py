@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     jax_memory_fraction: float = Field(0.0, ge=0, lt=1)
     # Compile the model function with XLA, one executable per batch bucket (GPU nodes).
     xla: bool = False
+    # Refuse to start unless the backend sees a GPU (GPU pods: a missing RuntimeClass or a driver
+    # mismatch would otherwise run the model on the CPU while the pod holds the GPU).
+    require_gpu: bool = False
     # TensorFlow's intra-op pool (threads inside one op); 0: TensorFlow's default.
     intra_op_threads: int = Field(0, ge=0)
     # TensorFlow's inter-op pool (independent ops in parallel); 0: TensorFlow's default.

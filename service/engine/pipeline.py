@@ -37,10 +37,11 @@ def default_model_factory(settings: Settings) -> ModelFactory:
     """The default pipeline's model: ``SERVE_MODEL`` with ``SERVE_WEIGHTS``."""
 
     def build() -> LoadedModel:
-        from ..model.backends import configure
+        from ..model.backends import configure, require_gpu
         from ..model.loader import load_model
 
         configure(settings)
+        require_gpu(settings)
         return load_model(settings.model, settings.weights, strict=settings.strict)
 
     return build
@@ -48,8 +49,10 @@ def default_model_factory(settings: Settings) -> ModelFactory:
 
 def load_stage_model(spec: ModelStageSpec, settings: Settings) -> LoadedModel:
     """Build the model of one stage of a configured pipeline (blocking)."""
+    from ..model.backends import require_gpu
     from ..model.loader import load_keras_file, load_model
 
+    require_gpu(settings)
     if spec.file is not None:
         return load_keras_file(spec.file, spec.normalize or "none")
     assert spec.arch is not None

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..lifetime import PARENT_PID_ENV
 from ..metrics import MULTIPROC_ENV
 from ..rundir import ADMISSION, JOBS_SOCKET, METRICS
 from ..settings import Settings
@@ -120,7 +121,7 @@ class Supervisor:
             str(self.dir),
             pass_fds=fds,
             start_new_session=True,
-            env={**(env or {}), **os.environ},
+            env={**(env or {}), **os.environ, PARENT_PID_ENV: str(os.getpid())},
         )
 
     async def start_engine(self) -> None:

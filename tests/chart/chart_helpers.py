@@ -70,6 +70,7 @@ def render_text(
     release: str = "rel",
     namespace: str = "serving",
     chart: Path = CHART,
+    kube_version: str = "",
 ) -> str:
     out = helm(
         "template",
@@ -78,6 +79,7 @@ def render_text(
         "--namespace",
         namespace,
         *value_args(values, sets, chart),
+        *(["--kube-version", kube_version] if kube_version else []),
         check=False,
     )
     if out.returncode != 0:
@@ -91,11 +93,12 @@ def render(
     release: str = "rel",
     namespace: str = "serving",
     chart: Path = CHART,
+    kube_version: str = "",
 ) -> list[dict]:
-    """Rendered objects (fresh copies: tests may not share mutations)."""
-    return [
-        d for d in yaml.safe_load_all(render_text(values, sets, release, namespace, chart)) if d
-    ]
+    """Rendered objects (fresh copies: tests may not share mutations). ``kube_version``:
+    the cluster's version the chart is rendered for (helm's own default when empty)."""
+    text = render_text(values, sets, release, namespace, chart, kube_version)
+    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def find(objs: list[dict], kind: str, component: str | None = None) -> list[dict]:

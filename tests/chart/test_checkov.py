@@ -55,6 +55,8 @@ EXPLAINED = {
         "Deployment",
     ): "the Redis URL comes from a Secret as an environment variable because every service "
     "setting is an environment variable (SERVE_*, service/settings.py)",
+    ("CKV_K8S_35", "Pod"): "the helm test pod reads the token it sends from where the server "
+    "reads SERVE_AUTH_TOKENS: an environment variable from the same Secret",
 }
 
 

@@ -43,13 +43,14 @@ def test_gpu_files_request_gpus_and_tolerate_the_pool_taint(values_file):
     objs = render((values_file,))
     container = server_container(objs)
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["tolerations"] == values["tolerations"] and pod["tolerations"]
     assert any(t["effect"] == "NoSchedule" for t in pod["tolerations"])
-    # A node selector, or node affinity terms where one label does not fit every provisioner.
-    assert pod.get("nodeSelector") == values.get("nodeSelector")
+    # The file's node selector (if any) with the chart's architecture pin; EKS selects by the
+    # GPU request alone.
+    arch = {"kubernetes.io/arch": "amd64"}
+    assert pod["nodeSelector"] == {**arch, **values.get("nodeSelector", {})}
     assert pod.get("affinity") == values.get("affinity")
-    assert pod.get("nodeSelector") or pod["affinity"]["nodeAffinity"]
     assert (
         one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
         == "resnet-serve:0.1.0"
@@ -74,15 +75,13 @@ def test_platform_files_match_each_providers_gpu_conventions():
     assert ("nvidia.com/gpu", "present", "NoSchedule") in tol("values-gke.yaml")
     assert "cloud.google.com/gke-accelerator" in load("values-gke.yaml")["nodeSelector"]
     assert ("nvidia.com/gpu", None, "NoSchedule") in tol("values-eks.yaml")
-    # EKS: no pinned instance type; any of Karpenter's, Auto Mode's or GPU Feature Discovery's
-    # labels for an NVIDIA GPU node will do.
+    # EKS: no pinned instance type and no GPU label (managed node groups carry none without
+    # GPU Feature Discovery): the nvidia.com/gpu request and the default arch pin decide.
     eks = load("values-eks.yaml")
-    assert "nodeSelector" not in eks and "instance-type" not in str(eks)
-    assert node_terms("values-eks.yaml") == [
-        {"karpenter.k8s.aws/instance-gpu-manufacturer": ("nvidia",)},
-        {"eks.amazonaws.com/instance-gpu-manufacturer": ("nvidia",)},
-        {"nvidia.com/gpu.present": ("true",)},
-    ]
+    assert "instance-type" not in str(eks) and "affinity" not in eks
+    pod = one(render(("values-eks.yaml",)), "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert "affinity" not in pod
     operator = load("values-gpu-operator.yaml")
     assert operator["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     pod = one(render(("values-gpu-operator.yaml",)), "Deployment")["spec"]["template"]["spec"]
@@ -90,8 +89,8 @@ def test_platform_files_match_each_providers_gpu_conventions():
 
 
 def test_gpu_resource_name_and_count_are_configurable():
-    container = server_container(render(sets=("gpu.resourceName=amd.com/gpu", "gpu.count=2")))
-    assert container["resources"]["limits"]["amd.com/gpu"] == 2
+    container = server_container(render(sets=("gpu.resourceName=amd.com/gpu",)))
+    assert container["resources"]["limits"]["amd.com/gpu"] == "1"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert container["resources"]["limits"]["memory"] == "12Gi"  # user limits kept
 
@@ -101,7 +100,8 @@ def test_cpu_only_file_has_no_gpu_no_tolerations_and_the_cpu_image():
     container = server_container(objs)
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
     assert not any("gpu" in k for k in container["resources"].get("limits", {}))
-    assert "tolerations" not in pod and "nodeSelector" not in pod and "runtimeClassName" not in pod
+    assert "tolerations" not in pod and "runtimeClassName" not in pod
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
     assert container["image"] == "resnet-serve:0.1.0-cpu"
 
 

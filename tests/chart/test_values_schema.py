@@ -18,7 +18,6 @@ BAD_VALUES = {
     "unknown weights source": ("weights.source=s3", "/weights/source"),
     "weights file of the wrong type": ("weights.file=w.pt", "/weights/file"),
     "short sha256": ("weights.url.sha256=abc", "/weights/url/sha256"),
-    "setting without the SERVE_ prefix": ("settings.MAX_BATCH=8", "does not match pattern"),
     "unknown redis mode": ("redis.mode=cluster", "/redis/mode"),
     "redis url variable without prefix": ("redis.urlEnvName=REDIS_URL", "/redis/urlEnvName"),
     "unknown autoscaler": ("autoscaling.kind=vpa", "/autoscaling/kind"),

@@ -30,7 +30,11 @@ def node(name: str, gpus: int, labels: dict, taints: list[dict], ready: bool = T
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        # The labels every kubelet sets on its node, then the test's own.
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/arch": "amd64", **labels},
+        },
         "spec": {"taints": taints} if taints else {},
         "status": {
             "allocatable": allocatable,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import sys
 import time
@@ -37,11 +38,23 @@ def test_png(size: int = 64) -> bytes:
     )
 
 
+def token() -> str:
+    """The bearer token to send: SERVE_TEST_TOKEN, else the first of SERVE_AUTH_TOKENS (the
+    chart passes whichever the server is configured with); empty without authentication."""
+    explicit = os.environ.get("SERVE_TEST_TOKEN", "").strip()
+    if explicit:
+        return explicit
+    tokens = [t.strip() for t in os.environ.get("SERVE_AUTH_TOKENS", "").split(",")]
+    return next((t for t in tokens if t), "")
+
+
 def request(url: str, data: bytes | None = None, content_type: str = "", timeout: float = 30.0):
     """(status, parsed JSON body or None)."""
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if content_type:
         req.add_header("Content-Type", content_type)
+    if bearer := token():
+        req.add_header("Authorization", f"Bearer {bearer}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             status, body = response.status, response.read()

@@ -143,3 +143,34 @@ ephemeralStorageExtra for the logs and the writable layer.
 {{- include "resnet-serve.image" . }}
 {{- end }}
 {{- end }}
+
+{{/*
+API versions by the cluster's Kubernetes version (.Capabilities.KubeVersion: the server's on
+install, --kube-version with `helm template`), as bitnami's common.capabilities.* helpers pick
+them: one template serves 1.20 through the newest. autoscaling/v2 is 1.23+ (v2beta2 before,
+same fields); policy/v1 PodDisruptionBudget is 1.21+ (v1beta1 before, same fields).
+*/}}
+{{- define "resnet-serve.capabilities.hpa.apiVersion" -}}
+{{- if semverCompare "<1.23-0" .Capabilities.KubeVersion.Version }}autoscaling/v2beta2{{ else }}autoscaling/v2{{ end }}
+{{- end }}
+
+{{- define "resnet-serve.capabilities.pdb.apiVersion" -}}
+{{- if semverCompare "<1.21-0" .Capabilities.KubeVersion.Version }}policy/v1beta1{{ else }}policy/v1{{ end }}
+{{- end }}
+
+{{/* Native gRPC probes: Kubernetes 1.24+ (beta, on by default). */}}
+{{- define "resnet-serve.capabilities.grpcProbes" -}}
+{{- if semverCompare ">=1.24-0" .Capabilities.KubeVersion.Version }}true{{ end }}
+{{- end }}
+
+{{/* progressDeadlineSeconds: the value, or the startup budget plus 1200 s (node provisioning, image pull). */}}
+{{- define "resnet-serve.progressDeadlineSeconds" -}}
+{{- if .Values.progressDeadlineSeconds }}{{ .Values.progressDeadlineSeconds }}
+{{- else }}{{ add (mul .Values.probes.startup.periodSeconds .Values.probes.startup.failureThreshold) 1200 }}
+{{- end }}
+{{- end }}
+
+{{/* The fewest server pods that run: replicaCount, or autoscaling.minReplicas. */}}
+{{- define "resnet-serve.minReplicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- end }}

@@ -85,6 +85,31 @@ def configure(settings: Settings) -> None:
         )
 
 
+class GpuUnavailable(RuntimeError):
+    """SERVE_REQUIRE_GPU is set and the backend sees no GPU."""
+
+
+def gpu_devices() -> list[str]:
+    """The GPUs the current backend can run on."""
+    if current() == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform == "gpu"]
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_physical_devices("GPU")]
+
+
+def require_gpu(settings: Settings) -> None:
+    """Raise GpuUnavailable, with what to look at, when SERVE_REQUIRE_GPU finds no GPU."""
+    if settings.require_gpu and not gpu_devices():
+        raise GpuUnavailable(
+            f"SERVE_REQUIRE_GPU=true and the {current()} backend sees no GPU: refusing to run "
+            "the model on the CPU. Check the pod's RuntimeClass (runtimeClassName), that the "
+            "node's NVIDIA driver supports the image's CUDA, and NVIDIA_VISIBLE_DEVICES."
+        )
+
+
 def runner_class() -> type[ModelRunner]:
     if current() == "jax":
         from .jax import JaxRunner
