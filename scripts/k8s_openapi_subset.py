@@ -2,7 +2,7 @@
 
 kubernetes-validate ships schemas from 1.25 on; the oldest cluster the charts support is 1.20.
 This reads the OpenAPI document of the v1.20 tree `make e2e` builds from
-(`.cache/e2e/kube/src/tree/api/openapi-spec/swagger.json`, Debian's `kubernetes` source) and
+(`~/.cache/resnet-serve/e2e/kube/src/tree/api/openapi-spec/swagger.json`, Debian's `kubernetes` source) and
 keeps the kinds the charts render and the definitions they reach, without descriptions.
 
 Strict as the API server's server-side apply is: objects refuse unknown fields; a Quantity is

@@ -11,7 +11,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO"
-CACHE=${E2E_CACHE:-$REPO/.cache/e2e}
+# One cache per machine, not per clone: every checkout (and CI's fresh clone) reuses the
+# Kubernetes build, the base image and the wheelhouse.
+CACHE=${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet-serve/e2e}
 STATE=${E2E_STATE:-/var/tmp/resnet-e2e}
 REPORTS=$REPO/${REPORTS:-reports/e2e}
 LOGS=$REPORTS/logs
