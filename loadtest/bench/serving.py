@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if "two_over_one" in report:
         print(f"2 cores / 1 core (http): {report['two_over_one']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
