@@ -12,7 +12,7 @@ from tests.support.helpers import ROOT
 SERVICE = ROOT / "service"
 
 # Imported by every layer; import nothing of the service above them.
-BASE = {"service.errors", "service.cpus", "service.rundir", "service.settings"}
+BASE = {"service.errors", "service.cpus", "service.rundir", "service.settings", "service.auth"}
 # What a front end runs: never the accelerator process's code. (The supervisor, in
 # service.server too, checks the backend and the weights before it starts anything.)
 FRONT_END = ("service.api", "service.grpc", "service.codecs", "service.dataplane")
