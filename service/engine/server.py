@@ -135,8 +135,9 @@ class FrontEnd:
                 for _, _, ticket in entries:
                     ticket.set_exception(exc)
                 continue
-            for ticket, task in tasks:  # multi-stage pipelines: a task per item
-                ticket.task = task  # type: ignore[attr-defined]
+            for reply, task in tasks:  # multi-stage pipelines: a task per item
+                assert isinstance(reply, Ticket)
+                reply.task = task
 
     # -- what goes back --------------------------------------------------------------------
 
