@@ -54,9 +54,8 @@ ROUTERS = [
 class ServeApp(FastAPI):
     """The application: the service's own ASGI layers (CORS, request ids and metrics,
     authentication, the raw-image fast path) around the framework, which only the requests the
-    fast path does not answer enter. The framework's own wrappers (its server-error and
-    exception middleware, body limits, telemetry) then cost the fast path nothing: measured
-    in process, 140 against 212 µs of CPU per raw-image request."""
+    fast path does not answer enter, so the framework's own wrappers (its server-error and
+    exception middleware, body limits, telemetry) cost the raw-image requests nothing."""
 
     layers: ASGIApp | None = None
 

@@ -53,8 +53,8 @@ class MetricsMiddleware:
 
         span = tracing.http_request(scope) if tracing.ENABLED else None
         m.pending_requests.inc()
-        # Not reset at the end: each request runs in a task of its own, and Starlette's
-        # outermost error handler logs unexpected exceptions after this returns.
+        # Not reset at the end: each request runs in a task of its own, and uvicorn logs an
+        # exception that escapes this layer after it returns, still under the request's id.
         current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_wrapper)

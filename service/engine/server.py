@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 
 import numpy as np
 
@@ -274,8 +273,7 @@ class EngineServer:
             return
         self.frontends.discard(frontend)
         if frontend.arena is not None and not frontend.arena.close():  # a view is still alive
-            call: Callable[[], None] = lambda: self.release(frontend)  # noqa: E731
-            asyncio.get_running_loop().call_later(1.0, call)
+            asyncio.get_running_loop().call_later(1.0, self.release, frontend)
         else:
             frontend.arena = None
 

@@ -27,6 +27,7 @@ half-close its side: what a client sends after its message is not read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -139,26 +140,24 @@ class _Call:
         )
 
     async def unary(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        start, status, reason = self._begin()
-        span = self._span(context)
-        try:
+        async with self._accounted(context):
             return await self.fn(await self._argument(context), context)
-        except BaseException as exc:
-            status, reason = _outcome(exc)
-            await self._answer(exc, context, span)
-            raise
-        finally:
-            self._end(start, status, reason, span)
 
     async def streaming(self, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
-        start, status, reason = self._begin()
-        span = self._span(context)
-        try:
+        async with self._accounted(context):
             answers = self.fn(await self._argument(context), context)
             if inspect.isawaitable(answers):  # a method this server does not offer: it raises
                 answers = await answers
             async for answer in answers:
                 yield answer
+
+    @contextlib.asynccontextmanager
+    async def _accounted(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """One call's metrics and span around its body; what it raises becomes its status."""
+        start, status, reason = self._begin()
+        span = self._span(context)
+        try:
+            yield
         except BaseException as exc:
             status, reason = _outcome(exc)
             await self._answer(exc, context, span)
