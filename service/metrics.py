@@ -14,11 +14,12 @@ copied into their samples by :meth:`Metrics.refresh` once a second and at every 
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -79,6 +80,30 @@ STAGE_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one write per bucket touched
+    instead of two per amount: a batch's queue waits, at every batch of the accelerator
+    process's event loop (in multiprocess mode each write goes to a memory-mapped file)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another prometheus-client
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    if not amounts:
+        return
+    counts: dict[int, int] = {}
+    last = len(bounds)
+    for amount in amounts:
+        i = bisect.bisect_left(bounds, amount)  # the first bound >= amount
+        if i < last:  # NaN: no bucket, as observe() does
+            counts[i] = counts.get(i, 0) + 1
+    for i, count in counts.items():
+        buckets[i].inc(count)
+    total.inc(sum(amounts))
 
 
 class BusyWindow:

@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import ctypes
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +43,11 @@ import numpy as np
 
 from .. import tracing
 from ..errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
-from ..metrics import Metrics
+from ..metrics import Metrics, observe_many
 from ..pipeline.info import BatchInfo
 from .batch_policy import BatchPolicy
 from .replies import GIVEN_UP, FutureReply, Reply
+from .runner_thread import RunnerThread
 
 log = logging.getLogger(__name__)
 
@@ -128,28 +126,13 @@ class DynamicBatcher(BatchPolicy):
         self._metrics = metrics
         self._queue: collections.deque[_Item] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._executors = [
-            ThreadPoolExecutor(
-                1,
-                thread_name_prefix=f"runner-{name}-{i}",
-                initializer=name_thread,
-                initargs=(f"runner-{i}",),
-            )
-            for i in range(self.instances)
+        self._runners = [
+            RunnerThread(f"runner-{name}-{i}", f"runner-{i}") for i in range(self.instances)
         ]
         if ahead is not None and len(ahead) != self.instances:
             raise ValueError("ahead needs one (assemble, execute) pair per instance")
         self._ahead_fns = list(ahead) if ahead else None
-        self._assembler = (
-            ThreadPoolExecutor(
-                1,
-                thread_name_prefix=f"assemble-{name}",
-                initializer=name_thread,
-                initargs=("assemble",),
-            )
-            if ahead
-            else None
-        )
+        self._assembler = RunnerThread(f"assemble-{name}", "assemble") if ahead else None
         # instance -> (its next batch, the future of that batch's assembly)
         self._ahead: dict[int, tuple[list[_Item], asyncio.Future]] = {}
         # busy instance -> (when its batch started, its size)
@@ -192,10 +175,10 @@ class DynamicBatcher(BatchPolicy):
         self._ahead.clear()
         self._fail(self._queue, stopped)
         self._queue.clear()
-        for executor in self._executors:
-            executor.shutdown(wait=True)
+        for runner in self._runners:
+            runner.close()
         if self._assembler is not None:
-            self._assembler.shutdown(wait=True)
+            self._assembler.close()
 
     def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
         """Queue one item; the future resolves to ``(output_row, BatchInfo)``. Raises
@@ -331,26 +314,22 @@ class DynamicBatcher(BatchPolicy):
         batch = [self._queue.popleft() for _ in range(size)]
         self._depth.set(len(self._queue))
         assemble = self._ahead_fns[instance][0]
-        assembly = asyncio.get_running_loop().run_in_executor(
-            self._assembler, _timed, assemble, [item.payload for item in batch]
-        )
+        assert self._assembler is not None
+        assembly = self._assembler.submit(_timed, assemble, [item.payload for item in batch])
         self._ahead[instance] = (batch, assembly)
 
     async def _execute(
         self, instance: int, batch: list[_Item], assembly: asyncio.Future | None
     ) -> None:
         """Run one batch on one instance and answer its items."""
-        loop = asyncio.get_running_loop()
         m = self._metrics
         started = time.monotonic()
         started_ns = time.time_ns() if tracing.ENABLED else 0
         token = self._busy.begin()
         try:
             if assembly is None:  # assembled by the runner itself, which waits for it
-                result = await loop.run_in_executor(
-                    self._executors[instance],
-                    self._run_fns[instance],
-                    [item.payload for item in batch],
+                result = await self._runners[instance].submit(
+                    self._run_fns[instance], [item.payload for item in batch]
                 )
                 assembly_s = result[3] if len(result) > 3 else 0.0
                 self._assembly_inline.inc(assembly_s)
@@ -358,10 +337,12 @@ class DynamicBatcher(BatchPolicy):
                 prepared, assembly_s = await assembly
                 self._assembly_ahead.inc(assembly_s)
                 assert self._ahead_fns is not None
-                result = await loop.run_in_executor(
-                    self._executors[instance], self._ahead_fns[instance][1], prepared
+                result = await self._runners[instance].submit(
+                    self._ahead_fns[instance][1], prepared
                 )
             outputs, padded, compute_s = result[:3]
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"{len(outputs)} outputs for a batch of {len(batch)}")
         except asyncio.CancelledError:
             self._fail(batch, ShuttingDown("the service is shutting down"))
             raise
@@ -401,17 +382,10 @@ class DynamicBatcher(BatchPolicy):
                 started_ns,
                 started_ns + int((time.monotonic() - started) * 1e9),
             )
-        observe_queue = m.queue_duration.observe
-        for i, item in enumerate(batch):
-            queue_s = started - item.enqueued
-            observe_queue(queue_s)
-            item.reply.set_result((outputs[i], BatchInfo(queue_s, compute_s, n, padded)))
-
-
-def name_thread(name: str) -> None:
-    """Name this thread for the system too (top -H, py-spy, /proc/PID/task/*/comm)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(15, name[:15].encode(), 0, 0, 0)  # PR_SET_NAME
+        waited = [started - item.enqueued for item in batch]
+        observe_many(m.queue_duration, waited)
+        for item, row, queue_s in zip(batch, outputs, waited, strict=True):  # lengths checked
+            item.reply.set_result((row, BatchInfo(queue_s, compute_s, n, padded)))
 
 
 def _timed(fn: AssembleFn, payloads: list[np.ndarray]) -> tuple[Any, float]:

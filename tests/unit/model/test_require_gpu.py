@@ -4,8 +4,8 @@ instead of running on the CPU while it holds the GPU. (This machine has no GPU.)
 from __future__ import annotations
 
 import pytest
-from service.engine.pipeline import default_model_factory
 
+from service.engine.pipeline import default_model_factory
 from service.model.backends import GpuUnavailable, gpu_devices, require_gpu
 from service.settings import Settings
 
