@@ -79,9 +79,18 @@ class TensorFlowRunner(ModelRunner):
             jit_compile=xla,
             reduce_retracing=False,
         )
+        # Called directly, the one concrete function skips the tf.function's argument
+        # matching: ~0.1 ms less per batch (the stand-in model at batch 1: 0.36 -> 0.25 ms).
+        self._concrete = self._fn.get_concrete_function()
 
-    def _call(self, batch: np.ndarray) -> np.ndarray:
-        return self._fn(tf.constant(batch)).numpy()
+    def _transfer(self, batch: np.ndarray) -> Any:
+        # The input buffer as a tensor without a copy (tf.constant copies it: 0.26 ms for 32
+        # images). The buffer is 64-byte aligned, as TensorFlow needs, and the runner does not
+        # write it again before this batch has run.
+        return tf.experimental.dlpack.from_dlpack(batch.__dlpack__())
+
+    def _call(self, batch: Any) -> np.ndarray:
+        return self._concrete(batch).numpy()
 
     def _device(self) -> str:
         gpus = tf.config.list_logical_devices("GPU")
