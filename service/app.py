@@ -53,9 +53,10 @@ ROUTERS = [
 
 class ServeApp(FastAPI):
     """The application: the service's own ASGI layers (CORS, request ids and metrics,
-    authentication, the raw-image fast path) around the framework, which only the requests the
-    fast path does not answer enter, so the framework's own wrappers (its server-error and
-    exception middleware, body limits, telemetry) cost the raw-image requests nothing."""
+    authentication, the fast paths of raw-image classify and V2 infer) around the framework,
+    which only the requests the fast paths do not answer enter, so the framework's own wrappers
+    (its server-error and exception middleware, body limits, telemetry) cost those requests
+    nothing."""
 
     layers: ASGIApp | None = None
 
@@ -156,8 +157,10 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     # Outermost first: CORS (answers preflights) > metrics and request id > authentication >
-    # the raw-image classify request (api/fast.py) > the framework.
-    layers: ASGIApp = FastClassify(app.framework, plane=plane, route=classify.route())
+    # the raw-image classify and V2 infer requests (api/fast.py) > the framework.
+    layers: ASGIApp = FastClassify(
+        app.framework, plane=plane, route=classify.route(), v2_routes=v2.infer_routes()
+    )
     tokens = load_tokens(settings)
     if tokens:
         layers = AuthMiddleware(layers, tokens=tokens, exempt_paths=settings.auth_exempt_paths)

@@ -5,6 +5,7 @@ Errors are ``{"error": "<message>"}`` with a 4xx/5xx status, as V2 clients expec
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -17,7 +18,7 @@ from ..codecs import v2_inputs
 from ..codecs.common import decompress
 from ..dataplane.dataplane import DataPlane
 from ..errors import NotFound
-from .body import read_body, request_timeout_s
+from .body import TIMEOUT_HEADER, read_body, timeout_s
 from .deps import DataPlaneDep
 from .errors import PLAIN, PlainErrorRoute, error_response
 
@@ -97,21 +98,53 @@ async def infer(
     name: str, request: Request, plane: DataPlaneDep, version: str | None = None
 ) -> Response:
     """Run encoded images (``images``) or pixel tensors (``pixels``) through the model."""
+    headers = request.headers
+    content, extra, media_type = await infer_answer(
+        plane,
+        name,
+        version,
+        lambda: read_body(request, plane.settings.max_body_bytes),
+        headers.get("content-encoding"),
+        headers.get(codec.HEADER_LENGTH),
+        headers.get(TIMEOUT_HEADER),
+    )
+    return Response(content, media_type=media_type, headers=extra)
+
+
+async def infer_answer(
+    plane: DataPlane,
+    name: str,
+    version: str | None,
+    read: Callable[[], Awaitable[bytes]],
+    encoding: str | None,
+    header_length: str | None,
+    deadline: str | None,
+) -> tuple[bytes, dict[str, str], str]:
+    """An ``infer`` request's answer (body, extra headers, media type), for the route and for
+    the fast path (``api/fast.py``): ``read`` reads the body; the other arguments are the
+    request's Content-Encoding, Inference-Header-Content-Length and X-Request-Timeout-Ms."""
     settings = plane.settings
     model = _model(plane, name, version)
     plane.check_ready(model.info)  # before reading a large body
-    body = await read_body(request, settings.max_body_bytes)
-    body = decompress(body, request.headers.get("content-encoding"), settings.max_body_bytes)
-    header, binary = v2_inputs.split_body(body, request.headers.get(codec.HEADER_LENGTH))
+    body = decompress(await read(), encoding, settings.max_body_bytes)
+    header, binary = v2_inputs.split_body(body, header_length)
     infer_request, want = v2_inputs.decode_request(
-        header, binary, model, settings, request_timeout_s(request, settings)
+        header, binary, model, settings, timeout_s(deadline, settings)
     )
     result = await plane.infer(infer_request, model.info)
     with tracing.span("answer"):
-        content, headers, media_type = codec.encode_response(
+        return codec.encode_response(
             name, header.get("id"), result.probabilities, want, result.pipeline.labels
         )
-    return Response(content, media_type=media_type, headers=headers)
+
+
+def infer_routes() -> tuple[object, object]:
+    """The routes of ``infer`` without and with a version (the fast path labels its metrics
+    with their templates)."""
+    routes = [r for r in router.routes if getattr(r, "endpoint", None) is infer]
+    plain = next(r for r in routes if "{version}" not in getattr(r, "path", ""))
+    versioned = next(r for r in routes if "{version}" in getattr(r, "path", ""))
+    return plain, versioned
 
 
 # -- anything else under /v2 ---------------------------------------------------------------
