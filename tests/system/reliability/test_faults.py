@@ -118,6 +118,20 @@ def test_a_killed_cpu_stage_worker_is_replaced_under_load(make_client, tmp_path)
     assert re.search(r"^serve_preprocess_pool_restarts_total [1-9]", metrics, re.M), metrics
 
 
+def wait_taken(url: str, count: int, answered: list) -> None:
+    """Until the service has taken all ``count`` requests (in its hands or answered). A fixed
+    wait is not enough on a loaded machine, and a request still in the listener's backlog
+    when the signal comes is refused, as it should be: these tests are about those taken."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(url + "/metrics", timeout=5).text
+        (line,) = [x for x in text.splitlines() if x.startswith("serve_pending_requests ")]
+        if float(line.split()[1]) - 1 + len(answered) >= count:  # - 1: this scrape
+            return
+        assert time.monotonic() < deadline, f"the service took fewer than {count} requests"
+        time.sleep(0.02)
+
+
 def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
     tiny_model_file, tmp_path
 ):
@@ -141,7 +155,7 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
         senders = [threading.Thread(target=send) for _ in range(24)]
         for t in senders:
             t.start()
-        time.sleep(0.5)  # all connected and admitted, most still queued
+        wait_taken(srv.url, 24, in_flight)
         srv.process.send_signal(signal.SIGTERM)
         # From the signal on, readiness is never 200 again and new requests are refused.
         probes = []
@@ -207,7 +221,7 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
         senders = [threading.Thread(target=send) for _ in range(12)]
         for t in senders:
             t.start()
-        time.sleep(0.5)
+        wait_taken(srv.url, 12, in_flight)
         srv.process.send_signal(signal.SIGTERM)
         time.sleep(0.1)
         health = refused(
