@@ -113,13 +113,15 @@ EOF
   grep -c . "$LOGS/server.log" | xargs echo "kubectl logs: lines:"
 }
 
+LOCUST_USERS=2
 locust_job() {
   step "the Locust chart's Job against the Service (in-cluster, through DNS and kube-proxy)"
   helm install lt charts/locust --namespace "$NS" \
     --set targetHost="http://$FULLNAME.$NS.svc" \
     --set image.repository="${LOCUST_IMAGE%:*}" --set image.tag="${LOCUST_IMAGE##*:}" \
     --set image.pullPolicy=Never \
-    --set test.autostart=true --set test.shape=constant --set test.users=2 --set test.runTime=30s \
+    --set test.autostart=true --set test.shape=constant --set test.users="$LOCUST_USERS" \
+    --set test.runTime=30s \
     --set workers.replicas=1 --set workers.resources.requests.cpu=100m \
     --set master.resources.requests.cpu=100m --set reports.keepAliveSeconds=300
   local master pod
@@ -218,7 +220,7 @@ monitoring_queries() {
   step "monitoring: the Locust run in the counters, the KEDA query, the prometheus-adapter rule"
   "$PYTHON" scripts/e2e/prometheus.py queries --url "$PROM_URL" --rendered "$MONITORING_OBJECTS" \
     --namespace "$NS" --pod "$(server_pod)" --since "$MONITORING_SINCE" \
-    --locust-stats "$REPORTS/locust/locust_stats.csv"
+    --locust-stats "$REPORTS/locust/locust_stats.csv" --locust-users "$LOCUST_USERS"
 }
 
 monitoring_after_rollout() { # the pod the rollout replaced
