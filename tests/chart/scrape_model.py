@@ -77,7 +77,7 @@ class Pod:
 
 
 def pods_of(objs: list[dict], namespace: str, replicas: int = 2) -> list[Pod]:
-    pods = []
+    pods: list[Pod] = []
     for o in objs:
         if o["kind"] not in ("Deployment", "Job"):
             continue

@@ -24,6 +24,7 @@ import asyncio
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_file) -> Run:
+def run(tmp_path_factory, tiny_model_file) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("prometheus")
     pipelines = tmp / "pipelines.yaml"
     pipelines.write_text(PIPELINES.format(model=tiny_model_file))
