@@ -14,7 +14,8 @@ Subcommands:
   discovered  Each scrape job has found exactly the release's server pod, by its name and
               address, with the labels the autoscaling queries select on, and scraped it, and
               its `up` is 1 in Prometheus; with --gone, no job still has that pod (a rollout
-              replaced it).
+              replaced it). Then the chart tests' relabeling model must keep and drop what
+              the scraper keeps and drops, with the same labels.
   queries     The KEDA query as the chart renders it, the prometheus-adapter rule as the
               adapter expands it, and the request counters' increase over the Locust run
               (what Locust reports, and the requests its users had in flight when it stopped),
@@ -30,6 +31,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -37,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.chart.scrape_model import finish, relabel  # noqa: E402
 from tests.monitoring.scrape_configs import KUBERNETES_PODS, scrape_configs  # noqa: E402
 
 ADAPTER = ROOT / "charts" / "resnet-serve" / "monitoring" / "prometheus-adapter-values.yaml"
@@ -154,6 +157,42 @@ def check_discovered(
     return lines
 
 
+def model_agrees(agent: str, objs: list[dict]) -> str:
+    """The chart tests' relabeling model (tests/chart/scrape_model.py), given what the scraper
+    discovered through the API server (every pod and endpoint of the cluster, the `helm test`
+    and Locust pods included), keeps the targets the scraper keeps, with its labels, and drops
+    those it drops."""
+    jobs = {j["job_name"]: j for j in scrape_configs(objs)}
+    data = api(agent, "targets")
+
+    def model(t: dict) -> tuple | None:
+        job = jobs[t["discoveredLabels"]["job"]]
+        kept = finish(job, relabel(t["discoveredLabels"], job["relabel_configs"]))
+        return None if kept is None else (kept.job, kept.labels)
+
+    for t in data["activeTargets"]:
+        if model(t) is None or dict(model(t)[1]) != t["labels"]:  # type: ignore[index]
+            raise SystemExit(
+                f"FAIL: the relabeling model makes {model(t)} of {t['discoveredLabels']}, "
+                f"the scraper {t['labels']}"
+            )
+    # A target the scraper drops but the model keeps must be a duplicate: another discovered
+    # target (another port of the same pod) relabels to the same labels, and one is scraped.
+    every = Counter(model(t) for t in data["activeTargets"] + data["droppedTargets"])
+    duplicates = 0
+    for t in data["droppedTargets"]:
+        if model(t) is not None:
+            if every[model(t)] < 2:
+                raise SystemExit(f"FAIL: the relabeling model keeps {model(t)}, the scraper not")
+            duplicates += 1
+    dropped = len(data["droppedTargets"]) - duplicates
+    return (
+        f"the relabeling model keeps the {len(data['activeTargets'])} targets the scraper "
+        f"keeps, with the same labels, and drops the {dropped} it drops; the {duplicates} "
+        f"more it drops are another port of a kept pod, the same target once relabeled"
+    )
+
+
 def discovered(args: argparse.Namespace) -> None:
     objs = rendered(args.rendered)
     deadline = time.monotonic() + args.timeout
@@ -174,6 +213,7 @@ def discovered(args: argparse.Namespace) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"FAIL after {args.timeout} s: {exc}") from None
             time.sleep(0.5)
+    lines.append(model_agrees(args.agent, objs))
     for line in lines:
         print(f"PASS {line}", flush=True)
 

@@ -5,8 +5,9 @@ Prometheus Operator generates for the chart's ServiceMonitor (role: endpoints;
 `metrics.serviceMonitor`).
 
 One place for their relabel rules, used three ways:
-- `make e2e` (scripts/e2e/prometheus.py) runs them in a real Prometheus that discovers the
-  release's pods through the real API server;
+- `make e2e` (scripts/e2e/prometheus.py) runs them against the real API server: Debian's
+  vmagent discovers and scrapes with them (Debian's Prometheus is built without Kubernetes
+  discovery) and writes to Debian's Prometheus;
 - tests/monitoring/test_real_prometheus.py runs them in a real Prometheus over the discovery
   labels of modelled pods (no API server there), every target pointed at a real server;
 - tests/chart/scrape_model.py applies them in its model of relabeling, for the chart tests
