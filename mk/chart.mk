@@ -17,7 +17,7 @@ chart-readme: ## Regenerate the values table of charts/resnet-serve/README.md fr
 	$(PYTHON) scripts/chart_readme.py --write
 
 .PHONY: e2e
-e2e: venv tools ## Real Kubernetes 1.20 here: build it and the CPU image, install, helm test, drain, upgrade, GPU scheduling, Locust (root; ~30 min cold, less warm)
+e2e: venv tools prometheus ## Real Kubernetes 1.20 here: build it and the CPU image, install, helm test, drain, upgrade, GPU scheduling, Locust, scraping through the API server (root; ~30 min cold, less warm)
 	PYTHON=$(abspath $(BIN))/python PIP=$(abspath $(BIN))/pip bash scripts/e2e/run.sh
 
 .PHONY: gpu-smoke

@@ -37,9 +37,10 @@ done
 [ -x "$PYTHON" ] || fail "$PYTHON missing: run \`make venv\`"
 
 # Debian packages: the Go toolchain and rsync (the Kubernetes build), etcd, Docker, mmdebstrap
-# (the base image), socat (port-forward), gcc (the pause binary), openssl (certificates).
+# (the base image), socat (port-forward), gcc (the pause binary), openssl (certificates),
+# prometheus (the monitoring step; `make e2e` installs it first, without its recommends).
 PACKAGES=(golang-go rsync etcd-server docker.io mmdebstrap socat gcc libc6-dev openssl iptables
-          conntrack iproute2 util-linux curl dpkg-dev)
+          conntrack iproute2 util-linux curl dpkg-dev prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -54,6 +55,20 @@ mkdir -p "$CACHE" "$LOGS"
 CACHE=$(cd "$CACHE" && pwd)
 exec 9>"$CACHE/.lock"
 flock -n 9 || fail "another \`make e2e\` holds $CACHE/.lock"
+
+# vmagent, the scraper of the monitoring step (scenario.sh): Debian's victoria-metrics package
+# unpacked into the cache (installing it would start its service).
+VMAGENT=$CACHE/victoria-metrics/usr/bin/vmagent
+if [ ! -x "$VMAGENT" ]; then
+  step "vmagent: Debian's victoria-metrics package, unpacked into $CACHE/victoria-metrics"
+  (
+    set -e
+    cd "$CACHE" && rm -rf victoria-metrics_*.deb victoria-metrics.tmp
+    apt-get download victoria-metrics 2>/dev/null || { apt-get update -q && apt-get download victoria-metrics; }
+    dpkg-deb -x victoria-metrics_*.deb victoria-metrics.tmp && rm -f victoria-metrics_*.deb
+    rm -rf victoria-metrics && mv victoria-metrics.tmp victoria-metrics
+  ) || fail "could not fetch Debian's victoria-metrics package"
+fi
 
 # shellcheck source=scripts/e2e/cluster.sh
 source scripts/e2e/cluster.sh

@@ -113,13 +113,15 @@ EOF
   grep -c . "$LOGS/server.log" | xargs echo "kubectl logs: lines:"
 }
 
+LOCUST_USERS=2
 locust_job() {
   step "the Locust chart's Job against the Service (in-cluster, through DNS and kube-proxy)"
   helm install lt charts/locust --namespace "$NS" \
     --set targetHost="http://$FULLNAME.$NS.svc" \
     --set image.repository="${LOCUST_IMAGE%:*}" --set image.tag="${LOCUST_IMAGE##*:}" \
     --set image.pullPolicy=Never \
-    --set test.autostart=true --set test.shape=constant --set test.users=2 --set test.runTime=30s \
+    --set test.autostart=true --set test.shape=constant --set test.users="$LOCUST_USERS" \
+    --set test.runTime=30s \
     --set workers.replicas=1 --set workers.resources.requests.cpu=100m \
     --set master.resources.requests.cpu=100m --set reports.keepAliveSeconds=300
   local master pod
@@ -139,6 +141,97 @@ locust_job() {
   [ "${requests:-0}" -gt 0 ] || fail "Locust sent no request"
   echo "PASS: Locust: $requests requests, report in $REPORTS/locust"
   helm uninstall lt --namespace "$NS" --wait
+}
+
+# Monitoring: the chart's two scrape configurations (tests/monitoring/scrape_configs.py) find
+# the release through the real API server, with a ServiceAccount's token as a Prometheus in the
+# cluster would. Debian's Prometheus has no Kubernetes discovery, so Debian's vmagent scrapes
+# (its scraper implements Prometheus's kubernetes_sd_configs and relabeling) and writes to
+# Debian's Prometheus, where the queries run (scripts/e2e/prometheus.py).
+MONITORING_NS=resnet-e2e-monitoring
+MONITORING_OBJECTS=$STATE/monitoring-objects.yaml
+
+monitoring_discovered() { # pod [replaced pod]
+  "$PYTHON" scripts/e2e/prometheus.py discovered --agent "$AGENT_URL" --url "$PROM_URL" \
+    --rendered "$MONITORING_OBJECTS" --namespace "$NS" --release "$RELEASE" \
+    --pod "$1" --ip "$(kube get pod "$1" -o jsonpath='{.status.podIP}')" --gone "${2:-}"
+}
+
+# The Secret with the ServiceAccount's token (the token controller makes it); fails until then.
+monitoring_token_secret() {
+  local name
+  name=$(kubectl -n "$MONITORING_NS" get serviceaccount prometheus -o jsonpath='{.secrets[0].name}')
+  [ -n "$name" ] && echo "$name"
+}
+
+monitoring_start() {
+  step "monitoring: the chart's scrape configurations find the pod through the API server"
+  kubectl create namespace "$MONITORING_NS"
+  kubectl apply -f - <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: prometheus, namespace: $MONITORING_NS}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: resnet-e2e-prometheus}
+rules:
+  - apiGroups: [""]
+    resources: [pods, services, endpoints]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: resnet-e2e-prometheus}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: resnet-e2e-prometheus}
+subjects: [{kind: ServiceAccount, name: prometheus, namespace: $MONITORING_NS}]
+EOF
+  wait_for "the ServiceAccount's token" 30 monitoring_token_secret
+  kubectl -n "$MONITORING_NS" get secret "$(monitoring_token_secret)" \
+    -o jsonpath='{.data.token}' | base64 -d >"$STATE/prometheus.token"
+  # The release's objects as installed, with the ServiceMonitor (scraped every 2 s) and KEDA
+  # on: this cluster has neither CRD, so they are rendered here for their scrape job and query.
+  helm template "$RELEASE" charts/resnet-serve --namespace "$NS" \
+    -f charts/resnet-serve/values-cpu.yaml "${SERVE_SETS[@]}" \
+    --set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.interval=2s \
+    --set autoscaling.enabled=true --set autoscaling.kind=keda >"$MONITORING_OBJECTS"
+  "$PYTHON" scripts/e2e/prometheus.py config --rendered "$MONITORING_OBJECTS" --api "$API" \
+    --ca "$PKI/ca.crt" --token-file "$STATE/prometheus.token" --interval 2s >"$STATE/scrape.yml"
+  cp "$STATE/scrape.yml" "$LOGS/scrape.yml"
+  local prom_port agent_port
+  prom_port=$(free_port) agent_port=$(free_port)
+  PROM_URL=http://127.0.0.1:$prom_port AGENT_URL=http://127.0.0.1:$agent_port
+  echo '{}' >"$STATE/prometheus.yml"
+  bg prometheus prometheus --config.file="$STATE/prometheus.yml" \
+    --storage.tsdb.path="$STATE/prometheus" --web.listen-address="127.0.0.1:$prom_port" \
+    --web.enable-remote-write-receiver
+  WAIT_LOG=$LOGS/prometheus.log wait_for prometheus 30 curl -fs "$PROM_URL/-/ready"
+  bg vmagent "$VMAGENT" -promscrape.config="$STATE/scrape.yml" \
+    -promscrape.kubernetesSDCheckInterval=1s -promscrape.suppressDuplicateScrapeTargetErrors \
+    -remoteWrite.url="$PROM_URL/api/v1/write" \
+    -remoteWrite.tmpDataPath="$STATE/vmagent" -httpListenAddr="127.0.0.1:$agent_port"
+  WAIT_LOG=$LOGS/vmagent.log wait_for vmagent 30 curl -fs "$AGENT_URL/health"
+  monitoring_discovered "$(server_pod)"
+  # Every counter has been scraped once: what they gain from now on is the Locust run's.
+  MONITORING_SINCE=$(date +%s.%N)
+}
+
+monitoring_queries() {
+  step "monitoring: the Locust run in the counters, the KEDA query, the prometheus-adapter rule"
+  "$PYTHON" scripts/e2e/prometheus.py queries --url "$PROM_URL" --rendered "$MONITORING_OBJECTS" \
+    --namespace "$NS" --pod "$(server_pod)" --since "$MONITORING_SINCE" \
+    --locust-stats "$REPORTS/locust/locust_stats.csv" --locust-users "$LOCUST_USERS"
+}
+
+monitoring_after_rollout() { # the pod the rollout replaced
+  step "monitoring: the rollout's pod is scraped, the replaced one no more; monitoring stopped"
+  monitoring_discovered "$(server_pod)" "$1"
+  curl -fs "$AGENT_URL/api/v1/targets" >"$LOGS/scrape-targets.json" || true
+  pkill_own vmagent
+  pkill_own prometheus
+  # Not waited for: nothing of the releases is in it, and the cluster goes at the end.
+  kubectl delete namespace "$MONITORING_NS" --wait=false
+  kubectl delete clusterrolebinding,clusterrole resnet-e2e-prometheus
 }
 
 drain_refused() {
@@ -273,9 +366,14 @@ uninstall_leaves_nothing() {
 
 scenario() {
   install_and_test
+  monitoring_start
   locust_job
+  monitoring_queries
   drain_refused
+  local before
+  before=$(server_pod)
   upgrade_without_drops
+  monitoring_after_rollout "$before"
   gpu_scheduling
   uninstall_leaves_nothing
 }

@@ -4,9 +4,10 @@ relabeling, the two scrape configurations the chart offers (the Prometheus Opera
 ServiceMonitor, the prometheus-community chart's `kubernetes-pods` job for annotated pods), a
 small PromQL subset (selectors, `sum`/`max` with `by`), and NetworkPolicy admission.
 
-The relabel rules below restate, in this model's terms, what the Prometheus Operator generates
-for a ServiceMonitor endpoint and what the prometheus-community `prometheus` chart's
-`kubernetes-pods` job configures; they are not copies of either.
+The scrape jobs and their relabel rules are tests/monitoring/scrape_configs.py's, the ones
+a real Prometheus runs in tests/monitoring and in `make e2e`; this model applies them where no
+Prometheus runs. What it cannot take from a real one is discovery: the meta labels below are
+what Kubernetes discovery gives for a rendered pod template, as if it ran.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from tests.monitoring.scrape_configs import KUBERNETES_PODS, sanitize, scrape_configs
+
 METRIC = "serve_images_in_flight"
-
-
-def sanitize(name: str) -> str:
-    """Prometheus's form of a Kubernetes label name in meta labels and label names."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
 # -- relabeling --------------------------------------------------------------------------------
@@ -63,12 +61,6 @@ def relabel(labels: dict[str, str], rules: list[dict]) -> dict[str, str] | None:
     return labels
 
 
-def from_operator_form(rules: list[dict]) -> list[dict]:
-    """A ServiceMonitor's `relabelings` (camelCase) in scrape-config form."""
-    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
-    return [{keys.get(k, k): v for k, v in r.items()} for r in rules]
-
-
 # -- discovery ---------------------------------------------------------------------------------
 
 
@@ -85,7 +77,7 @@ class Pod:
 
 
 def pods_of(objs: list[dict], namespace: str, replicas: int = 2) -> list[Pod]:
-    pods = []
+    pods: list[Pod] = []
     for o in objs:
         if o["kind"] not in ("Deployment", "Job"):
             continue
@@ -135,114 +127,6 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # -- the two scrape configurations -------------------------------------------------------------
 
 
-def operator_rules(monitor: dict, endpoint: dict) -> list[dict]:
-    """The relabeling the Prometheus Operator generates for one ServiceMonitor endpoint."""
-    spec = monitor["spec"]
-    rules: list[dict] = [
-        {
-            "action": "keep",
-            "source_labels": [f"__meta_kubernetes_service_label_{sanitize(k)}"],
-            "regex": v,
-        }
-        for k, v in spec["selector"].get("matchLabels", {}).items()
-    ]
-    rules += [
-        {
-            "action": "keep",
-            "source_labels": ["__meta_kubernetes_endpoint_port_name"],
-            "regex": endpoint["port"],
-        },
-        {
-            "source_labels": [
-                "__meta_kubernetes_endpoint_address_target_kind",
-                "__meta_kubernetes_endpoint_address_target_name",
-            ],
-            "regex": "Pod;(.*)",
-            "target_label": "pod",
-        },
-        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
-        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
-        {
-            "action": "drop",
-            "source_labels": ["__meta_kubernetes_pod_phase"],
-            "regex": "(Failed|Succeeded)",
-        },
-    ]
-    rules += [
-        {
-            "source_labels": [f"__meta_kubernetes_service_label_{sanitize(k)}"],
-            "target_label": sanitize(k),
-            "regex": "(.+)",
-        }
-        for k in spec.get("targetLabels", [])
-    ]
-    rules += [
-        {
-            "source_labels": [f"__meta_kubernetes_pod_label_{sanitize(k)}"],
-            "target_label": sanitize(k),
-            "regex": "(.+)",
-        }
-        for k in spec.get("podTargetLabels", [])
-    ]
-    rules.append({"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"})
-    if spec.get("jobLabel"):
-        rules.append(
-            {
-                "source_labels": [f"__meta_kubernetes_service_label_{sanitize(spec['jobLabel'])}"],
-                "target_label": "job",
-                "regex": "(.+)",
-            }
-        )
-    rules.append({"target_label": "endpoint", "replacement": endpoint["port"]})
-    if endpoint.get("path"):
-        rules.append({"target_label": "__metrics_path__", "replacement": endpoint["path"]})
-    return rules + from_operator_form(endpoint.get("relabelings", []))
-
-
-# The prometheus-community chart's `kubernetes-pods` job (role: pod, honor_labels: true).
-COMMUNITY_PODS_RULES = [
-    {
-        "action": "keep",
-        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-        "regex": "true",
-    },
-    {
-        "action": "drop",
-        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape_slow"],
-        "regex": "true",
-    },
-    {
-        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scheme"],
-        "regex": "(https?)",
-        "target_label": "__scheme__",
-    },
-    {
-        "source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
-        "regex": "(.+)",
-        "target_label": "__metrics_path__",
-    },
-    {
-        "source_labels": [
-            "__meta_kubernetes_pod_annotation_prometheus_io_port",
-            "__meta_kubernetes_pod_ip",
-        ],
-        "regex": r"(\d+);((([0-9]+?)(\.|$)){4})",
-        "replacement": "$2:$1",
-        "target_label": "__address__",
-    },
-    {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
-    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-    {
-        "action": "drop",
-        "source_labels": ["__meta_kubernetes_pod_phase"],
-        "regex": "Pending|Succeeded|Failed|Completed",
-    },
-]
-
-
 @dataclass(frozen=True)
 class Target:
     job: str
@@ -258,60 +142,89 @@ class Target:
         return {"__name__": METRIC, **dict(self.labels)}
 
 
-def finish(job: str, labels: dict[str, str] | None) -> Target | None:
+def finish(job: dict, labels: dict[str, str] | None) -> Target | None:
+    """The target Prometheus makes of relabeled labels (None: dropped) in a scrape job."""
     if labels is None:
         return None
-    labels.setdefault("job", job)
+    labels.setdefault("job", job["job_name"])
     labels.setdefault("instance", labels["__address__"])
+    labels.setdefault("__metrics_path__", job.get("metrics_path", "/metrics"))
     kept = tuple(sorted((k, v) for k, v in labels.items() if not k.startswith("__")))
-    return Target(job, labels["__address__"], labels.get("__metrics_path__", "/metrics"), kept)
+    return Target(job["job_name"], labels["__address__"], labels["__metrics_path__"], kept)
 
 
-def service_monitor_targets(objs: list[dict], namespace: str) -> list[Target]:
-    """What a Prometheus Operator's Prometheus scrapes for the release's ServiceMonitors
-    (which select Services in their own namespace: no namespaceSelector)."""
-    targets = []
-    pods = pods_of(objs, namespace)
-    for monitor in (o for o in objs if o["kind"] == "ServiceMonitor"):
-        job = f"serviceMonitor/{namespace}/{monitor['metadata']['name']}"
-        for service in (o for o in objs if o["kind"] == "Service"):
-            for pod in (p for p in pods if selects(service["spec"]["selector"], p.labels)):
-                for sport in service["spec"]["ports"]:
-                    found = container_port(pod, sport["targetPort"])
-                    if found is None:
-                        continue
-                    container, number = found
-                    meta = pod_meta(pod, container) | {
-                        "__address__": f"{pod.ip}:{number}",
-                        "__meta_kubernetes_service_name": service["metadata"]["name"],
-                        "__meta_kubernetes_endpoint_port_name": sport["name"],
-                        "__meta_kubernetes_endpoint_address_target_kind": "Pod",
-                        "__meta_kubernetes_endpoint_address_target_name": pod.name,
-                    }
-                    for k, v in service["metadata"].get("labels", {}).items():
-                        meta[f"__meta_kubernetes_service_label_{sanitize(k)}"] = v
-                    for endpoint in monitor["spec"]["endpoints"]:
-                        t = finish(job, relabel(meta, operator_rules(monitor, endpoint)))
-                        if t:
-                            targets.append(t)
-    return targets
-
-
-def annotation_targets(objs: list[dict], namespace: str) -> list[Target]:
-    """What the community Prometheus's `kubernetes-pods` job scrapes: one target per container
-    port of an annotated pod (role: pod), relabeled to the annotated port."""
-    targets = []
+def pod_role(objs: list[dict], namespace: str) -> list[dict[str, str]]:
+    """What Kubernetes discovery with `role: pod` gives: one target per container port (one
+    for a container without ports)."""
+    found = []
     for pod in pods_of(objs, namespace):
         for container in pod.spec["containers"]:
             for port in container.get("ports", []) or [{"containerPort": 80}]:
+                found.append(
+                    pod_meta(pod, container) | {"__address__": f"{pod.ip}:{port['containerPort']}"}
+                )
+    return found
+
+
+def endpoints_role(objs: list[dict], namespace: str) -> list[dict[str, str]]:
+    """What `role: endpoints` gives: one target per Service port and pod behind it."""
+    found = []
+    pods = pods_of(objs, namespace)
+    for service in (o for o in objs if o["kind"] == "Service"):
+        for pod in (p for p in pods if selects(service["spec"]["selector"], p.labels)):
+            for sport in service["spec"]["ports"]:
+                port = container_port(pod, sport["targetPort"])
+                if port is None:
+                    continue
+                container, number = port
                 meta = pod_meta(pod, container) | {
-                    "__address__": f"{pod.ip}:{port['containerPort']}"
+                    "__address__": f"{pod.ip}:{number}",
+                    "__meta_kubernetes_service_name": service["metadata"]["name"],
+                    "__meta_kubernetes_endpoint_port_name": sport["name"],
+                    "__meta_kubernetes_endpoint_address_target_kind": "Pod",
+                    "__meta_kubernetes_endpoint_address_target_name": pod.name,
                 }
-                t = finish("kubernetes-pods", relabel(meta, COMMUNITY_PODS_RULES))
-                if t:
-                    targets.append(t)
-    # Several container ports relabeled to one annotated address are one scrape.
-    return list({(t.address, t.path): t for t in targets}.values())
+                for k, v in service["metadata"].get("labels", {}).items():
+                    meta[f"__meta_kubernetes_service_label_{sanitize(k)}"] = v
+                found.append(meta)
+    return found
+
+
+def discovery(objs: list[dict], namespace: str) -> list[tuple[dict, list[dict[str, str]]]]:
+    """Each scrape job of tests/monitoring/scrape_configs.py with the meta labels Kubernetes
+    discovery would give it for the pods of ``objs`` running in ``namespace``."""
+    roles = {"pod": pod_role, "endpoints": endpoints_role}
+    return [
+        (job, roles[job["kubernetes_sd_configs"][0]["role"]](objs, namespace))
+        for job in scrape_configs(objs)
+    ]
+
+
+def scrape_targets(objs: list[dict], namespace: str) -> dict[str, list[Target]]:
+    """The targets of each scrape job, by job name, after its relabeling. Targets that
+    relabel to the same labels are one scrape (several container ports of one pod to the
+    annotated port)."""
+    out: dict[str, list[Target]] = {}
+    for job, metas in discovery(objs, namespace):
+        found = (finish(job, relabel(m, job["relabel_configs"])) for m in metas)
+        unique = {(t.address, t.path, t.labels): t for t in found if t is not None}
+        out[job["job_name"]] = list(unique.values())
+    return out
+
+
+def annotation_targets(objs: list[dict], namespace: str) -> list[Target]:
+    """What the community Prometheus's `kubernetes-pods` job scrapes of the release."""
+    return scrape_targets(objs, namespace)[KUBERNETES_PODS]
+
+
+def service_monitor_targets(objs: list[dict], namespace: str) -> list[Target]:
+    """What a Prometheus Operator's Prometheus scrapes for the release's ServiceMonitors."""
+    return [
+        t
+        for job, found in scrape_targets(objs, namespace).items()
+        if job != KUBERNETES_PODS
+        for t in found
+    ]
 
 
 # -- a PromQL subset ---------------------------------------------------------------------------

@@ -3,7 +3,9 @@ configurations make of the server's gauge (pod annotations for the community Pro
 ServiceMonitor for the Prometheus Operator's), then every shipped KEDA query and prometheus-adapter
 rule evaluated over them, next to the series of other releases; and the network policy that
 must let Prometheus, the `helm test` pod, an in-cluster Locust and job callbacks through.
-The model of Prometheus and of NetworkPolicy is tests/chart/scrape_model.py."""
+The model of Prometheus and of NetworkPolicy is tests/chart/scrape_model.py; the scrape jobs it
+applies are tests/monitoring/scrape_configs.py's, which a real Prometheus runs in
+tests/monitoring and `make e2e`."""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 then the autoscaling queries as the chart renders them, the prometheus-adapter rule as the
 adapter expands it, every dashboard query and every alert expression are evaluated by it.
 
-Prometheus cannot discover pods here (no API server), so what each scrape configuration of the
-chart makes of a pod's labels comes from the relabeling model (tests/chart/scrape_model.py):
-each modelled target, with its labels, is a static target pointing at the one real server.
+Prometheus runs the chart's two scrape jobs (tests/monitoring/scrape_configs.py), relabeling
+included. Only discovery cannot be real here (no API server: `make e2e` runs the same jobs
+against a real one): the meta labels Kubernetes discovery would give the modelled pods
+(tests/chart/scrape_model.py) are static targets, each kept one pointed at the one real server.
 Two pods of this release (`rel` in `serving`), scraped by both configurations, and the pods of
 two neighbours (`other` in `serving`, `rel` in `staging`) that every query must leave out.
 
@@ -23,6 +24,7 @@ import asyncio
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +33,16 @@ import pytest
 import yaml
 
 from tests.chart.chart_helpers import CHART, render
-from tests.chart.scrape_model import Target, annotation_targets, service_monitor_targets
+from tests.chart.scrape_model import (
+    Target,
+    annotation_targets,
+    endpoints_role,
+    pod_role,
+    scrape_targets,
+    service_monitor_targets,
+)
 from tests.monitoring.promtools import binary
+from tests.monitoring.scrape_configs import scrape_configs
 from tests.monitoring.test_alert_rules import alert_rules, panel_queries
 from tests.support.helpers import encode, free_port, photo_like, start_server, stop_server
 
@@ -40,7 +50,10 @@ SETS = (
     "autoscaling.enabled=true",
     "autoscaling.kind=keda",
     "metrics.serviceMonitor.enabled=true",
+    "metrics.serviceMonitor.interval=1s",
 )
+# Two pods of this release, and of two neighbours that every query must leave out.
+RELEASES = (("rel", "serving"), ("other", "serving"), ("rel", "staging"))
 HPA_SETS = ("autoscaling.enabled=true", "autoscaling.kind=hpa")
 ADAPTER = CHART / "monitoring" / "prometheus-adapter-values.yaml"
 CAPACITY = 4  # SERVE_MAX_QUEUE_IMAGES: the pod's bound of images in flight
@@ -80,6 +93,8 @@ class Run:
 
 
 def targets(release: str, namespace: str) -> dict[str, list[Target]]:
+    """What the relabeling model (tests/chart/scrape_model.py) says each way of scraping makes
+    of the release's pods."""
     objs = render((), SETS, release, namespace)
     return {
         "annotations": annotation_targets(objs, namespace),
@@ -88,21 +103,57 @@ def targets(release: str, namespace: str) -> dict[str, list[Target]]:
 
 
 def prometheus_config(address: str) -> dict:
-    """One scrape job per job the modelled configurations produce, every target at ``address``
-    with the labels the model gives it."""
-    jobs: dict[str, list[dict]] = {}
-    for release, namespace in (("rel", "serving"), ("other", "serving"), ("rel", "staging")):
-        for found in targets(release, namespace).values():
-            for t in found:
-                labels = dict(t.labels)
-                jobs.setdefault(labels["job"], []).append({"targets": [address], "labels": labels})
-                assert t.path == "/metrics"
+    """The chart's scrape jobs (tests/monitoring/scrape_configs.py, the ones `make e2e` runs
+    against a real API server) as Prometheus runs them, with discovery, which needs an API
+    server, standing in as static targets: the meta labels Kubernetes discovery gives the
+    modelled pods of the three releases (each job gets what its role and namespaces would
+    find, neighbours included). Prometheus relabels them with the jobs' own rules; then each
+    kept target's address becomes the one real server's, its modelled one kept as `instance`."""
+    jobs: dict[str, dict] = {}
+    pods: list[dict] = []
+    endpoints: dict[str, list[dict]] = {}
+    for release, namespace in RELEASES:
+        objs = render((), SETS, release, namespace)
+        for job in scrape_configs(objs):
+            jobs.setdefault(job["job_name"], job)
+        pods += pod_role(objs, namespace)
+        endpoints.setdefault(namespace, []).extend(endpoints_role(objs, namespace))
+    to_server = [
+        {"source_labels": ["__address__"], "target_label": "instance"},
+        {"target_label": "__address__", "replacement": address},
+    ]
+    configs = []
+    for job in jobs.values():
+        sd = job["kubernetes_sd_configs"][0]
+        found = (
+            pods
+            if sd["role"] == "pod"
+            else [m for ns in sd["namespaces"]["names"] for m in endpoints[ns]]
+        )
+        static = [
+            {
+                "targets": [m["__address__"]],
+                "labels": {k: v for k, v in m.items() if k != "__address__"},
+            }
+            for m in found
+        ]
+        configs.append(
+            {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+            | {"static_configs": static, "relabel_configs": job["relabel_configs"] + to_server}
+        )
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": job, "metrics_path": "/metrics", "static_configs": groups}
-            for job, groups in jobs.items()
-        ],
+        "scrape_configs": configs,
+    }
+
+
+def modelled_targets() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """(scrape job, labels) of every target the model predicts for the three releases."""
+    return {
+        (t.job, t.labels)
+        for release, namespace in RELEASES
+        for found in scrape_targets(render((), SETS, release, namespace), namespace).values()
+        for t in found
     }
 
 
@@ -197,7 +248,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_file) -> Run:
+def run(tmp_path_factory, tiny_model_file) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("prometheus")
     pipelines = tmp / "pipelines.yaml"
     pipelines.write_text(PIPELINES.format(model=tiny_model_file))
@@ -233,8 +284,8 @@ def run(tmp_path_factory, tiny_model_file) -> Run:
     pods = sorted({dict(t.labels)["pod"] for t in targets("rel", "serving")["annotations"]})
     result = Run(f"http://127.0.0.1:{port}", 0.0, pods, server=server)
     try:
-        jobs = len(prometheus_config(address)["scrape_configs"])
-        _wait(lambda: _up(result) >= jobs, 30, "Prometheus scraping every target")
+        expected = len(modelled_targets())
+        _wait(lambda: _up(result) >= expected, 30, "Prometheus scraping every target")
         image = encode(photo_like(120, 160), "JPEG")
         callback = f"http://127.0.0.1:{closed}/hook"
         counts = asyncio.run(_load(server.url, server.grpc, image, callback))
@@ -285,7 +336,7 @@ async def _job(url: str, image: bytes, callback: str) -> None:
 
 def _up(run: Run) -> int:
     try:
-        return len({s["metric"]["job"] for s in run.query("up == 1", at=time.time())})
+        return len(run.query("up == 1", at=time.time()))
     except (httpx.HTTPError, AssertionError, ValueError):
         return 0
 
@@ -482,6 +533,19 @@ def test_an_accelerator_restart_fires_the_restart_alert(run):
         for s in run.query(rule["expr"], at=time.time())
     }
     assert {("serving", p) for p in run.pods} <= pods
+
+
+def test_prometheus_relabels_every_discovered_target_as_the_model_does(run):
+    """The chart tests' relabeling model (tests/chart/scrape_model.py) and Prometheus, given
+    the same discovery and the same rules, keep the same targets with the same labels."""
+    r = httpx.get(f"{run.prometheus}/api/v1/targets", params={"state": "any"}, timeout=10)
+    data = r.json()["data"]
+    real = {(t["scrapePool"], tuple(sorted(t["labels"].items()))) for t in data["activeTargets"]}
+    assert real and real == modelled_targets()
+    assert all(t["health"] == "up" for t in data["activeTargets"])
+    # The neighbours' endpoints each ServiceMonitor job saw, and every pod's ports but the
+    # annotated one, were dropped (the static discovery gives them all).
+    assert data["droppedTargets"]
 
 
 def test_prometheus_ran_as_configured(run):
