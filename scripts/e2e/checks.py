@@ -65,8 +65,8 @@ def make_weights(out: Path) -> None:
 
 def expect(weights: Path) -> list[dict]:
     import numpy as np
-    from service.dataplane.postprocess import probabilities, top_k
 
+    from service.dataplane.postprocess import probabilities, top_k
     from service.model.labels import imagenet_labels
     from service.model.loader import load_model
     from service.model.normalize import normalize
