@@ -23,7 +23,7 @@ from .api import jobs as jobs_api
 from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware
 from .api.body import TIMEOUT_HEADER
-from .api.fast import FastClassify
+from .api.fast import FastPaths
 from .api.middleware import MetricsMiddleware
 from .auth import load_tokens
 from .codecs.classify import B64Image, ClassifyJSON
@@ -158,7 +158,7 @@ def create_app(
         app.include_router(router)
     # Outermost first: CORS (answers preflights) > metrics and request id > authentication >
     # the raw-image classify and V2 infer requests (api/fast.py) > the framework.
-    layers: ASGIApp = FastClassify(
+    layers: ASGIApp = FastPaths(
         app.framework, plane=plane, route=classify.route(), v2_routes=v2.infer_routes()
     )
     tokens = load_tokens(settings)

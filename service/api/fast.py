@@ -11,9 +11,7 @@ same codecs, the same dataplane, the same error answers in each protocol's shape
 else, including multipart and JSON classify bodies and any query parameter it does not know,
 goes on to the framework unchanged, so the answers are the routes' in every case.
 
-Measured (a front end's event loop under ``wrk``, the stand-in model, this 2-core machine):
-V2 ``infer`` through the framework cost ~0.8 ms of CPU more per request than the raw-image
-classify request through this layer.
+``make bench-serving``'s ``v2-http`` row shows what V2 gains (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -41,13 +39,15 @@ _ENCODING = b"content-encoding"
 _HEADER_LENGTH = b"inference-header-content-length"
 
 
-class FastClassify:
-    """Answers raw-image ``POST /v1/classify`` requests; passes every other request to ``app``.
+class FastPaths:
+    """Answers raw-image ``POST /v1/classify`` and V2 ``infer`` requests; passes every other
+    request to ``app``.
 
     Args:
         app: the framework's application (its routes).
         plane: the dataplane.
-        route: the framework's route for the path (its template labels the metrics).
+        route: the framework's route of ``/v1/classify`` (its template labels the metrics).
+        v2_routes: its routes of V2 ``infer`` without and with a version.
     """
 
     def __init__(
@@ -121,7 +121,8 @@ class FastClassify:
                 encoding = value.decode("latin-1")
             elif key == _TIMEOUT:
                 deadline = value.decode("latin-1")
-        scope["route"] = self.v2_routes[version is not None]
+        plain, versioned = self.v2_routes
+        scope["route"] = plain if version is None else versioned
         plane = self.plane
 
         async def read() -> bytes:

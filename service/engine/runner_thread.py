@@ -5,9 +5,7 @@ thread, or the assembly thread.
 future (two futures, a work item and their callbacks per call); this hands the call over a
 ``SimpleQueue`` and answers the event loop's own future with one ``call_soon_threadsafe``.
 It matters because it happens once per batch on the accelerator process's event loop, which
-is the limit at small batches: a round trip of a call that does nothing cost ~23 us of CPU
-against ~32 us under uvloop on the build machine (measured by hand; ``make bench-engine``
-shows the event loop's CPU per batch).
+is the limit at small batches (``make bench-engine`` reports that loop's CPU per batch).
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def check_children(spans: dict[str, Span], root: Span) -> None:
     assert spans["inference"].attributes["batch.size"] >= 1
 
 
-def test_an_http_request_continues_the_callers_trace_with_its_stages(traced, receiver, image):
+def classify_traced(traced, image: bytes) -> tuple[str, str]:
+    """One raw-image classify request in a new trace: (trace id, the caller's span id)."""
     trace_id, parent, header = new_parent()
     r = httpx.post(
         traced.url + "/v1/classify",
@@ -86,6 +87,11 @@ def test_an_http_request_continues_the_callers_trace_with_its_stages(traced, rec
         headers={"content-type": "image/jpeg", "traceparent": header},
     )
     assert r.status_code == 200
+    return trace_id, parent
+
+
+def test_an_http_request_continues_the_callers_trace_with_its_stages(traced, receiver, image):
+    trace_id, parent = classify_traced(traced, image)
     spans = trace_of(receiver, trace_id, {"POST /v1/classify"} | STAGES)
     root = spans["POST /v1/classify"]
     assert root.parent_id == parent and root.kind == SERVER
@@ -99,13 +105,7 @@ def test_an_http_request_continues_the_callers_trace_with_its_stages(traced, rec
 def test_the_accelerator_process_links_its_batch_to_the_request(traced, receiver, image):
     """The item's traceparent crosses to the accelerator process (wire/messages.Item.trace),
     whose batch span links back to the request's span."""
-    trace_id, _, header = new_parent()
-    r = httpx.post(
-        traced.url + "/v1/classify",
-        content=image,
-        headers={"content-type": "image/jpeg", "traceparent": header},
-    )
-    assert r.status_code == 200
+    trace_id, _ = classify_traced(traced, image)
     root = trace_of(receiver, trace_id, {"POST /v1/classify"})["POST /v1/classify"]
     spans = receiver.wait_for(
         lambda s: any((trace_id, root.span_id) in x.links for x in s if x.name.startswith("batch"))

@@ -80,13 +80,13 @@ class TensorFlowRunner(ModelRunner):
             reduce_retracing=False,
         )
         # Called directly, the one concrete function skips the tf.function's argument
-        # matching: ~0.1 ms less per batch (the stand-in model at batch 1: 0.36 -> 0.25 ms).
+        # matching, which costs about as much as a small model's whole call.
         self._concrete = self._fn.get_concrete_function()
 
     def _transfer(self, batch: np.ndarray) -> Any:
-        # The input buffer as a tensor without a copy (tf.constant copies it: 0.26 ms for 32
-        # images). The buffer is 64-byte aligned, as TensorFlow needs, and the runner does not
-        # write it again before this batch has run.
+        # The input buffer as a tensor without a copy (tf.constant copies the whole batch).
+        # The buffer is 64-byte aligned, as TensorFlow needs, and the runner does not write it
+        # again before this batch has run.
         return tf.experimental.dlpack.from_dlpack(batch.__dlpack__())
 
     def _call(self, batch: Any) -> np.ndarray:

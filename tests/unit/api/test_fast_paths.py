@@ -12,13 +12,13 @@ import struct
 import pytest
 
 from service.api import fast
-from service.api.fast import FastClassify
+from service.api.fast import FastPaths
 from tests.support.helpers import encode, photo_like
 
 
-def _fast_layer(app) -> FastClassify:
+def _fast_layer(app) -> FastPaths:
     layer = app.layers
-    while not isinstance(layer, FastClassify):
+    while not isinstance(layer, FastPaths):
         layer = layer.app
     return layer
 
