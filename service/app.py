@@ -103,7 +103,9 @@ def create_app(
         from .engine.registry import PipelineRegistry
 
         engine = PipelineRegistry(settings, metrics, model_factory)
-    decoder = Decoder(niceness=settings.preprocess_nice)
+    decoder = Decoder(
+        niceness=settings.preprocess_nice, inline_pixels=settings.inline_decode_pixels
+    )
     plane = DataPlane(settings, engine, decoder, metrics, admission)
     jobs = JobRunner(job_store or make_store(settings), plane, settings, metrics, job_workers)
 

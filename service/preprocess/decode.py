@@ -86,8 +86,16 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
+class TooLargeForInline(Exception):  # noqa: N818 - a signal to the caller, not an error
+    """``decode``'s header showed more pixels than the caller's ``at_most``."""
+
+
+def decode(data: bytes, cfg: PreprocessConfig, at_most: int | None = None) -> Preprocessed:
     """Decode, orient, convert and resize one encoded image.
+
+    Args:
+        at_most: raise ``TooLargeForInline`` right after reading the header when the image has
+            more pixels than this (the caller decodes it elsewhere); None: any size.
 
     Raises:
         ImageError: with code ``empty``, ``not_an_image``, ``too_many_pixels`` or
@@ -109,6 +117,8 @@ def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
                     f"the limit is {cfg.max_pixels}",
                     "too_many_pixels",
                 )
+            if at_most is not None and width * height > at_most:
+                raise TooLargeForInline()
             # EXIF orientation swaps the axes for 5..8; ask the decoder for enough pixels.
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
             target_w, target_h = _resized_target(width, height, cfg)
@@ -120,7 +130,8 @@ def decode(data: bytes, cfg: PreprocessConfig) -> Preprocessed:
             if getattr(im, "is_animated", False):
                 im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im) or im
+            if orientation != 1:  # exif_transpose copies even an upright image
+                im = ImageOps.exif_transpose(im) or im
             im = _to_rgb(im)
             w, h = im.size
             tw, th = _resized_target(w, h, cfg)

@@ -77,17 +77,31 @@ def test_large_jpeg_uses_draft_mode_and_decodes_correct_size():
     assert out.source_size == (4000, 3000)
 
 
-def test_exif_orientation_is_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied(fmt):
     array = np.zeros((100, 200, 3), np.uint8)
     array[:, :100] = 255  # left half white
     im = Image.fromarray(array)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW on display
     buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    im.save(buf, fmt, exif=exif.tobytes(), quality=95)
     out = decode(buf.getvalue(), CFG).pixels
     # After a 90 degree clockwise turn, the white half is on top.
     assert out[:100].mean() > 200 and out[124:].mean() < 50
+
+
+@pytest.mark.parametrize("orientation", [None, 1])
+def test_an_upright_image_is_decoded_as_it_is(orientation):
+    array = np.zeros((100, 200, 3), np.uint8)
+    array[:, :100] = 255  # left half white, and it stays there
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    out = decode(buf.getvalue(), CFG).pixels
+    assert out[:, :100].mean() > 200 and out[:, 124:].mean() < 50
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "CMYK", "I;16", "1"])
