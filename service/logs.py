@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from contextvars import ContextVar
 
 # The id of the request being handled (set by the metrics middleware); added to every log
 # record emitted while handling it, including from tasks the request starts.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+# Its own generator, seeded from the OS: the module-level one belongs to whoever seeds it for
+# reproducibility (Keras's set_random_seed draws weight initialisers' seeds from it), and ids
+# drawn from it while a model is being built would change that model's weights.
+_ids = random.Random()
+
+
+def new_request_id() -> str:
+    """A request id for a request that brought none: 32 hex digits, like a UUID's. From a
+    generator of this process, not ``uuid4``, which reads the OS's random source on every
+    request; an id only tells requests apart, it guards nothing."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class RequestIdFilter(logging.Filter):

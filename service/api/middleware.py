@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import tracing
+from ..logs import new_request_id
 from ..logs import request_id as current_request_id
 from ..metrics import Metrics
 
@@ -35,7 +35,7 @@ class MetricsMiddleware:
             return
         m = self.metrics
         start = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or new_request_id()
         status = 500
         error_code = ""
 

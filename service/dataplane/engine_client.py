@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 from functools import partial
 from pathlib import Path
 
@@ -164,7 +165,7 @@ class EngineClient:
     def _done(self, done: m.Done) -> None:
         arena = self.arena
         shape, dtype = done.shape, np.dtype(done.dtype)
-        row_bytes = int(np.prod(shape)) * dtype.itemsize
+        row_bytes = math.prod(shape) * dtype.itemsize
         inline = 0
         for rid, slot, queue_s in zip(done.ids, done.slots, done.queue_s, strict=True):
             future, taken = self._pending.pop(rid)

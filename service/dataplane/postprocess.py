@@ -28,17 +28,31 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def probabilities(outputs: np.ndarray, already_probabilities: bool) -> np.ndarray:
-    return outputs.astype(np.float32) if already_probabilities else softmax(outputs)
+    """``outputs`` as float32 probabilities (not copied when they already are)."""
+    if already_probabilities:
+        return outputs.astype(np.float32, copy=False)
+    return softmax(outputs)
 
 
 def ranked(row: np.ndarray, k: int) -> np.ndarray:
     """The indices of the ``k`` highest values of ``row``, highest first, ties by index (every
     protocol's top-k: the native answer, V2's classification strings)."""
-    k = max(1, min(k, row.shape[-1]))
-    idx = np.argpartition(-row, k - 1)[:k]
-    return idx[np.lexsort((idx, -row[idx]))]
+    n = row.shape[-1]
+    k = max(1, min(k, n))
+    # The k-th highest value, then every index at or above it in index order: a stable sort
+    # of those few keeps ties by index, also at the cut.
+    kth = np.partition(row, n - k)[n - k]
+    top = np.flatnonzero(row >= kth)
+    if len(top) < k:  # NaN scores (never >= anything): they rank last
+        idx = np.argpartition(-row, k - 1)[:k]
+        return idx[np.lexsort((idx, -row[idx]))]
+    return top[np.argsort(-row[top], kind="stable")[:k]]
 
 
 def top_k(probs: np.ndarray, k: int, labels: tuple[str, ...]) -> list[Prediction]:
     """The ``k`` most probable classes of one image, best first (ties by class id)."""
-    return [Prediction(labels[i], int(i), float(probs[i])) for i in ranked(probs, k)]
+    idx = ranked(probs, k)
+    return [
+        Prediction(labels[i], i, score)
+        for i, score in zip(idx.tolist(), probs[idx].tolist(), strict=True)
+    ]
