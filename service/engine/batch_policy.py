@@ -24,7 +24,8 @@ It costs nothing at low load and fills batches under load:
   ``max_queue_delay``): useful only on accelerators whose batch cost barely grows with size.
 * Items whose deadline has passed are dropped before they reach the model.
 
-With several instances a batch takes at most its share of the work in the stage (``_share``).
+With several instances a batch takes at most its share of the work in the stage (``_share``),
+or under load as many as the last batch.
 The batcher (``batcher.py``) calls these between batches; they read its queue and its record
 of the last batch.
 """
@@ -72,10 +73,16 @@ class BatchPolicy:
 
     def _share(self) -> int:
         """An instance's share of the work in the stage (queued and running items): with
-        several instances, one batch must not take what the idle others could run beside it."""
+        several instances, one batch must not take what the idle others could run beside it.
+
+        Under load a batch may still take as many items as the last batch: those are most
+        likely one batch's clients come back together, and splitting them over two free
+        instances puts the instances in step, after which they alternate a full and a part
+        batch (a quarter less work per round for sixteen closed-loop clients on two)."""
         if self.instances == 1:
             return self.max_batch_size
-        return -(-(len(self._queue) + self.running_items) // self.instances)
+        share = -(-(len(self._queue) + self.running_items) // self.instances)
+        return max(share, self._last_batch)
 
     async def _hold_partial(self) -> None:
         """With ``max_delay_s`` > 0, wait for a full batch or the oldest item's delay."""
