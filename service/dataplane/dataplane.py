@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -100,6 +100,8 @@ class DataPlane:
         metrics.frontends.set(1)  # this process answers requests
         self._configs: dict[tuple[int, int], PreprocessConfig] = {}
         self._stats: dict[str, _PipelineStats] = {}
+        self._stages: dict[str, Any] = {}  # serve_stage_seconds{stage}, by stage
+        self._running = 0  # requests in infer() now
         self._decoding = dict.fromkeys(engine.names(), 0)  # images being decoded, by pipeline
         # pipeline -> busy windows of its decode and top-k stages
         self._windows: dict[str, tuple[WorkWindow, WorkWindow]] = {}
@@ -174,13 +176,19 @@ class DataPlane:
         (``check``) before it read the body, not looked up again."""
         start = time.perf_counter()
         info = self.check(request.pipeline) if info is None else self.check_ready(info)
+        self._running += 1
         try:
-            result = await self._infer(info, request)
-        except ServeError:
-            self._count(info.name, "fail", time.perf_counter() - start)
-            raise
-        self._count(info.name, "success", time.perf_counter() - start, result)
-        return result
+            try:
+                result = await self._infer(info, request)
+            except ServeError:
+                self._count(info.name, "fail", time.perf_counter() - start)
+                raise
+            self._count(info.name, "success", time.perf_counter() - start, result)
+            return result
+        finally:
+            self._running -= 1
+            if not self._running:  # idle: the metrics count this request before it is answered
+                self.metrics.tally.flush()
 
     def _count(
         self, name: str, outcome: str, seconds: float, result: InferResult | None = None
@@ -189,18 +197,19 @@ class DataPlane:
         stats = self._stats.get(name)
         if stats is None:
             stats = self._stats[name] = _PipelineStats(self.metrics, name)
+        tally = self.metrics.tally
         if result is None:
-            stats.failed.inc()
-            stats.failed_s.inc(seconds)
+            tally.inc(stats.failed)
+            tally.inc(stats.failed_s, seconds)
             return
         t = result.timing
-        stats.succeeded.inc()
-        stats.succeeded_s.inc(seconds)
-        stats.images.inc(len(result.probabilities))
-        stats.decode_s.inc(t.preprocess_ms / 1000)
-        stats.queue_s.inc(t.queue_ms / 1000)
-        stats.compute_s.inc(t.inference_ms / 1000)
-        stats.last.set(time.time())
+        tally.inc(stats.succeeded)
+        tally.inc(stats.succeeded_s, seconds)
+        tally.inc(stats.images, len(result.probabilities))
+        tally.inc(stats.decode_s, t.preprocess_ms / 1000)
+        tally.inc(stats.queue_s, t.queue_ms / 1000)
+        tally.inc(stats.compute_s, t.inference_ms / 1000)
+        tally.set(stats.last, time.time())
 
     async def _infer(self, info: PipelineInfo, request: InferRequest) -> InferResult:
         start = time.perf_counter()
@@ -263,13 +272,20 @@ class DataPlane:
             raise
         finally:
             self._decoding[info.name] -= 1
-        self.metrics.preprocess_duration.observe(pre.seconds)
-        self.metrics.stage_seconds.labels(info.stages[0].name).observe(pre.seconds)
+        tally = self.metrics.tally
+        tally.observe(self.metrics.preprocess_duration, pre.seconds)
+        tally.observe(self._stage_series(info.stages[0].name), pre.seconds)
         self._windows[info.name][0].add(pre.seconds)
         row, batch = await self.engine.run(info.name, pre.pixels, deadline)
         if tracing.ENABLED:
             tracing.batch_spans(tracing.now_ns(), batch.queue_s, batch.compute_s, batch.batch_size)
         return row, pre.seconds, batch
+
+    def _stage_series(self, stage: str) -> Any:
+        series = self._stages.get(stage)
+        if series is None:
+            series = self._stages[stage] = self.metrics.stage_seconds.labels(stage)
+        return series
 
     def _config(self, info: PipelineInfo) -> PreprocessConfig:
         cfg = self._configs.get(info.input_size)
@@ -291,7 +307,12 @@ class DataPlane:
         k: int,
     ) -> InferResult:
         topk_start = time.perf_counter()
-        outputs = np.stack([row for row, _, _ in done]) if done else np.zeros((0, 0), np.float32)
+        if len(done) == 1:  # one image: its row, without a copy
+            outputs = done[0][0][np.newaxis]
+        elif done:
+            outputs = np.stack([row for row, _, _ in done])
+        else:
+            outputs = np.zeros((0, 0), np.float32)
         probs = probabilities(outputs, info.outputs_probabilities)
         predictions = [top_k(row, k, info.labels) for row in probs] if k > 0 else []
         timing = Timing(
@@ -303,6 +324,6 @@ class DataPlane:
         )
         topk_s = time.perf_counter() - topk_start
         if done:
-            self.metrics.stage_seconds.labels(info.stages[-1].name).observe(topk_s / len(done))
+            self.metrics.tally.observe(self._stage_series(info.stages[-1].name), topk_s / len(done))
         self._windows[info.name][1].add(topk_s)
         return InferResult(info, probs, predictions, timing)

@@ -8,9 +8,10 @@ is the machinery:
 * Items whose deadline has passed, or whose request gave up, are dropped before the model.
 * Instances (Triton's instance group): given several run functions, the batcher keeps each busy
   with its own batch, dispatching to whichever is free. A batch then takes at most its share of
-  the work in the stage (queued plus running, divided by the instances), so the load splits into
-  batches that run side by side and finish at different times: while one instance computes, the
-  clients of another's last batch send their next images, and the cores never wait for both.
+  the work in the stage (queued plus running, divided by the instances; under load at least the
+  last batch's size), so the load splits into batches that run side by side and finish at
+  different times: while one instance computes, the clients of another's last batch send their
+  next images, and the cores never wait for both.
   With one instance this rule never limits a batch.
 * Ahead of time (``ahead``, on accelerators): when every instance is busy and at least as many
   items are queued as the batch running (the load is steady), they are taken now for the next
@@ -43,7 +44,7 @@ import numpy as np
 
 from .. import tracing
 from ..errors import DeadlineExceeded, ModelError, QueueFull, ShuttingDown
-from ..metrics import Metrics, observe_many
+from ..metrics import Metrics
 from ..pipeline.info import BatchInfo
 from .batch_policy import BatchPolicy
 from .replies import GIVEN_UP, FutureReply, Reply
@@ -141,6 +142,7 @@ class DynamicBatcher(BatchPolicy):
         self._assembly_ahead = metrics.batch_assembly_seconds.labels("ahead")
         self._depth = metrics.queue_depth.labels(name)
         self._stage_seconds = metrics.stage_seconds.labels(name)
+        self._tally = metrics.tally  # the process's, for the per-batch metric writes
         self._free = list(range(self.instances))[::-1]  # idle instances; pop() takes the 1st
         self._batches: set[asyncio.Task] = set()  # batches executing now
         self._task: asyncio.Task | None = None
@@ -179,6 +181,7 @@ class DynamicBatcher(BatchPolicy):
             runner.close()
         if self._assembler is not None:
             self._assembler.close()
+        self._tally.flush()
 
     def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
         """Queue one item; the future resolves to ``(output_row, BatchInfo)``. Raises
@@ -207,7 +210,7 @@ class DynamicBatcher(BatchPolicy):
             self._last_gap_s = gap = (now - self._last_arrival) / added
             self._gap_s = gap if not self._gap_s else 0.8 * self._gap_s + 0.2 * gap
         self._last_arrival = now
-        self._depth.set(len(queue))
+        self._tally.set(self._depth, len(queue))
         self._wakeup.set()
 
     def _full(self) -> QueueFull:
@@ -247,7 +250,7 @@ class DynamicBatcher(BatchPolicy):
     def _take_batch(self) -> list[_Item]:
         self._drop_dead()
         batch = [self._queue.popleft() for _ in range(self._batch_size())]
-        self._depth.set(len(self._queue))
+        self._tally.set(self._depth, len(self._queue))
         return batch
 
     async def _loop(self) -> None:
@@ -312,7 +315,7 @@ class DynamicBatcher(BatchPolicy):
         if size < want:
             return
         batch = [self._queue.popleft() for _ in range(size)]
-        self._depth.set(len(self._queue))
+        self._tally.set(self._depth, len(self._queue))
         assemble = self._ahead_fns[instance][0]
         assert self._assembler is not None
         assembly = self._assembler.submit(_timed, assemble, [item.payload for item in batch])
@@ -322,7 +325,7 @@ class DynamicBatcher(BatchPolicy):
         self, instance: int, batch: list[_Item], assembly: asyncio.Future | None
     ) -> None:
         """Run one batch on one instance and answer its items."""
-        m = self._metrics
+        m, tally = self._metrics, self._tally
         started = time.monotonic()
         started_ns = time.time_ns() if tracing.ENABLED else 0
         token = self._busy.begin()
@@ -332,10 +335,10 @@ class DynamicBatcher(BatchPolicy):
                     self._run_fns[instance], [item.payload for item in batch]
                 )
                 assembly_s = result[3] if len(result) > 3 else 0.0
-                self._assembly_inline.inc(assembly_s)
+                tally.inc(self._assembly_inline, assembly_s)
             else:
                 prepared, assembly_s = await assembly
-                self._assembly_ahead.inc(assembly_s)
+                tally.inc(self._assembly_ahead, assembly_s)
                 assert self._ahead_fns is not None
                 result = await self._runners[instance].submit(
                     self._ahead_fns[instance][1], prepared
@@ -365,13 +368,13 @@ class DynamicBatcher(BatchPolicy):
         self._last_end = time.monotonic()
         n = len(batch)
         self._last_batch, self._last_compute_s = n, compute_s
-        m.runner_busy_seconds.inc(compute_s)
-        m.execution_count.inc()
-        m.inference_count.inc(n)
-        m.batch_size.observe(n)
-        m.padded_slots.inc(padded - n)
-        m.inference_duration.observe(compute_s)
-        self._stage_seconds.observe(compute_s)
+        tally.inc(m.runner_busy_seconds, compute_s)
+        tally.inc(m.execution_count)
+        tally.inc(m.inference_count, n)
+        tally.observe(m.batch_size, n)
+        tally.inc(m.padded_slots, padded - n)
+        tally.observe(m.inference_duration, compute_s)
+        tally.observe(self._stage_seconds, compute_s)
         if tracing.ENABLED:
             tracing.batch_span(
                 [item.reply.trace for item in batch],
@@ -383,7 +386,9 @@ class DynamicBatcher(BatchPolicy):
                 started_ns + int((time.monotonic() - started) * 1e9),
             )
         waited = [started - item.enqueued for item in batch]
-        observe_many(m.queue_duration, waited)
+        tally.observe_many(m.queue_duration, waited)
+        if not self._queue and not self._running:
+            tally.flush()  # idle: before the answers go, so that a scrape after them counts them
         for item, row, queue_s in zip(batch, outputs, waited, strict=True):  # lengths checked
             item.reply.set_result((row, BatchInfo(queue_s, compute_s, n, padded)))
 

@@ -161,6 +161,32 @@ def test_a_draining_plane_refuses_even_a_pipeline_already_checked():
     assert not ready and state == "draining"
 
 
+def test_the_counts_include_a_request_before_its_answer_or_within_the_tally_interval():
+    """The dataplane's per-request metric writes are deferred while other requests are in
+    flight: a request answered while another is held is counted within the tally's interval;
+    the last one is counted before it is answered."""
+
+    def succeeded(p: DataPlane) -> float:
+        return p.metrics.model_requests.labels("default", "success")._value.get()
+
+    async def go():
+        async with plane() as p:
+            gate = GatedRunner(p.engine.get("default").batcher)
+            held = asyncio.ensure_future(p.infer(InferRequest(None, [jpeg(0)])))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            with pytest.raises(InvalidInput):  # answered while the first is held
+                await p.infer(InferRequest(None, [b""]))
+            failed = p.metrics.model_requests.labels("default", "fail")
+            at_once = failed._value.get()
+            await asyncio.sleep(3 * p.metrics.tally.interval_s)
+            later = failed._value.get()
+            gate.release.set()
+            await held
+            return at_once, later, succeeded(p)
+
+    assert run(go()) == (0, 1, 1)
+
+
 def test_each_request_is_counted_for_its_pipeline_by_outcome():
     async def go():
         async with plane() as p:

@@ -438,3 +438,29 @@ def test_stopping_answers_a_batch_assembled_ahead():
 
     out = asyncio.run(go())
     assert all(isinstance(x, ShuttingDown) for x in out[2:]), out
+
+
+def test_the_metrics_count_every_answered_item_when_the_answers_arrive():
+    """The batcher defers its per-batch metric writes under load and writes them out when it
+    goes idle, before the last answers go: metrics read the moment the answers are in count
+    every item, and the queue depth they show is the queue's."""
+    runner = SlowRunner(0.01)
+    metrics = Metrics()
+    batcher = DynamicBatcher("model", runner, max_batch_size=4, metrics=metrics)
+    counted = []
+
+    async def go():
+        for size in (1, 10):
+            items = [batcher.submit(np.array([float(i)]), far()) for i in range(size)]
+            await asyncio.gather(*items)
+            counted.append(
+                (
+                    metrics.inference_count._value.get(),
+                    metrics.execution_count._value.get(),
+                    metrics.queue_depth.labels("model")._value.get(),
+                )
+            )
+
+    asyncio.run(run_with(batcher, go()))
+    assert counted == [(1.0, 1.0, 0.0), (11.0, float(len(runner.batches)), 0.0)]
+    assert sum(runner.batches) == 11
