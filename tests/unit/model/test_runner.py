@@ -72,3 +72,24 @@ def test_sibling_instances_share_the_trace_and_run_at_the_same_time(runner):
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     assert runner.compilations == 1  # one compiled function for all of them
     assert siblings[1]._buffers is not runner._buffers
+
+
+def test_tensorflow_calls_the_inference_function_flat_with_the_public_calls_outputs(runner):
+    if runner.backend != "tensorflow":
+        pytest.skip("TensorFlow's call path")
+    from service.model.backends.tensorflow import _flat_call
+
+    assert runner._flat is not runner._concrete  # the flat call is in use
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 8):
+        batch = runner.assemble(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)).batch
+        np.testing.assert_array_equal(runner._flat(batch).numpy(), runner._concrete(batch).numpy())
+
+    class Opaque:  # a concrete function without the private parts: the public call is kept
+        captured_inputs = ()
+
+        def __call__(self, x):
+            return x
+
+    opaque = Opaque()
+    assert _flat_call(opaque) is opaque
