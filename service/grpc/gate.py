@@ -31,7 +31,6 @@ import contextlib
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,7 @@ from ..errors import (
     Unauthorized,
     bounded,
 )
+from ..logs import new_request_id
 from ..logs import request_id as current_request_id
 from ..metrics import Metrics
 from .errors import ERROR_CODE_KEY, status_code
@@ -187,7 +187,7 @@ class _Call:
         request = await self._first(context)
         if not current_request_id.get():
             rid = str(getattr(request, "id", ""))[:REQUEST_ID_BYTES]
-            current_request_id.set(rid if rid.isprintable() and rid else uuid.uuid4().hex)
+            current_request_id.set(rid if rid.isprintable() and rid else new_request_id())
         return request
 
     def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
@@ -240,6 +240,9 @@ class _Call:
 
     async def _first(self, context: grpc.aio.ServicerContext) -> Message:
         request = await self._read(context)
+        # A client that resets its stream or drops its connection after the headers and before
+        # its message also ends here: grpcio reports the end of the stream, and
+        # ``context.cancelled()`` stays False, so the two cannot be told apart.
         if request is None:
             raise InvalidInput(
                 f"the call ended without a complete request message ({self.type_name})",
