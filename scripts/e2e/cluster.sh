@@ -30,12 +30,31 @@ HOLLOW_PORTS=(20251 20252)
 HOLLOW_NODES=(gpu-1 gpu-2)
 API=https://127.0.0.1:$API_PORT
 
-# start NAME CMD...: run CMD in the background, its output in $LOGS/NAME.log, its pid kept.
+# start NAME CMD...: run CMD in the background, its output in $LOGS/NAME.log, its pid kept
+# with the process's start time, so that a later cleanup never signals a process that merely
+# reuses the number (after a reboot, or on another machine restored from this one's disk).
+# It does not inherit run.sh's lock (fd 9): a process that outlives a killed run (dockerd's
+# shims) must not keep the next run out.
 start() {
   local name=$1; shift
-  "$@" >"$LOGS/$name.log" 2>&1 &
-  echo "$! $name" >>"$PIDS"
+  "$@" >"$LOGS/$name.log" 2>&1 9>&- &
+  echo "$! $name $(started_at $!)" >>"$PIDS"
 }
+
+# started_at PID: the process's start time in clock ticks since boot (/proc/PID/stat field 22),
+# or "-" when it has already gone. The fields are counted after the command name's ")", since
+# the name itself may hold spaces.
+started_at() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo -; return; }
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo "${20:--}"
+}
+
+# ours PID START: PID is still the process this test started (START from $PIDS).
+ours() { [ "$2" != - ] && [ "$(started_at "$1")" = "$2" ]; }
 
 # wait_for WHAT SECONDS CMD...: poll CMD once a second; fail with WHAT and a log tail.
 wait_for() {
@@ -273,44 +292,70 @@ gpu_allocatable_is() {
   [ "$(kubectl get nodes -o jsonpath='{range .items[*]}{.status.allocatable.nvidia\.com/gpu}{"\n"}{end}' | grep -c '^1$')" = "$1" ]
 }
 
-# cluster_down: every process this test started, newest first; the bridge; kube-proxy's
-# iptables chains; the kubelet's mounts. Safe to call twice.
+# cluster_down: every process this test started, newest first; the bridge and the fake pods'
+# blackhole route; kube-proxy's iptables chains; the kubelet's mounts. Safe to call twice, and
+# after a run that was killed, or whose state directory outlived its processes: it is cleanup,
+# so no step stops the rest (errexit is off for its body), and only processes that are still
+# ours are signalled.
 cluster_down() {
+  local -
+  set +e
   if [ -f "$PIDS" ]; then
-    local pid name
+    local pid name start
     # Containers of the real node go first, while dockerd still runs.
     if [ -S "$DOCKER_SOCK" ] && docker info >/dev/null 2>&1; then
       pkill_own kubelet
       local ids
-      ids=$(docker ps -aq --filter label=io.kubernetes.pod.namespace 2>/dev/null || true)
-      [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
+      ids=$(docker ps -aq --filter label=io.kubernetes.pod.namespace 2>/dev/null)
+      [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
     fi
-    tac "$PIDS" | while read -r pid name; do
-      kill "$pid" 2>/dev/null || true
+    tac "$PIDS" | while read -r pid name start; do
+      ours "$pid" "$start" && kill "$pid" 2>/dev/null
     done
     local deadline=$((SECONDS + 30))
-    tac "$PIDS" | while read -r pid name; do
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && { echo "e2e: $name ($pid) ignored SIGTERM, killing" >&2; kill -9 "$pid" 2>/dev/null || true; }
+    tac "$PIDS" | while read -r pid name start; do
+      while ours "$pid" "$start" && ((SECONDS < deadline)); do sleep 0.2; done
+      if ours "$pid" "$start"; then
+        echo "e2e: $name ($pid) ignored SIGTERM, killing" >&2
+        kill -9 "$pid" 2>/dev/null
+      fi
     done
     rm -f "$PIDS"
   fi
-  [ -x "$KUBE_BIN/kube-proxy" ] && "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  stop_strays
+  [ -x "$KUBE_BIN/kube-proxy" ] && "$KUBE_BIN/kube-proxy" --cleanup >/dev/null 2>&1
   unfence_bridge
   remove_kube_chains
   unmount_state
-  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE" || true
+  ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+  [ -n "${FAKE_POD_IP:-}" ] && ip route del blackhole "$FAKE_POD_IP/32" 2>/dev/null
+  return 0
 }
 
-# pkill_own NAME: stop the process this test started under NAME (from $PIDS, by pid).
-pkill_own() {
+# stop_strays: what outlived its parent, found by the paths only this test uses: containerd's
+# shims under $STATE (and the pods they keep) when dockerd was killed before it could stop
+# them, a kubelet from the cached binaries. Children go first, so that a shim's container
+# (the init of its own pid namespace, which takes the namespace with it) does not outlive it.
+stop_strays() {
   local pid
-  pid=$(awk -v n="$1" '$2 == n {print $1}' "$PIDS")
-  [ -n "$pid" ] || return 0
-  kill "$pid" 2>/dev/null || true
+  for pid in $(pgrep -f -- "$STATE/|$KUBE_BIN/"); do
+    [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ] && continue
+    pkill -9 -P "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null
+  done
+  return 0
+}
+
+# pkill_own NAME: stop the process this test started under NAME (from $PIDS).
+pkill_own() {
+  local pid start
+  read -r pid start < <(awk -v n="$1" '$2 == n {print $1, $3}' "$PIDS") || true
+  [ -n "$pid" ] && ours "$pid" "$start" || return 0
+  kill "$pid" 2>/dev/null
   local deadline=$((SECONDS + 20))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
+  while ours "$pid" "$start" && ((SECONDS < deadline)); do sleep 0.2; done
+  ours "$pid" "$start" && kill -9 "$pid" 2>/dev/null
+  return 0
 }
 
 # The kubelet's and dockerd's mounts under $STATE (secrets, emptyDirs, network namespaces).

@@ -40,7 +40,7 @@ done
 # (the base image), socat (port-forward), gcc (the pause binary), openssl (certificates),
 # prometheus (the monitoring step; `make e2e` installs it first, without its recommends).
 PACKAGES=(golang-go rsync etcd-server docker.io mmdebstrap socat gcc libc6-dev openssl iptables
-          conntrack iproute2 util-linux curl dpkg-dev prometheus)
+          conntrack iproute2 util-linux procps curl dpkg-dev prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -91,7 +91,6 @@ teardown() {
   step "teardown"
   [ -d "$STATE/kubelet" ] && kubectl get pods -A -o wide >"$LOGS/pods-at-end.txt" 2>&1
   cluster_down
-  ip route del blackhole "$FAKE_POD_IP/32" 2>/dev/null
   rm -rf "$STATE"
   local left
   left=$(ps -eo pid=,args= | grep -E "$STATE|$CACHE/kube/bin|scripts/e2e/dns.py" | grep -v grep)
@@ -113,7 +112,7 @@ E2E_CACHE=$CACHE scripts/e2e/build-kube.sh 2>&1 | tee "$LOGS/build-kube.log" | g
 
 step "dockerd (private: socket $DOCKER_SOCK, bridge $BRIDGE)"
 start_dockerd
-ip route add blackhole "$FAKE_POD_IP/32"
+ip route replace blackhole "$FAKE_POD_IP/32"
 
 step "images: pause, Debian base, wheelhouse, resnet-serve CPU image, Locust, weights"
 build_pause
