@@ -40,10 +40,13 @@ build_base() {
   docker import "$tar" "$BASE_IMAGE_E2E" >/dev/null
 }
 
-# The wheels the image's `pip install` needs (the package's dependencies with the CPU
-# TensorFlow and redis, its build backend, Locust for the load-test image), as a PEP 503 index.
-WHEEL_KEY_FILES=(pyproject.toml docker/constraints.txt)
+# The wheels the image's `pip install` needs (the package's dependencies with the extras of
+# the CPU image as `make image-cpu` builds it, its build backend, Locust for the load-test
+# image), as a PEP 503 index.
+WHEEL_KEY_FILES=(pyproject.toml docker/constraints.txt mk/images.mk)
+CPU_EXTRAS=$(sed -n 's/^CPU_EXTRAS ?= *//p' mk/images.mk)
 fill_wheelhouse() {
+  [ -n "$CPU_EXTRAS" ] || fail "no CPU_EXTRAS in mk/images.mk"
   local key
   key=$(cat "${WHEEL_KEY_FILES[@]}" | sha256sum | cut -c1-16)
   WHEELS=$CACHE/wheels
@@ -52,11 +55,12 @@ fill_wheelhouse() {
   "$PIP" download -q --dest "$WHEELS/files" --constraint docker/constraints.txt \
     --only-binary=:all: "setuptools>=77" wheel "locust>=2.30,<3"
   # The project's own dependencies (not the project: the build makes it from source).
-  "$PYTHON" - "$WHEELS/deps.txt" <<'EOF'
+  "$PYTHON" - "$WHEELS/deps.txt" "$CPU_EXTRAS" <<'EOF'
 import sys, tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = project["dependencies"] + project["optional-dependencies"]["tensorflow"]
-deps += project["optional-dependencies"]["redis"]
+deps = list(project["dependencies"])
+for extra in sys.argv[2].split(","):
+    deps += project["optional-dependencies"][extra]
 open(sys.argv[1], "w").write("\n".join(deps) + "\n")
 EOF
   "$PIP" download -q --dest "$WHEELS/files" --constraint docker/constraints.txt \
@@ -109,16 +113,18 @@ build_serve_image() {
   # `# syntax=` frontend from Docker Hub: the classic builder reads the file as is.
   # The build stage gets a tag of its own, so that pruning the untagged images of earlier
   # builds (a service/ change leaves ~5 GB) keeps the layers this build can reuse next time.
+  # Called where errexit does not apply (a pipeline with `|| true`): each step returns.
   local stage
   for stage in build-stage ""; do
     DOCKER_BUILDKIT=0 make --no-print-directory image-cpu IMAGE="$SERVE_IMAGE" \
       TAG="e2e${stage:+-$stage}" CPU_BASE_IMAGE="$BASE_IMAGE_E2E" BAKE_WEIGHTS=false \
-      DOCKER_BUILD_ARGS="--network host --build-arg PIP_INDEX_URL=$WHEELS_URL${stage:+ --target build}"
+      DOCKER_BUILD_ARGS="--network host --build-arg PIP_INDEX_URL=$WHEELS_URL${stage:+ --target build}" \
+      || return
   done
-  docker image prune -f >/dev/null
-  # What redis.mode and HTTPS downloads or callbacks need is in it.
+  docker image prune -f >/dev/null || return
+  # What redis.mode, traces and HTTPS downloads or callbacks need is in it.
   docker run --rm --network none --entrypoint python3 "$SERVE_IMAGE:$SERVE_TAG" -c \
-    "import ssl, redis.asyncio; assert ssl.create_default_context().cert_store_stats()['x509_ca'] > 0"
+    "import ssl, redis.asyncio, opentelemetry.sdk; assert ssl.create_default_context().cert_store_stats()['x509_ca'] > 0"
 }
 
 build_locust_image() {

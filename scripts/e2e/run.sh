@@ -107,8 +107,10 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 step "Kubernetes v1.20 binaries (cache: $CACHE/kube)"
-E2E_CACHE=$CACHE scripts/e2e/build-kube.sh 2>&1 | tee "$LOGS/build-kube.log" | grep -E "^(kubernetes|E:)" || true
-[ "${PIPESTATUS[0]}" = 0 ] || fail "building Kubernetes failed (see $LOGS/build-kube.log)"
+if ! E2E_CACHE=$CACHE scripts/e2e/build-kube.sh 2>&1 | tee "$LOGS/build-kube.log" \
+    | { grep -E "^(kubernetes|E:)" || true; }; then
+  fail "building Kubernetes failed (see $LOGS/build-kube.log)"
+fi
 
 step "dockerd (private: socket $DOCKER_SOCK, bridge $BRIDGE)"
 start_dockerd
@@ -119,8 +121,12 @@ build_pause
 build_base
 fill_wheelhouse
 serve_wheels
-build_serve_image 2>&1 | tee "$LOGS/image-build.log" | grep -E "^(Step|Successfully)" || true
-[ "${PIPESTATUS[0]}" = 0 ] || fail "building the image failed (see $LOGS/image-build.log)"
+# (With pipefail, a pipeline's status is its first part's when that part fails; grep's "no
+# line" is not a failure here.)
+if ! build_serve_image 2>&1 | tee "$LOGS/image-build.log" | { grep -E "^(Step|Successfully)" || true; }; then
+  tail -n 25 "$LOGS/image-build.log"
+  fail "the resnet-serve image did not build (the whole log: $LOGS/image-build.log)"
+fi
 build_locust_image
 pkill_own wheels
 make_weights

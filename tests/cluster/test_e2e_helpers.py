@@ -216,3 +216,25 @@ def test_the_relabeling_check_pairs_dropped_duplicates_and_leaves_a_replaced_pod
     targets["activeTargets"] = []
     with pytest.raises(SystemExit, match="the relabeling model keeps"):
         prometheus.model_agrees("agent", objs, gone)
+
+
+def test_the_wheelhouse_holds_the_extras_the_cpu_image_installs():
+    """`make e2e` fills its wheelhouse with the extras it reads from mk/images.mk (as
+    scripts/e2e/images.sh's sed reads them): each must be an extra of the package, so that the
+    image's `pip install .[extras]` finds every wheel offline."""
+    import tomllib
+
+    read = subprocess.run(
+        ["sed", "-n", "s/^CPU_EXTRAS ?= *//p", str(ROOT / "mk" / "images.mk")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    extras = read.split(",")
+    offered = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "tensorflow" in extras and "otel" in extras, read
+    assert set(extras) <= set(offered["optional-dependencies"]), extras
+    assert (
+        "CPU_EXTRAS=$(sed -n 's/^CPU_EXTRAS ?= *//p' mk/images.mk)"
+        in (ROOT / "scripts" / "e2e" / "images.sh").read_text()
+    )
