@@ -28,6 +28,10 @@ from .normalize import CAFFE_MEAN_BGR
 
 log = logging.getLogger(__name__)
 
+# The alignment at which TensorFlow's DLPack import and JAX's CPU client use a host buffer in
+# place instead of copying it.
+ALIGN = 64
+
 
 def graph_normalize(x: Any, mode: str) -> Any:
     """In-graph twin of ``normalize.normalize`` (keras ``preprocess_input``) on float32, in
@@ -126,9 +130,16 @@ class ModelRunner(abc.ABC):
     def assemble(self, images: list[np.ndarray] | np.ndarray) -> Prepared:
         """Copy a batch into an input buffer of its bucket, padded, and hand it to the device
         (:meth:`_transfer`). Two buffers per bucket take turns, so the next batch is
-        assembled while the one before still runs (``DynamicBatcher``'s ``ahead``)."""
+        assembled while the one before still runs (``DynamicBatcher``'s ``ahead``).
+
+        A lone item that is already laid out as the model reads it (the front end's
+        shared-memory slot: the input's shape and type, contiguous, 64-byte aligned) goes to
+        the device as it is, without the copy: its slot stays the item's until it is answered,
+        after the batch has run."""
         n = len(images)
         size = self.bucket_for(n)
+        if size == 1 and not isinstance(images, np.ndarray) and self._in_place(images[0]):
+            return Prepared(self._transfer(images[0][np.newaxis]), 1, 1)
         pair = self._buffers.get(size)
         if pair is None:
             pair = self._buffers[size] = [
@@ -143,6 +154,14 @@ class ModelRunner(abc.ABC):
         if n < size:
             buf[n:] = 0
         return Prepared(self._transfer(buf), n, size)
+
+    def _in_place(self, item: np.ndarray) -> bool:
+        return (
+            item.shape == self.input_shape
+            and item.dtype == self.input_dtype
+            and item.flags.c_contiguous
+            and item.ctypes.data % ALIGN == 0
+        )
 
     def execute(self, prepared: Prepared) -> tuple[np.ndarray, int, float]:
         """Run an assembled batch: (outputs[n, ...] float32, padded size, compute seconds)."""
@@ -188,7 +207,7 @@ class ModelRunner(abc.ABC):
         return seconds
 
 
-def aligned_zeros(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
+def aligned_zeros(shape: tuple[int, ...], dtype: np.dtype, align: int = ALIGN) -> np.ndarray:
     """Zeros on a ``align``-byte boundary: JAX's CPU client then uses the buffer in place
     instead of copying it at every batch (measured: 0.05 ms against 1.9 ms for 32 images)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -21,12 +21,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# Where each slot starts: a multiple of this from the segment's start, which is page-aligned.
+LINE = 64
+
 # Segments this process created (the tests run both ends in one process).
 _CREATED: set[str] = set()
 
 
 class Arena:
-    """``slots`` slots of ``slot_bytes`` in one segment.
+    """``slots`` slots of ``slot_bytes`` in one segment. Each slot starts on a 64-byte line
+    (``LINE``), so that the model can read an item in its slot in place
+    (``ModelRunner.assemble``).
 
     Args:
         slots: how many items may be in flight through slots at once.
@@ -37,8 +42,9 @@ class Arena:
     def __init__(self, slots: int, slot_bytes: int, name: str | None = None):
         self.slots = slots
         self.slot_bytes = slot_bytes
+        self.stride = -(-slot_bytes // LINE) * LINE  # both ends compute it alike
         self.owner = name is None
-        size = max(1, slots * slot_bytes)
+        size = max(1, slots * self.stride)
         if self.owner:
             self.shm = SharedMemory(create=True, size=size)
             _reserve(self.shm, size)
@@ -84,7 +90,7 @@ class Arena:
         """The slot's contents as an array (no copy: valid while the slot is held)."""
         buf = self.shm.buf
         assert buf is not None
-        return np.ndarray(shape, dtype=dtype, buffer=buf, offset=slot * self.slot_bytes)
+        return np.ndarray(shape, dtype=dtype, buffer=buf, offset=slot * self.stride)
 
     def fits(self, array: np.ndarray) -> bool:
         return array.nbytes <= self.slot_bytes
@@ -98,7 +104,7 @@ class Arena:
         assert buf is not None
         width = rows[0].nbytes
         every = np.ndarray(
-            (self.slots, width), dtype=np.uint8, buffer=buf, strides=(self.slot_bytes, 1)
+            (self.slots, width), dtype=np.uint8, buffer=buf, strides=(self.stride, 1)
         )
         every[slots] = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), width)
 

@@ -55,10 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         outputs.append(out)
     for size in buckets:  # every bucket again, full
         runner.run(np.repeat(pixels[:1], size, axis=0))
+    # Each image alone as in a front end's slot (aligned: read in place, no copy).
+    from service.model.runner import aligned_zeros
+
+    slots = aligned_zeros(pixels.shape, pixels.dtype)
+    slots[...] = pixels
+    alone = np.concatenate([runner.run([slot])[0] for slot in slots])
     probs = probabilities(np.concatenate(outputs), loaded.outputs_probabilities)
     np.savez(
         args.out,
         probabilities=probs,
+        alone=probabilities(alone, loaded.outputs_probabilities),
         warmed=warmed,
         served=runner.compilations,
         device=runner.device,

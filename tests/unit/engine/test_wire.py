@@ -411,3 +411,24 @@ def test_errors_cross_with_their_kind_code_and_details():
 
 def far() -> float:
     return time.monotonic() + 60
+
+
+def test_every_slot_of_an_arena_starts_on_a_64_byte_line():
+    """So that the model can read a lone item in its slot in place, whatever the item's size
+    (a 299x299 RGB image is not a multiple of 64 bytes)."""
+    from service.wire.arena import Arena
+
+    size = 299 * 299 * 3
+    arena = Arena(4, size)
+    try:
+        views = [arena.view(slot, (299, 299, 3), "|u1") for slot in range(4)]
+        assert [v.ctypes.data % 64 for v in views] == [0, 0, 0, 0]
+        for slot, view in enumerate(views):
+            view[...] = slot
+        arena.write_rows([1, 3], np.full((2, 10), 7, np.float32))
+        rows = [np.frombuffer(v.tobytes()[:40], np.float32).tolist() for v in views]
+        assert rows[1] == rows[3] == [7.0] * 10
+        assert (views[0] == 0).all() and (views[2] == 2).all()  # untouched, to their last byte
+        del views
+    finally:
+        arena.close()

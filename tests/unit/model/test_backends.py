@@ -59,6 +59,10 @@ def test_every_backend_answers_as_tensorflow_does(tiny_results):
         probs = result["probabilities"]
         assert probs.shape == (6, 10), backend
         np.testing.assert_allclose(probs, reference, rtol=0, atol=TOLERANCE, err_msg=backend)
+        # Each image alone, read in place from an aligned buffer as from a front end's slot.
+        np.testing.assert_allclose(
+            result["alone"], reference, rtol=0, atol=TOLERANCE, err_msg=backend
+        )
         np.testing.assert_array_equal(
             np.argsort(-probs, axis=1)[:, :5], np.argsort(-reference, axis=1)[:, :5]
         )

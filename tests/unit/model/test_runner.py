@@ -93,3 +93,35 @@ def test_tensorflow_calls_the_inference_function_flat_with_the_public_calls_outp
 
     opaque = Opaque()
     assert _flat_call(opaque) is opaque
+
+
+def test_a_lone_item_laid_out_as_the_model_reads_it_is_read_in_place(runner):
+    """A batch of one view that has the input's shape and type, contiguous and 64-byte aligned
+    (an item in the front end's shared-memory slot) goes to the model without a copy: what is
+    in the slot when the batch runs is what the model reads. Any other item is copied when the
+    batch is assembled."""
+    from service.model.runner import aligned_zeros
+
+    rng = np.random.default_rng(3)
+    before, after = rng.integers(0, 255, (2, 1, 32, 32, 3), dtype=np.uint8)
+    expected = {
+        "before": runner.run(before)[0],
+        "after": runner.run(after)[0],
+    }
+    assert not np.allclose(expected["before"], expected["after"])
+
+    def read_after_assembly(item: np.ndarray) -> np.ndarray:
+        item[...] = before[0]
+        prepared = runner.assemble([item])
+        item[...] = after[0]
+        return runner.execute(prepared)[0]
+
+    slot = aligned_zeros((2, 32, 32, 3), np.dtype(np.uint8))
+    np.testing.assert_allclose(read_after_assembly(slot[0]), expected["after"], atol=1e-5)
+    # Misaligned by one byte: copied at assembly.
+    raw = aligned_zeros((32 * 32 * 3 + 1,), np.dtype(np.uint8))
+    misaligned = raw[1:].reshape(32, 32, 3)
+    np.testing.assert_allclose(read_after_assembly(misaligned), expected["before"], atol=1e-5)
+    # Not contiguous: copied.
+    strided = aligned_zeros((32, 64, 3), np.dtype(np.uint8))[:, ::2]
+    np.testing.assert_allclose(read_after_assembly(strided), expected["before"], atol=1e-5)
