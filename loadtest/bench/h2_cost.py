@@ -1,0 +1,107 @@
+# ruff: noqa: T201  (a benchmark: it reports on stdout)
+"""What a gRPC server written on the ``h2`` library (pure-Python HTTP/2) would spend on the
+protocol alone: the server side of unary calls carrying a message of the benchmark image's
+size, in one process, no sockets, no handler. Run by hand:
+
+    .venv/bin/python -m loadtest.bench.h2_cost [--calls 2000] [--bytes 115000]
+
+The question it answers: would serving gRPC on the front end's own event loop through ``h2``
+cost less CPU per call than grpcio's ``aio`` server (docs/BENCHMARKS.md, "gRPC")? What it
+times per call: parsing the client's HEADERS and DATA frames (HPACK, flow control), returning
+the window, and writing the answer's HEADERS, DATA and trailers. A real server adds its
+socket I/O, the gRPC framing and the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+FRAME = 16_384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which grpc clients keep
+REQUEST_HEADERS = [
+    (":method", "POST"),
+    (":scheme", "http"),
+    (":path", "/inference.GRPCInferenceService/ModelInfer"),
+    (":authority", "127.0.0.1:8001"),
+    ("content-type", "application/grpc"),
+    ("te", "trailers"),
+    ("grpc-accept-encoding", "identity,deflate,gzip"),
+    ("user-agent", "grpc-python/1.76"),
+    ("grpc-timeout", "10S"),
+]
+ANSWER = b"\0" + (64).to_bytes(4, "big") + b"x" * 64  # a top-5 answer is about this size
+
+
+def connected() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    """A client and a server connection past their preface and SETTINGS, with windows large
+    enough that no message waits for a WINDOW_UPDATE."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    client.initiate_connection()
+    server.initiate_connection()
+    big = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 30}
+    server.update_settings(big)
+    client.update_settings(big)
+    server.increment_flow_control_window(1 << 30)
+    for _ in range(3):
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    return client, server
+
+
+def serve(server: h2.connection.H2Connection, frames: bytes) -> bytes:
+    """The server's part of one call: what it reads, what it writes back."""
+    parts: dict[int, list[bytes]] = {}
+    for event in server.receive_data(frames):
+        if isinstance(event, h2.events.DataReceived):
+            parts.setdefault(event.stream_id, []).append(event.data)
+            server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = event.stream_id
+            b"".join(parts.pop(stream))
+            server.send_headers(
+                stream, [(b":status", b"200"), (b"content-type", b"application/grpc")]
+            )
+            server.send_data(stream, ANSWER)
+            server.send_headers(stream, [(b"grpc-status", b"0")], end_stream=True)
+    return server.data_to_send()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--bytes", type=int, default=115_000, help="the request message")
+    args = parser.parse_args()
+    client, server = connected()
+    message = b"\0" + args.bytes.to_bytes(4, "big") + os.urandom(args.bytes)
+    spent = 0.0
+    for _ in range(args.calls):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, REQUEST_HEADERS)
+        for at in range(0, len(message), FRAME):
+            end = at + FRAME >= len(message)
+            client.send_data(stream, message[at : at + FRAME], end_stream=end)
+        frames = client.data_to_send()
+        start = time.process_time()
+        answer = serve(server, frames)
+        spent += time.process_time() - start
+        for event in client.receive_data(answer):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        server.receive_data(client.data_to_send())
+    print(
+        f"h2 {h2.__version__}: {1e6 * spent / args.calls:.0f} µs of CPU per unary call on the "
+        f"server side ({len(message):,}-byte message, {args.calls} calls)"
+    )
+
+
+if __name__ == "__main__":
+    main()
