@@ -133,9 +133,9 @@ class ModelRunner(abc.ABC):
         assembled while the one before still runs (``DynamicBatcher``'s ``ahead``).
 
         A lone item that is already laid out as the model reads it (the front end's
-        shared-memory slot: the input's shape and type, contiguous, 64-byte aligned) goes to
-        the device as it is, without the copy: its slot stays the item's until it is answered,
-        after the batch has run."""
+        shared-memory slot: the input's shape and type, contiguous, writable, 64-byte
+        aligned) goes to the device as it is, without the copy: its slot stays the item's
+        until it is answered, after the batch has run."""
         n = len(images)
         size = self.bucket_for(n)
         if size == 1 and not isinstance(images, np.ndarray) and self._in_place(images[0]):
@@ -160,6 +160,7 @@ class ModelRunner(abc.ABC):
             item.shape == self.input_shape
             and item.dtype == self.input_dtype
             and item.flags.c_contiguous
+            and item.flags.writeable  # DLPack exports no read-only buffer
             and item.ctypes.data % ALIGN == 0
         )
 

@@ -125,3 +125,8 @@ def test_a_lone_item_laid_out_as_the_model_reads_it_is_read_in_place(runner):
     # Not contiguous: copied.
     strided = aligned_zeros((32, 64, 3), np.dtype(np.uint8))[:, ::2]
     np.testing.assert_allclose(read_after_assembly(strided), expected["before"], atol=1e-5)
+    # Read-only (as an item that came inline in its message): copied, and it runs.
+    frozen = aligned_zeros((32, 32, 3), np.dtype(np.uint8))
+    frozen[...] = before[0]
+    frozen.flags.writeable = False
+    np.testing.assert_allclose(runner.run([frozen])[0], expected["before"], atol=1e-5)
