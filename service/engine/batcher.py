@@ -27,6 +27,14 @@ this process (:meth:`DynamicBatcher.submit`), or the accelerator process's ticke
 collects the answers of one batch into one message per front end. The batcher runs on the
 event loop; each instance's ``run`` executes in its own dedicated thread (the backends release
 the GIL), so postprocessing happens where the replies go, off the runner.
+
+A batch cheaper than ``inline_s`` (``SERVE_INLINE_BATCH_MS``: the last batch of its size paused
+the loop no longer) runs on the event loop itself: for a model that costs tens of
+microseconds, the hand-off to the thread and back and the two threads' contention for the GIL
+cost more than the call. The first batch of a size, and any that ran slower or failed, go to
+the thread, so a real model's batches, and on a GPU their overlap with the assembly of the
+next, stay there. Under a load that the model limits batches grow past ``inline_s`` and go
+back to their threads, where several instances run side by side.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -89,6 +98,9 @@ class DynamicBatcher(BatchPolicy):
         call_cost_s: the fixed cost of one execution (0: never coalesce).
         ahead: per instance, the ``(assemble, execute)`` halves of its ``run_fn``, to assemble
             a full batch while the instance still runs the one before; None: never ahead.
+        inline_s: a batch whose size last ran in at most this long (the loop's pause:
+            assembly and call) runs on the event loop instead of its instance's thread
+            (0: always the thread). The first batch of each size runs in the thread.
     """
 
     def __init__(
@@ -105,8 +117,11 @@ class DynamicBatcher(BatchPolicy):
         regroup_fraction: float = 0.1,
         call_cost_s: float = 0.0,
         ahead: Sequence[tuple[AssembleFn, ExecuteFn]] | None = None,
+        inline_s: float = 0.0,
     ):
         self.name = name
+        self.inline_s = inline_s
+        self._pause_s: dict[int, float] = {}  # batch size -> its last run's pause of the loop
         self.regroup_s = regroup_s
         self.regroup_fraction = regroup_fraction
         self.call_cost_s = call_cost_s
@@ -329,27 +344,38 @@ class DynamicBatcher(BatchPolicy):
         started = time.monotonic()
         started_ns = time.time_ns() if tracing.ENABLED else 0
         token = self._busy.begin()
+        n = len(batch)
+        # On this loop: this size ran within inline_s last time. (Cheap batches of several
+        # instances then run one after another; under a load that the model limits, batches
+        # grow past inline_s and go back to their threads, side by side.)
+        here = self.inline_s > 0 and self._pause_s.get(n, math.inf) <= self.inline_s
         try:
             if assembly is None:  # assembled by the runner itself, which waits for it
-                result = await self._runners[instance].submit(
-                    self._run_fns[instance], [item.payload for item in batch]
-                )
+                run, payloads = self._run_fns[instance], [item.payload for item in batch]
+                if here:
+                    result = run(payloads)
+                else:
+                    result = await self._runners[instance].submit(run, payloads)
                 assembly_s = result[3] if len(result) > 3 else 0.0
                 tally.inc(self._assembly_inline, assembly_s)
             else:
                 prepared, assembly_s = await assembly
                 tally.inc(self._assembly_ahead, assembly_s)
+                assembly_s = 0.0  # not on this loop
                 assert self._ahead_fns is not None
-                result = await self._runners[instance].submit(
-                    self._ahead_fns[instance][1], prepared
-                )
+                execute = self._ahead_fns[instance][1]
+                if here:
+                    result = execute(prepared)
+                else:
+                    result = await self._runners[instance].submit(execute, prepared)
             outputs, padded, compute_s = result[:3]
-            if len(outputs) != len(batch):
-                raise RuntimeError(f"{len(outputs)} outputs for a batch of {len(batch)}")
+            if len(outputs) != n:
+                raise RuntimeError(f"{len(outputs)} outputs for a batch of {n}")
         except asyncio.CancelledError:
             self._fail(batch, ShuttingDown("the service is shutting down"))
             raise
         except Exception:  # the model failed: fail this batch only, keep serving
+            self._pause_s.pop(n, None)  # its next batch of this size in the thread again
             error_id = uuid.uuid4().hex[:12]  # in the log line and in every answer
             log.exception("%s: batch of %d failed, error id %s", self.name, len(batch), error_id)
             self._fail(
@@ -366,7 +392,7 @@ class DynamicBatcher(BatchPolicy):
             self._free.append(instance)
             self._wakeup.set()
         self._last_end = time.monotonic()
-        n = len(batch)
+        self._pause_s[n] = assembly_s + compute_s
         self._last_batch, self._last_compute_s = n, compute_s
         tally.inc(m.runner_busy_seconds, compute_s)
         tally.inc(m.execution_count)

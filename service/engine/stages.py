@@ -99,6 +99,7 @@ class ModelStage(Stage):
             exact_sizes=runner.buckets if exact else None,
             regroup_s=settings.batch_regroup_ms / 1000.0,
             call_cost_s=runner.call_cost_s,
+            inline_s=settings.inline_batch_ms / 1000.0,
             # On an accelerator, a full batch is assembled and sent while the one before runs.
             # On a CPU the copy would only take cores from the model: the runner does it.
             ahead=[(r.assemble, r.execute) for r in runners] if gpu else None,

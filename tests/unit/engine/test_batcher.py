@@ -464,3 +464,67 @@ def test_the_metrics_count_every_answered_item_when_the_answers_arrive():
     asyncio.run(run_with(batcher, go()))
     assert counted == [(1.0, 1.0, 0.0), (11.0, float(len(runner.batches)), 0.0)]
     assert sum(runner.batches) == 11
+
+
+class WhereRunner:
+    """A model whose cost per batch the test sets; records the thread each batch ran on."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.fail = False
+        self.threads: list[tuple[int, str]] = []
+
+    def __call__(self, payloads):
+        self.threads.append((len(payloads), threading.current_thread().name))
+        if self.fail:
+            raise RuntimeError("boom")
+        time.sleep(self.seconds)
+        return np.stack([p * 2 for p in payloads]), len(payloads), self.seconds
+
+
+def test_a_batch_cheaper_than_inline_s_runs_on_the_event_loop_and_a_slow_one_goes_back():
+    """The first batch of a size runs in the instance's thread and is timed; the next batches
+    of that size run on the event loop while they stay under ``inline_s``; one that ran slower
+    (or failed) sends the next of its size back to the thread. With ``inline_s`` 0 every batch
+    runs in the thread."""
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop here
+
+    def serve(inline_s: float, plan: list[tuple[int, float, bool]]) -> list[tuple[int, str]]:
+        runner = WhereRunner()
+        batcher = make(runner, inline_s=inline_s)
+
+        async def go():
+            for size, seconds, fail in plan:
+                runner.seconds, runner.fail = seconds, fail
+                replies = [batcher.submit(np.array([float(i)]), far()) for i in range(size)]
+                results = await asyncio.gather(*replies, return_exceptions=True)
+                if fail:
+                    assert all(isinstance(r, ModelError) for r in results)
+                else:
+                    assert [row.tolist() for row, _ in results] == [[2.0 * i] for i in range(size)]
+
+        asyncio.run(run_with(batcher, go()))
+        return [(n, "loop" if name == loop_thread else "thread") for n, name in runner.threads]
+
+    fast, slow = 0.0, 0.02
+    plan = [
+        (1, fast, False),  # first of size 1: the thread, timed
+        (1, fast, False),  # the loop
+        (2, fast, False),  # first of size 2: the thread
+        (1, slow, False),  # size 1 was fast: the loop, but it runs slow
+        (1, fast, False),  # so the thread again
+        (1, fast, False),  # fast there: the loop
+        (1, fast, True),  # fails on the loop
+        (1, fast, False),  # the thread again
+    ]
+    assert serve(0.005, plan) == [
+        (1, "thread"),
+        (1, "loop"),
+        (2, "thread"),
+        (1, "loop"),
+        (1, "thread"),
+        (1, "loop"),
+        (1, "loop"),
+        (1, "thread"),
+    ]
+    assert {where for _, where in serve(0.0, plan)} == {"thread"}
