@@ -155,13 +155,13 @@ class Settings(BaseSettings):
     batch_regroup_ms: float = Field(50.0, ge=0)
     # Hold a partial batch for an idle runner this long (0: never; batches form under load).
     max_batch_delay_ms: float = Field(0.0, ge=0)
-    # A batch whose last run at its size took at most this long (assembly and model call) runs
-    # on the accelerator process's event loop, not in its runner thread: the hand-off to the
-    # thread and back and the two threads' contention for the GIL cost more than the loop's
-    # pause (a model as cheap as the stand-in: ~40 % less CPU in that process, +11 % images/s
-    # on 2 cores). A slower batch runs in the thread, so a real model's batches, their overlap
-    # with the next batch's assembly on a GPU, and the batches that a model-bound load makes
-    # large, on instances side by side, stay there (0: always the thread).
+    # A batch whose last run at its size took at most this long (assembly and model call), with
+    # nothing queued behind it, runs on the accelerator process's event loop, not in its runner
+    # thread: the hand-off to the thread and back and the two threads' contention for the GIL
+    # cost more than the loop's pause for a model as cheap as the stand-in (a fifth less CPU in
+    # that process). A slower batch, or one with a backlog, runs in the thread, so a real
+    # model's batches, their overlap with the next batch's assembly on a GPU and the intake of
+    # the next items under steady load stay there (0: always the thread).
     inline_batch_ms: float = Field(2.0, ge=0)
     # Images admitted into the pipeline at once, all stages together; past it: 503.
     max_queue_images: int = Field(512, ge=1)

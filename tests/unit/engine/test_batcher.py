@@ -528,3 +528,20 @@ def test_a_batch_cheaper_than_inline_s_runs_on_the_event_loop_and_a_slow_one_goe
         (1, "thread"),
     ]
     assert {where for _, where in serve(0.0, plan)} == {"thread"}
+
+
+def test_a_cheap_batch_with_items_queued_behind_it_runs_in_the_thread():
+    """Under a backlog the thread lets the loop take in the next items while a batch runs: a
+    batch of a size known to be cheap runs on the loop only when nothing is queued."""
+    runner = WhereRunner()
+    loop_thread = threading.current_thread().name
+    batcher = make(runner, inline_s=0.005, max_batch_size=1)
+
+    async def go():
+        await batcher.submit(np.array([1.0]), far())  # the size's first batch: timed
+        await batcher.submit(np.array([1.0]), far())  # nothing queued: the loop
+        await asyncio.gather(*(batcher.submit(np.array([1.0]), far()) for _ in range(3)))
+
+    asyncio.run(run_with(batcher, go()))
+    where = ["loop" if name == loop_thread else "thread" for _, name in runner.threads]
+    assert where == ["thread", "loop", "thread", "thread", "loop"]
