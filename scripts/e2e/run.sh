@@ -121,8 +121,8 @@ build_pause
 build_base
 fill_wheelhouse
 serve_wheels
-# (With pipefail, a pipeline's status is its first part's when that part fails; grep's "no
-# line" is not a failure here.)
+# (With pipefail the pipeline fails when any part does; the grep part never does: no line
+# shown is not a failure.)
 if ! build_serve_image 2>&1 | tee "$LOGS/image-build.log" | { grep -E "^(Step|Successfully)" || true; }; then
   tail -n 25 "$LOGS/image-build.log"
   fail "the resnet-serve image did not build (the whole log: $LOGS/image-build.log)"
