@@ -29,7 +29,8 @@ from .normalize import CAFFE_MEAN_BGR
 log = logging.getLogger(__name__)
 
 # The alignment at which TensorFlow's DLPack import and JAX's CPU client use a host buffer in
-# place instead of copying it.
+# place instead of copying it. The front ends' arenas start every slot on it (``LINE`` in
+# wire/arena.py, which the front end imports without this module).
 ALIGN = 64
 
 
