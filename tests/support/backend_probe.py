@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     slots[...] = pixels
     alone = np.concatenate([runner.run([slot])[0] for slot in slots])
     probs = probabilities(np.concatenate(outputs), loaded.outputs_probabilities)
+    # What an assembled batch hands the compiled call: a host array, or the device's own type.
+    handed = type(runner.assemble(pixels[:2]).batch)
     np.savez(
         args.out,
         probabilities=probs,
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         served=runner.compilations,
         device=runner.device,
         backend=runner.backend,
+        handed=f"{handed.__module__}.{handed.__qualname__}",
     )
     return 0
 

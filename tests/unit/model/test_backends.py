@@ -76,6 +76,13 @@ def test_warm_up_compiles_every_bucket_and_serving_compiles_nothing(tiny_results
     assert str(tf["backend"]) == "tensorflow" and str(tf["device"]).endswith("CPU:0")
 
 
+def test_jax_on_the_cpu_hands_the_host_buffer_to_the_call_without_device_put(tiny_results):
+    """On the CPU the device is the host: ``jax.device_put`` would only add its dispatch and a
+    copy (~0.1 ms for one image, measured in docs/BENCHMARKS.md); on a GPU it starts the copy
+    early."""
+    assert str(tiny_results["jax"]["handed"]) == "numpy.ndarray"
+
+
 def test_a_backend_keras_cannot_switch_to_is_refused_with_the_reason():
     import keras  # this process's Keras: TensorFlow's
 
