@@ -176,12 +176,19 @@ class Tally:
 
 class BusyWindow:
     """Fraction of the last ``window_s`` seconds a stage's ``capacity`` instances spent working
-    (1.0: every instance busy all the time)."""
+    (1.0: every instance busy all the time).
+
+    Kept as spans in the order they ended, with their summed length, so that :meth:`ratio`
+    (each second, in the accelerator process) clips only the spans that straddle the window's
+    start instead of summing the window's every span (tens of thousands at batches of one).
+    """
 
     def __init__(self, capacity: int = 1, window_s: float = 10.0):
         self.window_s = window_s
         self.capacity = max(1, capacity)
         self._spans: deque[tuple[float, float]] = deque()
+        self._total = 0.0  # the length of the spans in _spans
+        self._longest = 0.0  # no span in _spans is longer
         self._lock = threading.Lock()
         self._open: dict[int, float] = {}  # spans begun and not yet ended, by token
         self._next = 0
@@ -194,23 +201,36 @@ class BusyWindow:
             return self._next
 
     def end(self, token: int) -> None:
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()  # under the lock: the spans stay in the order they ended
             started = self._open.pop(token, None)
             if started is not None:
                 self._spans.append((started, now))
-            self._trim(now)
+                self._total += now - started
+                self._longest = max(self._longest, now - started)
+            self._trim(now - self.window_s)
 
-    def _trim(self, now: float) -> None:
-        while self._spans and self._spans[0][1] < now - self.window_s:
-            self._spans.popleft()
+    def _trim(self, start: float) -> None:
+        spans = self._spans
+        while spans and spans[0][1] <= start:
+            s, e = spans.popleft()
+            self._total -= e - s
+        if not spans:  # start the sums afresh, free of rounding
+            self._total = self._longest = 0.0
 
     def ratio(self) -> float:
         now = time.monotonic()
         start = now - self.window_s
         with self._lock:
-            self._trim(now)
-            busy = sum(min(e, now) - max(s, start) for s, e in self._spans if e > start)
+            self._trim(start)
+            busy = self._total
+            # Spans end in order, none longer than _longest: only those that end before
+            # start + _longest can have begun before the window did.
+            for s, e in self._spans:
+                if e >= start + self._longest:
+                    break
+                if s < start:
+                    busy -= start - s
             busy += sum(now - max(s, start) for s in self._open.values())
         return max(0.0, min(1.0, busy / (self.capacity * self.window_s)))
 

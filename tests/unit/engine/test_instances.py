@@ -179,6 +179,40 @@ def test_the_busy_ratio_counts_every_instance():
     assert lower * 0.9 <= window.ratio() <= upper
 
 
+def test_the_busy_ratio_equals_the_busy_time_in_the_window_span_by_span(monkeypatch):
+    """Against the sum over every span, clipped to the window, on a clock the test moves:
+    overlapping instances, spans that straddle the window's start, long and short ones, spans
+    still open, and a window that empties and fills again."""
+    import service.metrics as metrics_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(metrics_module.time, "monotonic", lambda: clock[0])
+    rng = np.random.default_rng(7)
+    window = BusyWindow(window_s=2.0, capacity=3)
+    spans: list[tuple[float, float]] = []
+    open_: dict[int, float] = {}
+
+    def expected() -> float:
+        now, start = clock[0], clock[0] - 2.0
+        busy = sum(max(0.0, min(e, now) - max(s, start)) for s, e in spans)
+        busy += sum(now - max(s, start) for s in open_.values())
+        return min(1.0, busy / (3 * 2.0))
+
+    checked = 0
+    for step in range(4000):
+        clock[0] += float(rng.choice([1e-4, 1e-3, 0.05, 0.7, 3.0], p=[0.4, 0.3, 0.2, 0.08, 0.02]))
+        if len(open_) < 3 and rng.random() < 0.5:
+            open_[window.begin()] = clock[0]
+        elif open_ and rng.random() < 0.6:
+            token = int(rng.choice(list(open_)))
+            spans.append((open_.pop(token), clock[0]))
+            window.end(token)
+        if step % 7 == 0:
+            assert window.ratio() == pytest.approx(expected(), abs=1e-9)
+            checked += 1
+    assert checked > 500 and 0 < window.ratio() <= 1
+
+
 def test_an_empty_group_is_refused():
     with pytest.raises(ValueError):
         DynamicBatcher("model", [], max_batch_size=8, metrics=Metrics())
