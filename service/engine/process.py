@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import gpu_metrics, tracing
+from ..lifetime import settle_garbage_collector
 from ..metrics import Metrics
 from ..rundir import ENGINE_SOCKET
 from ..settings import Settings
@@ -29,17 +29,6 @@ from .registry import PipelineRegistry
 from .server import EngineServer
 
 log = logging.getLogger("service.engine")
-
-
-def settle_garbage_collector() -> None:
-    """Move everything alive once the models are loaded (the frameworks' modules, the models'
-    graphs: ~400,000 objects with TensorFlow and the stand-in model) out of the collector's
-    sight. Serving allocates a few objects per item that die young; without this, every full
-    collection walks the frameworks' objects again (make bench-engine: ~7 % of the process's
-    CPU at batches of one)."""
-    gc.collect()
-    gc.freeze()
-    log.info("accelerator process: %d objects frozen out of the collector", gc.get_freeze_count())
 
 
 async def serve(settings: Settings, run_dir: Path) -> None:
@@ -61,7 +50,8 @@ async def serve(settings: Settings, run_dir: Path) -> None:
         except Exception:  # its state is failed; the front ends report it (/healthz 503)
             log.critical("model loading failed; the front ends report it")
             return
-        settle_garbage_collector()
+        frozen = settle_garbage_collector()
+        log.info("accelerator process: %d objects frozen out of the collector", frozen)
 
     async def tick() -> None:
         while True:

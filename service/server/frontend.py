@@ -19,7 +19,7 @@ import signal
 import socket
 from pathlib import Path
 
-from ..lifetime import die_with_parent
+from ..lifetime import die_with_parent, settle_garbage_collector
 from ..settings import Settings
 
 log = logging.getLogger("service.frontend")
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         # Nothing reads the client's address: no X-Forwarded-* rewriting per request.
         proxy_headers=False,
     )
-    log.info("front end %d (pid %d) serving", args.index, os.getpid())
+    frozen = settle_garbage_collector()
+    log.info("front end %d (pid %d) serving (%d objects frozen)", args.index, os.getpid(), frozen)
     Server(config).run(sockets=[sock])
     return 0
 

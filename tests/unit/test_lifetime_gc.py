@@ -1,9 +1,9 @@
-"""The accelerator process's own set-up."""
+"""What every process does once it is set up: the loaded objects leave the collector."""
 
 import gc
 import weakref
 
-from service.engine.process import settle_garbage_collector
+from service.lifetime import settle_garbage_collector
 
 
 def test_what_lives_after_loading_leaves_the_collectors_sight_and_new_cycles_are_still_freed():
