@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -114,12 +114,13 @@ class Tally:
     observation is a write to a memory-mapped file under a lock, a few microseconds each, and
     the accelerator process's batcher makes about fifteen per batch, a front end's dataplane
     about as many per request. Recorded here, they cost a dictionary update each, and reach the
-    real metrics when the owner calls :meth:`flush` (the batcher and the dataplane do when they
-    go idle, before the answers that leave them idle go out, so that a client that has its
-    answer scrapes metrics that count it; :meth:`Metrics.refresh` and the scrape do first) and
-    otherwise within ``interval_s`` of the first write not yet written. A scrape under load
-    thus reads values of up to ``interval_s`` ago; the values written are exactly those of the
-    same writes made one by one. Only for the event loop's own thread: not thread-safe.
+    real metrics within ``interval_s`` of the first write not yet written, or sooner when the
+    owner calls :meth:`flush`: :meth:`Metrics.refresh` and a scrape in this process do; a front
+    end's dataplane does when it goes idle, before the answers that leave it idle go out; the
+    accelerator process does when a front end about to scrape asks it (``FlushMetrics``). So a
+    client that has its answer scrapes metrics that count it, and the values written are
+    exactly those of the same writes made one by one. Only for the event loop's own thread:
+    not thread-safe.
     """
 
     def __init__(self, interval_s: float = 0.05):
@@ -285,6 +286,7 @@ class Metrics:
         self.share = share
         self._watched: list[tuple[Any, Callable[[], float]]] = []
         self._hooks: list[Callable[[], None]] = []
+        self._before_scrape: list[Callable[[], Awaitable[object]]] = []
         # This process's per-request and per-batch writes, written together (see Tally); a
         # refresh and a scrape write them out first.
         self.tally = Tally()
@@ -506,6 +508,17 @@ class Metrics:
             return
         self._watched = [(g, f) for g, f in self._watched if g is not gauge]
         self._watched.append((gauge, value))
+
+    def before_scrape(self, hook: Callable[[], Awaitable[object]]) -> None:
+        """Await ``hook()`` before each scrape (:meth:`settle`): another process writes what
+        it has counted (the accelerator process, asked over the front end's channel)."""
+        self._before_scrape.append(hook)
+
+    async def settle(self) -> None:
+        """Before a scrape: every ``before_scrape`` hook has run, so that the scrape counts
+        everything answered before it began, whichever process counted it."""
+        for hook in self._before_scrape:
+            await hook()
 
     def on_refresh(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` at each refresh: it writes gauges of its own (GPU readings)."""

@@ -112,5 +112,6 @@ async def models(plane: DataPlaneDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format (with several processes: the whole pod's)."""
+    await metrics.settle()
     body, media_type = metrics.render()
     return Response(body, media_type=media_type)

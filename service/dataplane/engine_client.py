@@ -34,6 +34,8 @@ from ..wire.channel import Channel, msgpack_codec
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.2
+# A scrape waits this long at most for the accelerator process to write its metrics.
+FLUSH_METRICS_TIMEOUT_S = 1.0
 UNREACHABLE = "the accelerator process is not reachable (restarting); retry"
 
 
@@ -77,6 +79,7 @@ class EngineClient:
         self._ids = itertools.count()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._flushes: dict[int, asyncio.Future] = {}  # FlushMetrics sent, by token
 
     # -- what the dataplane asks -----------------------------------------------------------
 
@@ -119,6 +122,25 @@ class EngineClient:
             self._schedule()
             raise
 
+    async def flush_metrics(self, timeout: float = FLUSH_METRICS_TIMEOUT_S) -> bool:
+        """Have the accelerator process write what it has counted and not yet written (before
+        a scrape reads the metrics files). False when it did not answer in ``timeout`` (not
+        connected, busy or restarting): the scrape then reads what was written so far, at most
+        ``Tally.interval_s`` old."""
+        channel = self._channel
+        if channel is None or channel.closed or not self._connected.is_set():
+            return False
+        token = next(self._ids)
+        future = self._flushes[token] = asyncio.get_running_loop().create_future()
+        channel.send(m.FlushMetrics(token))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except (TimeoutError, EngineUnavailable):
+            return False
+        finally:
+            self._flushes.pop(token, None)
+
     def _schedule(self) -> None:
         if not self._flushing:
             self._flushing = True
@@ -136,9 +158,15 @@ class EngineClient:
         if cancel:
             channel.send(m.Cancel(cancel))
 
-    def _on_message(self, message: m.Welcome | m.Refused | m.Infos | m.Done | m.Failed) -> None:
+    def _on_message(
+        self, message: m.Welcome | m.Refused | m.Infos | m.Done | m.Failed | m.MetricsFlushed
+    ) -> None:
         if isinstance(message, m.Done):
             self._done(message)
+        elif isinstance(message, m.MetricsFlushed):
+            flushed = self._flushes.get(message.token)
+            if flushed is not None and not flushed.done():
+                flushed.set_result(None)
         elif isinstance(message, m.Failed):
             for rid in message.ids:
                 future, slot = self._pending.pop(rid)
@@ -248,6 +276,9 @@ class EngineClient:
                 for name, info in self._configured.items()
             }
         self._submit, self._cancel = [], []
+        for flushed in self._flushes.values():
+            if not flushed.done():
+                flushed.set_exception(EngineUnavailable(UNREACHABLE))
         pending, self._pending = self._pending, {}
         for future, slot in pending.values():
             if not future.done():

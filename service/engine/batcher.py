@@ -418,8 +418,6 @@ class DynamicBatcher(BatchPolicy):
             )
         waited = [started - item.enqueued for item in batch]
         tally.observe_many(m.queue_duration, waited)
-        if not self._queue and not self._running:
-            tally.flush()  # idle: before the answers go, so that a scrape after them counts them
         for item, row, queue_s in zip(batch, outputs, waited, strict=True):  # lengths checked
             item.reply.set_result((row, BatchInfo(queue_s, compute_s, n, padded)))
 

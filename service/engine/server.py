@@ -76,7 +76,7 @@ class FrontEnd:
 
     # -- what the front end sends ----------------------------------------------------------
 
-    def on_message(self, message: m.Hello | m.Submit | m.Cancel) -> None:
+    def on_message(self, message: m.Hello | m.Submit | m.Cancel | m.FlushMetrics) -> None:
         if isinstance(message, m.Submit):
             if self.welcomed:
                 self.submit(message.items)
@@ -89,6 +89,9 @@ class FrontEnd:
                     ticket.cancelled = True
                     if ticket.task is not None:
                         ticket.task.cancel()
+        elif isinstance(message, m.FlushMetrics):
+            self.server.registry.metrics.refresh()
+            self.channel.send(m.MetricsFlushed(message.token))
         elif isinstance(message, m.Hello):
             self.hello(message)
 

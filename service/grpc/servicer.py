@@ -78,6 +78,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         else:  # every model, each once (``default`` by its model name)
             infos = [plane.engine.info(name) for name in plane.engine.names()]
             models = [v2.Model(info.model_name, info) for info in infos]
+        await self.metrics.settle()
         return model_statistics(models, self.metrics)
 
     async def RepositoryIndex(self, request, context):

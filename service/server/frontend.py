@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         slots=ARENA_SLOTS,
         slot_bytes=item_bytes(settings),
     )
+    metrics.before_scrape(engine.flush_metrics)  # its batches' metrics, written on demand
     admission = SharedAdmission(
         args.run_dir / ADMISSION, args.index, settings.max_queue_images, metrics
     )

@@ -13,6 +13,9 @@ The conversation::
                                          ◀──    Welcome(version, infos)   or Refused(reason)
     Submit([Item, Item, ...])            ──▶    (every item ready in one event-loop turn)
     Cancel([id, ...])                    ──▶    (requests that gave up)
+    FlushMetrics(token)                  ──▶    (a scrape in this front end)
+                                         ◀──    MetricsFlushed(token)  (what the accelerator
+                                                 process counted so far is in its files)
                                          ◀──    Infos({name: PipelineInfo})   (a state change)
                                          ◀──    Done(ids, slots, queue_s, ...)  (one batch's
                                                  items of this front end, rows in their slots)
@@ -42,7 +45,7 @@ from ..errors import ServeError
 from ..pipeline.info import PipelineInfo
 
 # Bumped whenever a message changes shape or meaning.
-VERSION = 1
+VERSION = 2
 
 
 class Hello(msgspec.Struct, tag="hello", array_like=True):
@@ -78,6 +81,18 @@ class Cancel(msgspec.Struct, tag="cancel", array_like=True, gc=False):
     """Requests that gave up: their items are dropped if they have not started."""
 
     ids: list[int]
+
+
+class FlushMetrics(msgspec.Struct, tag="flush-metrics", array_like=True):
+    """A scrape is about to read the metrics files: write what is counted and not yet written
+    (the accelerator process writes its per-batch metrics every ``Tally.interval_s``, not per
+    batch), then answer ``MetricsFlushed`` with the same token."""
+
+    token: int
+
+
+class MetricsFlushed(msgspec.Struct, tag="metrics-flushed", array_like=True):
+    token: int
 
 
 class Welcome(msgspec.Struct, tag="welcome", array_like=True):
@@ -140,8 +155,8 @@ class Failed(msgspec.Struct, tag="failed", array_like=True, gc=False):
     error: Error | None
 
 
-ToEngine = Hello | Submit | Cancel
-ToFrontEnd = Welcome | Refused | Infos | Done | Failed
+ToEngine = Hello | Submit | Cancel | FlushMetrics
+ToFrontEnd = Welcome | Refused | Infos | Done | Failed | MetricsFlushed
 
 
 def _subclasses(cls: type[ServeError]) -> dict[str, type[ServeError]]:

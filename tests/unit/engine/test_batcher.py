@@ -440,30 +440,48 @@ def test_stopping_answers_a_batch_assembled_ahead():
     assert all(isinstance(x, ShuttingDown) for x in out[2:]), out
 
 
-def test_the_metrics_count_every_answered_item_when_the_answers_arrive():
-    """The batcher defers its per-batch metric writes under load and writes them out when it
-    goes idle, before the last answers go: metrics read the moment the answers are in count
-    every item, and the queue depth they show is the queue's."""
+def test_the_batchers_metric_writes_wait_for_a_scrape_or_the_tallys_interval():
+    """The batcher records its per-batch metrics in the process's tally, not once per batch
+    in the metrics (in the pod, each is a write to a memory-mapped file): a scrape the moment
+    the answers are in counts every item (it flushes the tally first; the accelerator process
+    does when a front end asks, tests/system/protocols), and without a scrape they are written
+    within the tally's interval."""
     runner = SlowRunner(0.01)
     metrics = Metrics()
     batcher = DynamicBatcher("model", runner, max_batch_size=4, metrics=metrics)
     counted = []
 
+    def scraped() -> tuple[float, float, float]:
+        samples = {
+            (s.name, tuple(s.labels.values())): s.value
+            for family in metrics.collect()
+            for s in family.samples
+        }
+        return (
+            samples[("serve_inference_count_total", ())],
+            samples[("serve_execution_count_total", ())],
+            samples[("serve_queue_depth", ("model",))],
+        )
+
     async def go():
         for size in (1, 10):
             items = [batcher.submit(np.array([float(i)]), far()) for i in range(size)]
             await asyncio.gather(*items)
-            counted.append(
-                (
-                    metrics.inference_count._value.get(),
-                    metrics.execution_count._value.get(),
-                    metrics.queue_depth.labels("model")._value.get(),
-                )
-            )
+            counted.append(scraped())
+        items = [batcher.submit(np.array([float(i)]), far()) for i in range(3)]
+        await asyncio.gather(*items)
+        counted.append(metrics.inference_count._value.get())  # not written yet
+        await asyncio.sleep(metrics.tally.interval_s * 2)
+        counted.append(metrics.inference_count._value.get())  # written by the interval
 
     asyncio.run(run_with(batcher, go()))
-    assert counted == [(1.0, 1.0, 0.0), (11.0, float(len(runner.batches)), 0.0)]
-    assert sum(runner.batches) == 11
+    assert counted == [
+        (1.0, 1.0, 0.0),
+        (11.0, float(len(runner.batches) - 1), 0.0),
+        11.0,
+        14.0,
+    ]
+    assert sum(runner.batches) == 14
 
 
 class WhereRunner:

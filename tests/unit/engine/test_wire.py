@@ -247,6 +247,33 @@ def test_a_cancelled_item_is_dropped_before_the_model_and_its_slot_comes_back():
     assert free == 8 and expired == 1
 
 
+def test_a_scrape_asks_the_accelerator_process_to_write_what_it_counted():
+    """The accelerator process writes its per-batch metrics every tally interval, not per
+    batch; a front end about to scrape sends ``FlushMetrics`` and the answer comes once they
+    are written. Without a connection the scrape does not wait."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            counted = w.registry.metrics.inference_count
+            w.registry.metrics.tally.flush()  # (and its timer cancelled)
+            w.registry.metrics.tally.interval_s = 60.0  # from now on only a flush writes them
+            seen = spy(client)
+            await asyncio.gather(*(client.run("default", pixels(i), far()) for i in range(3)))
+            before = counted._value.get()
+            flushed = await client.flush_metrics()
+            after = counted._value.get()
+            kinds = [type(x).__name__ for x in seen["sent"] + seen["received"]]
+            await client.stop()
+            started = time.monotonic()
+            return before, flushed, after, kinds, await client.flush_metrics(), started
+
+    before, flushed, after, kinds, unconnected, started = asyncio.run(go())
+    assert (before, flushed, after) == (0.0, True, 3.0)
+    assert "FlushMetrics" in kinds and "MetricsFlushed" in kinds
+    assert unconnected is False and time.monotonic() - started < 0.5
+
+
 def test_an_item_past_its_deadline_is_answered_504_without_running():
     async def go():
         async with wired() as w:
