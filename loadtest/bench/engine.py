@@ -1,9 +1,11 @@
 """``make bench-engine``: the accelerator process alone, fed over the real wire.
 
-    python -m loadtest.bench.engine [--batches 1,8,32,128] [--seconds 8] [--json OUT]
+    python -m loadtest.bench.engine [--batches 1,8,32,128] [--seconds 8] [--backend jax]
+        [--json OUT]
 
 For each batch size B: the accelerator process (``python -m service.engine.process``, the
-stand-in model on JAX: ResNet50's input and output, almost no work between them) pinned to one
+stand-in model, compiled with XLA, on JAX or ``--backend tensorflow``: ResNet50's input and
+output, almost no work between them) pinned to one
 core with ``SERVE_MAX_BATCH_SIZE=B``, and synthetic front ends on the other cores: the real
 client (``dataplane/engine_client.py``) sending pre-decoded 224x224 pixels in a closed loop,
 2B items in flight in all, so that every batch is full and no HTTP or decode runs. Reported per
@@ -113,6 +115,7 @@ def measure(batch: int, args: argparse.Namespace, model: Path) -> dict:
         env = {
             **os.environ,
             "SERVE_BACKEND": args.backend,
+            "SERVE_XLA": "true",  # as make bench-serving runs it (JAX compiles with XLA anyway)
             "SERVE_WEIGHTS": str(model),
             "SERVE_MAX_BATCH_SIZE": str(batch),
             "SERVE_BATCH_BUCKETS": ",".join(map(str, buckets)),

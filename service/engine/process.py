@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,13 @@ async def serve(settings: Settings, run_dir: Path) -> None:
         except Exception:  # its state is failed; the front ends report it (/healthz 503)
             log.critical("model loading failed; the front ends report it")
             return
+        started = time.perf_counter()
         frozen = settle_garbage_collector()
-        log.info("accelerator process: %d objects frozen out of the collector", frozen)
+        log.info(
+            "accelerator process: %d objects frozen out of the collector (%.0f ms)",
+            frozen,
+            1e3 * (time.perf_counter() - started),
+        )
 
     async def tick() -> None:
         while True:

@@ -90,7 +90,9 @@ class FrontEnd:
                     if ticket.task is not None:
                         ticket.task.cancel()
         elif isinstance(message, m.FlushMetrics):
-            self.server.registry.metrics.refresh()
+            # The tally only: the gauges computed on demand (and NVML's readings) are refreshed
+            # each second, and a scrape must not cost this loop more than a few writes.
+            self.server.registry.metrics.tally.flush()
             self.channel.send(m.MetricsFlushed(message.token))
         elif isinstance(message, m.Hello):
             self.hello(message)
