@@ -13,8 +13,8 @@ B: items/s, the mean batch (from the process's own metrics), and the accelerator
 per item and per batch, split by thread (event loop, runner, assembly, the rest), the model's
 call per batch, and a least-squares split of the CPU into a part per item and a part per batch:
 of the whole process, of its event loop's thread, and of the process besides the model's call
-(the stand-in model costs ~0.1 ms per call at batches of one on this CPU, on whichever thread
-runs the batch; a model on a GPU costs the host its launch only).
+(the stand-in model costs 0.1-0.2 ms per call at batches of one on this CPU, JAX and TensorFlow,
+on whichever thread runs the batch; a model on a GPU costs the host its launch only).
 
 Linux only (affinity, /proc). Run by hand; not used by the service or the tests.
 """
