@@ -38,8 +38,9 @@ def settle_garbage_collector() -> int:
     graphs: ~450,000 objects in the accelerator process with TensorFlow and the stand-in model,
     ~80,000 in a front end) out of the cyclic collector's sight, and return how many.
     Serving allocates a few objects per item or request that die young; without this, every
-    full collection walks the set-up's objects again (make bench-engine: ~7 % of the
-    accelerator process's CPU at batches of one). New cycles are collected as before."""
+    full collection walks the set-up's objects again (py-spy under make bench-engine: ~7 %
+    of the accelerator process's samples at batches of one, docs/BENCHMARKS.md). New cycles
+    are collected as before."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -364,9 +364,9 @@ class DynamicBatcher(BatchPolicy):
                 assembly_s = result[3] if len(result) > 3 else 0.0
                 tally.inc(self._assembly_inline, assembly_s)
             else:
-                prepared, assembly_s = await assembly
-                tally.inc(self._assembly_ahead, assembly_s)
-                assembly_s = 0.0  # not on this loop
+                prepared, ahead_s = await assembly
+                tally.inc(self._assembly_ahead, ahead_s)
+                assembly_s = 0.0  # the assembly thread's, never part of this loop's pause
                 assert self._ahead_fns is not None
                 execute = self._ahead_fns[instance][1]
                 if here:

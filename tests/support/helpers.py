@@ -119,6 +119,15 @@ def stop_server(server: Server, sig: int | None = None, timeout: float = 60) -> 
     return server.process.returncode
 
 
+def metric_value(text: str, name: str) -> float:
+    """The value of the sample ``name`` (with its labels as rendered, e.g.
+    ``serve_ready`` or ``x_total{stage="a"}``) in a Prometheus text scrape; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def far() -> float:
     """A deadline no batcher test reaches."""
     return time.monotonic() + 30

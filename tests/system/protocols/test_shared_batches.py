@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tests.support.helpers import free_port
+from tests.support.helpers import free_port, metric_value
 from tests.support.protocols import encoded, noise_image
 
 
@@ -76,11 +76,10 @@ def test_requests_of_every_protocol_share_one_batch(make_client):
 def _counted(client) -> tuple[float, float]:
     """Batches run and images inferred, as a scrape reads them."""
     text = client.get("/metrics").text
-
-    def value(name: str) -> float:
-        return float(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[-1])
-
-    return value("serve_execution_count_total"), value("serve_inference_count_total")
+    return (
+        metric_value(text, "serve_execution_count_total"),
+        metric_value(text, "serve_inference_count_total"),
+    )
 
 
 def test_a_concurrent_grpc_and_http_load_is_answered_in_shared_batches(make_client):

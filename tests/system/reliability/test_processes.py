@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support.harness import engine, frontend_of, frontends
-from tests.support.helpers import encode, photo_like, start_server, stop_server
+from tests.support.helpers import encode, metric_value, photo_like, start_server, stop_server
 
 JPEG = {"content-type": "image/jpeg"}
 
@@ -175,10 +175,6 @@ def _two(sock: socket.socket, image: bytes) -> tuple[int, dict]:
 def test_metrics_are_one_view_of_every_process(server):
     """Counters summed over the front ends and the accelerator process, in any scrape."""
 
-    def value(text: str, name: str) -> float:
-        line = next((x for x in text.splitlines() if x.startswith(name + " ")), None)
-        return float(line.split()[-1]) if line else 0.0
-
     name = 'serve_request_success_total{protocol="http",route="/v1/classify"}'
     before = httpx.get(server.url + "/metrics").text
     image = encode(photo_like(48, 48))
@@ -187,13 +183,13 @@ def test_metrics_are_one_view_of_every_process(server):
             assert client.post(server.url + "/v1/classify", content=image, headers=JPEG).is_success
     scrapes = [httpx.get(server.url + "/metrics").text for _ in range(4)]
     for text in scrapes:
-        assert value(text, name) - value(before, name) == 12
+        assert metric_value(text, name) - metric_value(before, name) == 12
         assert (
-            value(text, "serve_inference_count_total")
-            - value(before, "serve_inference_count_total")
+            metric_value(text, "serve_inference_count_total")
+            - metric_value(before, "serve_inference_count_total")
             == 12
         )
-        assert "serve_runner_busy_ratio" in text and value(text, "serve_ready") == 1.0
+        assert "serve_runner_busy_ratio" in text and metric_value(text, "serve_ready") == 1.0
 
 
 def test_a_job_submitted_on_one_front_end_is_seen_by_every_other(server):

@@ -7,7 +7,7 @@ import pytest
 
 from service.model.normalize import normalize
 from service.preprocess.decode import PreprocessConfig, decode
-from tests.support.helpers import encode, photo_like
+from tests.support.helpers import encode, metric_value, photo_like
 from tests.support.tiny import build_tiny_backbone, build_tiny_head
 
 JPEG = {"content-type": "image/jpeg"}
@@ -122,7 +122,7 @@ def test_a_cpu_stage_between_models_normalises_the_features_in_the_pool(client, 
     ]
     assert stages[2]["function"] == "service.pipeline.cpu_functions:l2_normalize"
     text = client.get("/metrics").text
-    assert _value(text, 'serve_stage_duration_seconds_count{stage="normed/unit"}') >= 1
+    assert metric_value(text, 'serve_stage_duration_seconds_count{stage="normed/unit"}') >= 1
     assert 'serve_queue_depth{stage="normed/unit"} 0.0' in text
 
 
@@ -198,17 +198,10 @@ def test_every_stage_reports_queue_depth_busy_fraction_and_time(client):
     text = client.get("/metrics").text
     for stage in ("two/preprocess", "two/backbone", "two/head", "two/topk"):
         count = f'serve_stage_duration_seconds_count{{stage="{stage}"}}'
-        assert _value(text, count) - _value(before, count) == 3, stage
-        assert 0 < _value(text, f'serve_stage_busy_ratio{{stage="{stage}"}}') <= 1, stage
+        assert metric_value(text, count) - metric_value(before, count) == 3, stage
+        assert 0 < metric_value(text, f'serve_stage_busy_ratio{{stage="{stage}"}}') <= 1, stage
     for stage in ("two/preprocess", "two/backbone", "two/head"):
         assert f'serve_queue_depth{{stage="{stage}"}} 0.0' in text, stage
-
-
-def _value(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def test_the_standard_protocols_serve_a_configured_pipeline_by_model_name(client, pipelines_file):

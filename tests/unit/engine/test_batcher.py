@@ -451,7 +451,7 @@ def test_the_batchers_metric_writes_wait_for_a_scrape_or_the_tallys_interval():
     batcher = DynamicBatcher("model", runner, max_batch_size=4, metrics=metrics)
     counted = []
 
-    def scraped() -> tuple[float, float, float]:
+    def scraped() -> tuple[float, ...]:
         samples = {
             (s.name, tuple(s.labels.values())): s.value
             for family in metrics.collect()
@@ -467,7 +467,7 @@ def test_the_batchers_metric_writes_wait_for_a_scrape_or_the_tallys_interval():
         for size in (1, 10):
             items = [batcher.submit(np.array([float(i)]), far()) for i in range(size)]
             await asyncio.gather(*items)
-            counted.append(scraped())
+            counted.append((*scraped(), float(len(runner.batches))))
         items = [batcher.submit(np.array([float(i)]), far()) for i in range(3)]
         await asyncio.gather(*items)
         counted.append(metrics.inference_count._value.get())  # not written yet
@@ -475,12 +475,11 @@ def test_the_batchers_metric_writes_wait_for_a_scrape_or_the_tallys_interval():
         counted.append(metrics.inference_count._value.get())  # written by the interval
 
     asyncio.run(run_with(batcher, go()))
-    assert counted == [
-        (1.0, 1.0, 0.0),
-        (11.0, float(len(runner.batches) - 1), 0.0),
-        11.0,
-        14.0,
-    ]
+    (first, second, unwritten, written) = counted
+    assert first == (1.0, 1.0, 0.0, 1.0)
+    inferred, executions, depth, batches_run = second
+    assert (inferred, depth) == (11.0, 0.0) and executions == batches_run
+    assert (unwritten, written) == (11.0, 14.0)
     assert sum(runner.batches) == 14
 
 
