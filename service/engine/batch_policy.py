@@ -32,17 +32,18 @@ of the last batch.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from typing import Any
+
+from .wakeup import Wakeup
 
 
 class BatchPolicy:
     """The batch-forming half of :class:`~.batcher.DynamicBatcher` (which sets these)."""
 
     _queue: collections.deque[Any]
-    _wakeup: asyncio.Event
+    _wakeup: Wakeup
     max_batch_size: int
     max_delay_s: float
     exact_sizes: list[int] | None
@@ -91,9 +92,7 @@ class BatchPolicy:
             if remaining <= 0:
                 return
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            if not await self._wakeup.wait(remaining):
                 return
 
     def _regroup_budget(self) -> float:
@@ -107,9 +106,7 @@ class BatchPolicy:
             if remaining <= 0:
                 return False
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+            if not await self._wakeup.wait(remaining):
                 return len(self._queue) >= count
         return True
 

@@ -58,6 +58,7 @@ from ..pipeline.info import BatchInfo
 from .batch_policy import BatchPolicy
 from .replies import GIVEN_UP, FutureReply, Reply
 from .runner_thread import RunnerThread
+from .wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class DynamicBatcher(BatchPolicy):
         self.max_queue = max_queue
         self._metrics = metrics
         self._queue: collections.deque[_Item] = collections.deque()
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
         self._runners = [
             RunnerThread(f"runner-{name}-{i}", f"runner-{i}") for i in range(self.instances)
         ]

@@ -52,14 +52,16 @@ class RunnerThread:
         name_thread(self.system_name)
         while (call := self._calls.get()) is not None:
             loop, future, fn, args = call
+            answer: Callable[[asyncio.Future, Any], None]
             try:
-                result = fn(*args)
+                value = fn(*args)
+                answer = _set_result
             except BaseException as exc:  # noqa: BLE001 - the awaiting task gets it
-                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_set_exception, future, exc)
-            else:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_set_result, future, result)
+                answer, value = _set_exception, exc
+            try:
+                loop.call_soon_threadsafe(answer, future, value)
+            except RuntimeError:  # the loop is closed: nobody waits
+                pass
 
 
 def _set_result(future: asyncio.Future, result: Any) -> None:

@@ -130,3 +130,14 @@ def test_a_lone_item_laid_out_as_the_model_reads_it_is_read_in_place(runner):
     frozen[...] = before[0]
     frozen.flags.writeable = False
     np.testing.assert_allclose(runner.run([frozen])[0], expected["before"], atol=1e-5)
+
+
+def test_an_item_of_another_shape_is_refused_not_broadcast(runner):
+    """Items are copied row by row into the batch's buffer; a row of the wrong shape (one
+    that a plain assignment would broadcast into the row) fails the batch."""
+    good = np.zeros((32, 32, 3), np.uint8)
+    for bad in (np.zeros((32, 3), np.uint8), np.zeros((1, 32, 32, 3), np.uint8)):
+        with pytest.raises(ValueError, match="shape"):
+            runner.assemble([good, bad])
+    out, padded, _, _ = runner.run([good, good, good])
+    assert out.shape == (3, 10) and padded == 4
