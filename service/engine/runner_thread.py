@@ -51,17 +51,36 @@ class RunnerThread:
     def _serve(self) -> None:
         name_thread(self.system_name)
         while (call := self._calls.get()) is not None:
-            loop, future, fn, args = call
-            answer: Callable[[asyncio.Future, Any], None]
-            try:
-                value = fn(*args)
-                answer = _set_result
-            except BaseException as exc:  # noqa: BLE001 - the awaiting task gets it
-                answer, value = _set_exception, exc
-            try:
-                loop.call_soon_threadsafe(answer, future, value)
-            except RuntimeError:  # the loop is closed: nobody waits
-                pass
+            _run(*call)
+            # Nothing of a call stays alive while the thread waits for the next: its items are
+            # views of a front end's shared memory, which is unmapped only once none is left.
+            del call
+
+
+def _run(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future, fn: Callable[..., Any], args: tuple
+) -> None:
+    try:
+        result = fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - the awaiting task gets it
+        _answer(loop, _set_exception, future, exc)
+        # The exception's traceback holds this frame: without the future in it, there is no
+        # cycle (future, exception, frame), and what the call held goes with the exception.
+        del future
+    else:
+        _answer(loop, _set_result, future, result)
+
+
+def _answer(
+    loop: asyncio.AbstractEventLoop,
+    answer: Callable[[asyncio.Future, Any], None],
+    future: asyncio.Future,
+    value: Any,
+) -> None:
+    try:
+        loop.call_soon_threadsafe(answer, future, value)
+    except RuntimeError:  # the loop is closed: nobody waits
+        pass
 
 
 def _set_result(future: asyncio.Future, result: Any) -> None:

@@ -71,3 +71,35 @@ async def _close_waits_for_the_calls_handed_over():
     await asyncio.to_thread(runner.close)
     assert done == [0, 1, 2]
     runner.close()  # twice: nothing to do
+
+
+def test_nothing_of_a_call_stays_alive_while_the_thread_waits():
+    """A batch's items are views of a front end's shared memory, which the accelerator process
+    unmaps only once no view of it is left: an idle runner thread must not hold the last call's
+    arguments, result or exception."""
+    asyncio.run(_nothing_of_a_call_stays_alive_while_the_thread_waits())
+
+
+async def _nothing_of_a_call_stays_alive_while_the_thread_waits():
+    import weakref
+
+    import numpy as np
+
+    runner = RunnerThread("runner-test-2", "runner-2")
+
+    def ok(item: np.ndarray) -> np.ndarray:
+        return item * 2
+
+    def fails(item: np.ndarray) -> None:
+        raise ValueError(f"no: {item.shape}")
+
+    for fn in (ok, fails):
+        item = np.zeros(8)
+        gone = weakref.ref(item)
+        answer = await asyncio.gather(runner.submit(fn, item), return_exceptions=True)
+        del item, answer
+        deadline = time.monotonic() + 5
+        while gone() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the thread drops the call right after answering it
+        assert gone() is None, f"the idle thread still holds {fn.__name__}'s argument"
+    runner.close()
