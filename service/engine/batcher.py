@@ -280,8 +280,7 @@ class DynamicBatcher(BatchPolicy):
             ahead = next((i for i in self._free if i in self._ahead), None)
             if ahead is not None:  # its next batch is assembled: start it at once
                 self._free.remove(ahead)
-                batch, assembly = self._ahead.pop(ahead)
-                self._dispatch(ahead, batch, assembly)
+                self._dispatch(ahead, *self._ahead.pop(ahead))
                 continue
             if not self._queue:
                 budget = self._regroup_budget() if self._last_batch else 0.0
@@ -299,9 +298,11 @@ class DynamicBatcher(BatchPolicy):
             if not self._free:
                 continue
             batch = self._take_batch()
-            if not batch:
-                continue
-            self._dispatch(self._free.pop(), batch, None)
+            if batch:
+                self._dispatch(self._free.pop(), batch, None)
+            # This loop waits between batches: it must not hold the last one's items, views
+            # of a front end's shared memory that is unmapped only once none is left.
+            del batch
 
     def _dispatch(self, instance: int, batch: list[_Item], assembly: asyncio.Future | None) -> None:
         self.running_items += len(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
@@ -87,10 +88,16 @@ class Arena:
     # -- both ends: contents ---------------------------------------------------------------
 
     def view(self, slot: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        """The slot's contents as an array (no copy: valid while the slot is held)."""
+        """The slot's contents as an array (no copy: valid while the slot is held).
+
+        The array holds an export of the segment's buffer, so :meth:`close` fails while it
+        lives. (``np.ndarray(buffer=...)`` holds none with NumPy 2: the segment would be
+        unmapped under it, and reading it would crash the process.)"""
         buf = self.shm.buf
         assert buf is not None
-        return np.ndarray(shape, dtype=dtype, buffer=buf, offset=slot * self.stride)
+        count = math.prod(shape)
+        flat = np.frombuffer(buf, dtype=dtype, count=count, offset=slot * self.stride)
+        return flat.reshape(shape)
 
     def fits(self, array: np.ndarray) -> bool:
         return array.nbytes <= self.slot_bytes

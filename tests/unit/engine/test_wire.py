@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +35,7 @@ from service.settings import Settings
 from service.wire import messages as m
 from service.wire.channel import Channel, msgpack_codec
 from tests.support.harness import GatedRunner
+from tests.support.helpers import ROOT
 from tests.support.tiny import tiny_loaded
 
 SIZE = 32
@@ -319,6 +322,29 @@ def test_a_front_end_that_goes_away_mid_batch_loses_only_its_own_items():
     assert items == 2  # the held batch ran to its end; the gone front end's queued item never did
 
 
+def test_a_departed_front_ends_arena_is_unmapped_once_its_items_are_done():
+    """Its slots are mapped in the accelerator process until no view of them is left; a
+    runner thread that ran its last batch and now waits holds none."""
+
+    async def go():
+        async with wired(inline_batch_ms=0) as w:  # every batch in a runner thread
+            gone = await w.client(index=0)
+            row, _ = await gone.run("default", pixels(0), far())
+            frontend = next(iter(w.server.frontends))
+            assert frontend.arena is not None
+            gone._stopping = True
+            gone._channel.transport.abort()  # the process died: its socket closes
+            for _ in range(150):  # a view still alive is retried each second
+                if frontend.arena is None:
+                    break
+                await asyncio.sleep(0.02)
+            return row, frontend.arena, w.server.frontends
+
+    row, arena, frontends = asyncio.run(go())
+    assert row.shape == (10,)
+    assert arena is None and not frontends
+
+
 def test_the_accelerator_process_going_away_fails_every_item_in_flight_at_once():
     async def go():
         async with wired() as w:
@@ -459,3 +485,29 @@ def test_every_slot_of_an_arena_starts_on_a_64_byte_line():
         del views
     finally:
         arena.close()
+
+
+def test_an_arena_is_not_unmapped_under_a_view_of_it():
+    """The accelerator process unmaps a departed front end's arena once no view of it is left
+    (``EngineServer.release``): ``close`` must refuse while a view lives, as reading a view of
+    an unmapped segment crashes the process. Checked in a child process, which the crash would
+    end with SIGSEGV instead of failing this test run."""
+    code = """
+import numpy as np
+from service.wire.arena import Arena
+
+owner = Arena(2, 4096)
+engine = Arena(2, 4096, name=owner.name)
+owner.write(1, np.full(4096, 7, np.uint8))
+view = engine.view(1, (64, 64), "|u1")
+print("closed" if engine.close() else "refused", flush=True)
+print(int(view.sum()), flush=True)  # reads the slot: a crash if it was unmapped
+del view
+print("closed" if engine.close() else "refused", flush=True)
+assert owner.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert done.stdout.split() == ["refused", str(7 * 4096), "closed"]
