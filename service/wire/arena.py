@@ -95,8 +95,14 @@ class Arena:
         unmapped under it, and reading it would crash the process.)"""
         buf = self.shm.buf
         assert buf is not None
+        dt = np.dtype(dtype)
         count = math.prod(shape)
-        flat = np.frombuffer(buf, dtype=dtype, count=count, offset=slot * self.stride)
+        if not 0 <= slot < self.slots or count * dt.itemsize > self.slot_bytes:
+            raise ValueError(
+                f"no slot {slot} of {list(shape)} {dt.str} in an arena of {self.slots} slots "
+                f"of {self.slot_bytes} bytes"
+            )
+        flat = np.frombuffer(buf, dtype=dt, count=count, offset=slot * self.stride)
         return flat.reshape(shape)
 
     def fits(self, array: np.ndarray) -> bool:

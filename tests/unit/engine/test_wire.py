@@ -27,6 +27,7 @@ from service.errors import (
     InvalidInput,
     ModelError,
     NotFound,
+    ServeError,
     ShuttingDown,
 )
 from service.metrics import Metrics
@@ -343,6 +344,47 @@ def test_a_departed_front_ends_arena_is_unmapped_once_its_items_are_done():
     row, arena, frontends = asyncio.run(go())
     assert row.shape == (10,)
     assert arena is None and not frontends
+
+
+def test_an_item_the_accelerator_process_cannot_read_fails_alone():
+    """A front end's bug (a slot past its arena, a shape larger than a slot, a dtype numpy does
+    not know, inline bytes of the wrong size) fails that item with a 500; the item beside them
+    in the same message runs, and the connection stays up."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client(slots=4)
+            loop = asyncio.get_running_loop()
+            good = pixels(3)
+            slot = client.arena.take()
+            client.arena.write(slot, good)
+            shape = (SIZE, SIZE, 3)
+            items = [
+                m.Item(9001, "default", 4, shape, "|u1", far()),
+                m.Item(9002, "default", 1, (SIZE * 4, SIZE * 4, 3), "|u1", far()),
+                m.Item(9003, "default", 2, shape, "nonsense", far()),
+                m.Item(9004, "default", -1, shape, "|u1", far(), b"short"),
+                m.Item(9005, "default", slot, shape, "|u1", far()),
+            ]
+            answers = {}
+            for item in items:  # as the client's own submit records them
+                answers[item.id] = loop.create_future()
+                client._pending[item.id] = (answers[item.id], item.slot if item.id == 9005 else -1)
+            client._channel.send(m.Submit(items))
+            got = await asyncio.wait_for(
+                asyncio.gather(*answers.values(), return_exceptions=True), 30
+            )
+            after, _ = await client.run("default", good, far())  # the connection is up
+            return dict(zip(answers, got, strict=True)), after, client.arena.free
+
+    got, after, free = asyncio.run(go())
+    for rid in (9001, 9002, 9003, 9004):
+        error = got[rid]
+        assert isinstance(error, ServeError), (rid, error)
+        assert error.status == 500 and "cannot read it" in error.message
+    row, _ = got[9005]
+    np.testing.assert_allclose(row, after, rtol=1e-5)  # the same image, the same answer
+    assert free == 4  # every slot back
 
 
 def test_the_accelerator_process_going_away_fails_every_item_in_flight_at_once():
