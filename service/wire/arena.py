@@ -97,7 +97,8 @@ class Arena:
         assert buf is not None
         dt = np.dtype(dtype)
         count = math.prod(shape)
-        if not 0 <= slot < self.slots or count * dt.itemsize > self.slot_bytes:
+        fits = 0 <= count * dt.itemsize <= self.slot_bytes and min(shape, default=0) >= 0
+        if not (0 <= slot < self.slots and fits):
             raise ValueError(
                 f"no slot {slot} of {list(shape)} {dt.str} in an arena of {self.slots} slots "
                 f"of {self.slot_bytes} bytes"

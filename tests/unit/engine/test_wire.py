@@ -348,8 +348,8 @@ def test_a_departed_front_ends_arena_is_unmapped_once_its_items_are_done():
 
 def test_an_item_the_accelerator_process_cannot_read_fails_alone():
     """A front end's bug (a slot past its arena, a shape larger than a slot, a dtype numpy does
-    not know, inline bytes of the wrong size) fails that item with a 500; the item beside them
-    in the same message runs, and the connection stays up."""
+    not know, inline bytes of the wrong size, a negative dimension) fails that item with a 500;
+    the item beside them in the same message runs, and the connection stays up."""
 
     async def go():
         async with wired() as w:
@@ -364,6 +364,7 @@ def test_an_item_the_accelerator_process_cannot_read_fails_alone():
                 m.Item(9002, "default", 1, (SIZE * 4, SIZE * 4, 3), "|u1", far()),
                 m.Item(9003, "default", 2, shape, "nonsense", far()),
                 m.Item(9004, "default", -1, shape, "|u1", far(), b"short"),
+                m.Item(9006, "default", 3, (-1,), "|u1", far()),  # "the rest of the buffer"
                 m.Item(9005, "default", slot, shape, "|u1", far()),
             ]
             answers = {}
@@ -378,7 +379,7 @@ def test_an_item_the_accelerator_process_cannot_read_fails_alone():
             return dict(zip(answers, got, strict=True)), after, client.arena.free
 
     got, after, free = asyncio.run(go())
-    for rid in (9001, 9002, 9003, 9004):
+    for rid in (9001, 9002, 9003, 9004, 9006):
         error = got[rid]
         assert isinstance(error, ServeError), (rid, error)
         assert error.status == 500 and "cannot read it" in error.message
