@@ -44,6 +44,7 @@ class Arena:
         self.slots = slots
         self.slot_bytes = slot_bytes
         self.stride = -(-slot_bytes // LINE) * LINE  # both ends compute it alike
+        self._layouts: dict[tuple[tuple[int, ...], str], tuple[np.dtype, int]] = {}
         self.owner = name is None
         size = max(1, slots * self.stride)
         if self.owner:
@@ -95,16 +96,25 @@ class Arena:
         unmapped under it, and reading it would crash the process.)"""
         buf = self.shm.buf
         assert buf is not None
+        layout = self._layouts.get((shape, dtype))
+        if layout is None:
+            layout = self._layout(shape, dtype)
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"no slot {slot} in an arena of {self.slots} slots")
+        flat = np.frombuffer(buf, dtype=layout[0], count=layout[1], offset=slot * self.stride)
+        return flat.reshape(shape)
+
+    def _layout(self, shape: tuple[int, ...], dtype: str) -> tuple[np.dtype, int]:
+        """An item's type and element count, checked to fit a slot (kept: items repeat)."""
         dt = np.dtype(dtype)
         count = math.prod(shape)
-        fits = 0 <= count * dt.itemsize <= self.slot_bytes and min(shape, default=0) >= 0
-        if not (0 <= slot < self.slots and fits):
+        if min(shape, default=0) < 0 or not 0 <= count * dt.itemsize <= self.slot_bytes:
             raise ValueError(
-                f"no slot {slot} of {list(shape)} {dt.str} in an arena of {self.slots} slots "
-                f"of {self.slot_bytes} bytes"
+                f"{list(shape)} {dt.str} does not fit a slot of {self.slot_bytes} bytes"
             )
-        flat = np.frombuffer(buf, dtype=dt, count=count, offset=slot * self.stride)
-        return flat.reshape(shape)
+        if len(self._layouts) < 64:
+            self._layouts[(shape, dtype)] = (dt, count)
+        return dt, count
 
     def fits(self, array: np.ndarray) -> bool:
         return array.nbytes <= self.slot_bytes
