@@ -5,10 +5,10 @@
 
 For each batch size B: the accelerator process (``python -m service.engine.process``, the
 stand-in model, compiled with XLA, on JAX or ``--backend tensorflow``: ResNet50's input and
-output, almost no work between them) pinned to one
-core with ``SERVE_MAX_BATCH_SIZE=B``, and synthetic front ends on the other cores: the real
-client (``dataplane/engine_client.py``) sending pre-decoded 224x224 pixels in a closed loop,
-2B items in flight in all, so that every batch is full and no HTTP or decode runs. Reported per
+output, almost no work between them) pinned to one core with ``SERVE_MAX_BATCH_SIZE=B``, and
+synthetic front ends on the other cores: the real client (``dataplane/engine_client.py``)
+sending pre-decoded 224x224 pixels in a closed loop, 2B items in flight in all, so that every
+batch is full and no HTTP or decode runs. Reported per
 B: items/s, the mean batch (from the process's own metrics), and the accelerator process's CPU
 per item and per batch, split by thread (event loop, runner, assembly, the rest), the model's
 call per batch, and a least-squares split of the CPU into a part per item and a part per batch:

@@ -13,8 +13,8 @@ socket I/O, the gRPC framing and the handler.
 
 It times the same bytes a second way, ``framed``: HTTP/2 framing written for this one case
 (the frame headers read with ``struct``, the request's header block decoded by ``hpack``, the
-DATA payloads joined, one WINDOW_UPDATE per call for the connection and the stream, the answer's
-HEADERS and trailers as fixed bytes). That is the floor of a unary-only server in Python,
+DATA payloads joined, the connection's window returned in one WINDOW_UPDATE (the stream has
+ended), the answer's HEADERS and trailers as fixed bytes). That is the floor of a unary-only server in Python,
 before everything such a server must also do (SETTINGS, PING, GOAWAY, RST_STREAM,
 CONTINUATION, the peer's windows, limits): what writing one would buy against grpcio.
 """
@@ -103,7 +103,6 @@ class Framed:
     def __init__(self) -> None:
         self.decoder = hpack.Decoder()
         self.buffer = b""
-        self.headers: dict[int, list] = {}
         self.parts: dict[int, list[bytes]] = {}
 
     def receive(self, data: bytes) -> bytes:
@@ -130,13 +129,12 @@ class Framed:
                     payload = payload[1 : size - payload[0]]
                 if flags & PRIORITY:
                     payload = payload[5:]
-                self.headers[stream] = list(self.decoder.decode(bytes(payload), raw=True))
+                self.decoder.decode(bytes(payload), raw=True)  # a server would route on them
                 self.parts[stream] = []
             else:
                 continue
             if flags & END_STREAM:
                 b"".join(self.parts.pop(stream))
-                self.headers.pop(stream)
                 out.append(_frame(HEADERS, 0x4, stream, _STATUS_200))
                 out.append(_frame(DATA, 0, stream, ANSWER))
                 out.append(_frame(HEADERS, 0x5, stream, _TRAILERS))

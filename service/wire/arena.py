@@ -112,7 +112,7 @@ class Arena:
             raise ValueError(
                 f"{list(shape)} {dt.str} does not fit a slot of {self.slot_bytes} bytes"
             )
-        if len(self._layouts) < 64:
+        if len(self._layouts) < 64:  # a few per pipeline; a misbehaving peer cannot grow it
             self._layouts[(shape, dtype)] = (dt, count)
         return dt, count
 
