@@ -20,11 +20,12 @@ from ..dataplane.dataplane import DataPlane
 from ..dataplane.request import InferRequest, InferResult
 from ..errors import (
     DeadlineExceeded,
+    InternalError,
     InvalidInput,
     JobFailed,
     ModelError,
-    NotFound,
     NotReady,
+    ServeError,
     Unavailable,
 )
 from ..metrics import Metrics
@@ -133,8 +134,20 @@ class JobRunner:
                 log.exception("job store unavailable; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            if claim is not None:
+            if claim is None:
+                continue
+            try:
                 await self._handle(claim)
+            except asyncio.CancelledError:
+                raise
+            except Abandoned:  # stopping or draining: the loop's own checks take over
+                continue
+            except Exception:
+                # The worker outlives any one job. Its claim stays unacknowledged: Redis hands
+                # the job out again once the claim is not renewed, the pod's shared store once
+                # this front end's connection to it drops (why a save fails there).
+                log.exception("job %s: could not be finished", claim.job.id)
+                await asyncio.sleep(1.0)
 
     async def _handle(self, claim: Claim) -> None:
         job = claim.job
@@ -180,8 +193,13 @@ class JobRunner:
             for offset in range(0, len(images), chunk):
                 part = images[offset : offset + chunk]
                 results.append(await self._chunk(job, part, offset))
-        except (JobFailed, NotFound) as exc:
-            job.status, job.error = FAILED, {"code": exc.code, "message": exc.message}
+        except (Abandoned, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # Whatever else the images met (the accelerator process could not read one, a
+            # bug) fails this job with its reason: it would fail the same way on every retry.
+            error = exc if isinstance(exc, ServeError) else InternalError.of(exc, "job", log)
+            job.status, job.error = FAILED, {"code": error.code, "message": error.message}
         else:
             job.status = SUCCEEDED
             total_ms = 1000 * (time.perf_counter() - start)
