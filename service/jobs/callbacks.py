@@ -53,6 +53,12 @@ def check_callback_url(url: str, allowed_hosts: list[str]) -> str:
         raise CallbackRefused(
             "invalid_callback_url", "callback_url must be an absolute http:// or https:// URL"
         )
+    try:
+        # What the client sends to: its parser refuses what urlsplit lets through (control
+        # characters), which would otherwise surface only at delivery.
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise CallbackRefused("invalid_callback_url", f"callback_url is not valid: {exc}") from None
     if parts.username is not None or parts.password is not None:
         raise CallbackRefused("invalid_callback_url", "callback_url must not carry credentials")
     host = parts.hostname.lower()

@@ -108,6 +108,11 @@ def test_a_bad_image_fails_the_job_naming_its_index(client):
             400,
             "invalid_callback_url",
         ),
+        (  # accepted by urlsplit, refused by the client that delivers callbacks
+            {"json": {"images": [{"b64": "AAAA"}], "callback_url": "http://127.0.0.1/\r\nX: y"}},
+            400,
+            "invalid_callback_url",
+        ),
         ({"json": {"images": [{"b64": "AAAA"}], "priority": 1}}, 400, "invalid_request"),
     ],
 )
