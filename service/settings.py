@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     job_concurrency: int = Field(2, ge=1)
     # Redis: a job whose replica has not renewed its claim for this long is taken over.
     job_claim_idle_s: float = Field(30.0, gt=0)
+    # Starts of one job: a job whose runner died this many times (a replica or front end lost
+    # mid-job, as one the job itself may bring down) fails instead of starting again.
+    job_max_attempts: int = Field(3, ge=1)
     # Callbacks: hosts (host or host:port) that callback_url may name; empty: no callbacks.
     callback_allowed_hosts: HostList = Field(default_factory=list)
     # Key of the HMAC-SHA256 signature header of callbacks (from a Secret).

@@ -154,17 +154,10 @@ class JobRunner:
         if job.attempts > 1 and not job.finished:
             self.metrics.jobs.labels("claimed").inc()
         if not job.finished:
-            heartbeat = asyncio.create_task(self._renew(claim))
-            try:
-                await self._run(job, claim.images)
-            except (Abandoned, asyncio.CancelledError):
-                if not getattr(self.store, "durable", False):
-                    job.status, job.finished_at = FAILED, time.time()
-                    job.error = {"code": "shutdown", "message": "the service stopped"}
-                    await asyncio.shield(self.store.save(job))
-                raise
-            finally:
-                heartbeat.cancel()
+            if job.attempts > self.settings.job_max_attempts:
+                self._give_up(job)
+            else:
+                await self._attempt(job, claim)
             await self.store.save(job)
             self.metrics.jobs.labels(job.status).inc()
             log.info("job %s %s (%d images)", job.id, job.status, job.images)
@@ -172,6 +165,31 @@ class JobRunner:
             await self._callback(job)
             await self.store.save(job)
         await self.store.ack(claim)
+
+    async def _attempt(self, job: Job, claim: Claim) -> None:
+        heartbeat = asyncio.create_task(self._renew(claim))
+        try:
+            await self._run(job, claim.images)
+        except (Abandoned, asyncio.CancelledError):
+            if not getattr(self.store, "durable", False):
+                job.status, job.finished_at = FAILED, time.time()
+                job.error = {"code": "shutdown", "message": "the service stopped"}
+                await asyncio.shield(self.store.save(job))
+            raise
+        finally:
+            heartbeat.cancel()
+
+    def _give_up(self, job: Job) -> None:
+        """Fails a job whose runners all died while it ran: one that brings down whoever
+        runs it (memory, a crash) would otherwise take every replica down in turn."""
+        runs = job.attempts - 1
+        job.status, job.finished_at = FAILED, time.time()
+        job.error = {
+            "code": "too_many_attempts",
+            "message": f"the job's runner stopped {runs} times while running it (a replica or "
+            "front end died); it is not started again (SERVE_JOB_MAX_ATTEMPTS)",
+        }
+        log.error("job %s: failed after %d runs that did not finish", job.id, runs)
 
     async def _renew(self, claim: Claim) -> None:
         interval = self.settings.job_claim_idle_s / 3

@@ -7,7 +7,7 @@ import types
 
 from service.errors import InternalError
 from service.jobs.memory import MemoryJobStore
-from service.jobs.record import FAILED
+from service.jobs.record import FAILED, Job
 from service.jobs.runner import JobRunner
 from service.metrics import Metrics
 from service.settings import Settings
@@ -96,3 +96,28 @@ def test_a_worker_whose_save_fails_goes_on_to_the_next_job():
     done, failed_saves = asyncio.run(run())
     assert failed_saves == 1
     assert done.status == FAILED and done.error["message"] == "second"
+
+
+def test_a_job_started_more_than_the_most_attempts_fails_without_running():
+    async def run():
+        store = MemoryJobStore(max_jobs=10, ttl_s=60)
+        plane = Plane(InternalError("ran"))  # one run: a second call would raise IndexError
+        runner = JobRunner(store, plane, Settings(job_max_attempts=2), Metrics(), workers=1)
+        # Jobs whose runners died once and twice before (the store counts each take).
+        jobs = [
+            Job(id=Job.new_id(), pipeline="default", top_k=1, images=1, attempts=n) for n in (1, 2)
+        ]
+        for job in jobs:
+            await store.submit(job, [b"jpeg"])
+        await runner.start()
+        try:
+            return [await _finish(runner, store, job.id) for job in jobs], plane.errors
+        finally:
+            await runner.stop()
+
+    (second, third), left = asyncio.run(run())
+    assert left == []
+    assert second.status == FAILED and second.attempts == 2 and second.error["message"] == "ran"
+    assert third.status == FAILED and third.attempts == 3
+    assert third.error["code"] == "too_many_attempts"
+    assert "stopped 2 times" in third.error["message"]
