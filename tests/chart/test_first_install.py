@@ -207,6 +207,22 @@ def test_a_non_serve_setting_points_at_extra_env():
     assert "secretSettings.NO_PROXY" in fails("secretSettings.NO_PROXY=x")
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("settings.SERVE_GRACEFUL_TIMEOUT_S=100", "terminationGracePeriodSeconds"),
+        ("secretSettings.SERVE_MODEL=resnet101", "model.arch"),
+        ("settings.SERVE_GRPC_KEEPALIVE_S=5", "grpc.limits.keepaliveSeconds"),
+        ("settings.SERVE_PORT=9000", "containerPort"),
+    ],
+)
+def test_a_setting_the_chart_sets_itself_points_at_its_value(setting, value):
+    """The container's env wins over envFrom: the same name in settings would be ignored."""
+    err = fails(setting)
+    name = setting.split("=")[0]
+    assert f"{name}: the chart sets {name.split('.')[1]} from {value}" in err
+
+
 def test_extra_volume_mounts_need_a_name_and_an_absolute_path():
     err = fails("extraVolumeMounts[0].name=x", "extraVolumeMounts[0].mountPath=relative")
     assert "/extraVolumeMounts/0/mountPath" in err

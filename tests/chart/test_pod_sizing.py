@@ -66,6 +66,8 @@ def test_an_explicit_serve_cpus_or_the_switch_wins_over_the_request():
     objs = render(sets=("settings.SERVE_CPUS=6",))
     assert env_entry(server_container(objs), "SERVE_CPUS") is None
     assert one(objs, "ConfigMap")["data"]["SERVE_CPUS"] == "6"
+    secret = server_container(render(sets=("secretSettings.SERVE_CPUS=6",)))
+    assert env_entry(secret, "SERVE_CPUS") is None
     assert (
         env_entry(server_container(render(sets=("cpusFromRequest=false",))), "SERVE_CPUS") is None
     )
@@ -111,6 +113,36 @@ def test_every_pod_requests_the_ephemeral_storage_its_disk_volumes_can_fill(valu
             quantity(c["resources"]["requests"]["ephemeral-storage"]) for c in pod["containers"]
         )
         assert requested > disk, (name, requested, disk)
+
+
+def pod_limit(pod: dict, resource: str) -> float | None:
+    """The pod's limit of ``resource`` as the kubelet's eviction manager computes it
+    (component-helpers ``resource.PodLimits``): the sum over the app containers, or an init
+    container's own limit where that is larger; None when no container sets one."""
+
+    def limit(c: dict) -> float | None:
+        value = c.get("resources", {}).get("limits", {}).get(resource)
+        return None if value is None else quantity(value)
+
+    apps = [v for v in map(limit, pod["containers"]) if v is not None]
+    inits = [v for v in map(limit, pod.get("initContainers", [])) if v is not None]
+    if not apps and not inits:
+        return None
+    return max([sum(apps), *inits])
+
+
+@pytest.mark.parametrize("values", ALL_VALUES, ids=IDS)
+def test_no_pods_ephemeral_storage_limit_is_below_what_its_disk_volumes_hold(values):
+    """The kubelet evicts a pod whose containers and disk-backed emptyDirs together use more
+    than its limit: an init container's small limit alone would be the whole pod's."""
+    for name, pod in pod_specs(render(values)):
+        limit = pod_limit(pod, "ephemeral-storage")
+        disk = sum(
+            quantity(v["emptyDir"].get("sizeLimit", 0))
+            for v in pod.get("volumes", [])
+            if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+        )
+        assert limit is None or limit > disk, (name, limit, disk)
 
 
 def qos_class(pod: dict) -> str:

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import yaml
 
+from service.model.architectures import ARCHITECTURES
 from tests.chart.chart_helpers import (
     CHART,
     CI_VALUES,
@@ -336,6 +337,19 @@ def test_weights_sources(values, keras_home, weights):
             keras_home,
             "/opt/resnet-serve/scripts",
         }
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_downloaded_imagenet_weights_go_where_keras_looks_for_the_arch(arch):
+    """With `weights.file` empty the server loads `imagenet`, from Keras' cache file of
+    `model.arch`: the init container writes the download there."""
+    sets = ("weights.source=url", "weights.url.href=https://example.org/w.h5", f"model.arch={arch}")
+    objs = render(sets=sets)
+    (init,) = one(objs, "Deployment")["spec"]["template"]["spec"]["initContainers"]
+    args = dict(zip(init["args"][::2], init["args"][1::2], strict=True))
+    assert env_of(server_container(objs))["SERVE_WEIGHTS"] == "imagenet"
+    weights_file = ARCHITECTURES[arch].weights_file()
+    assert args["--dest"] == f"/var/lib/resnet-serve/weights/models/{weights_file}"
 
 
 @pytest.mark.parametrize("source", ["pvc", "url"])
