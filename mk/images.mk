@@ -39,7 +39,10 @@ image-jax: ## Build the GPU image with the JAX backend $(IMAGE):$(TAG)-jax (need
 	  --build-arg BAKE_WEIGHTS=$(BAKE_WEIGHTS) --build-arg VERSION=$(APP_VERSION) .
 
 .PHONY: push
-push: ## Push both images to REGISTRY (make push REGISTRY=ghcr.io/acme TAG=0.1.0)
+push: ## Push the variants built here (GPU, -cpu, -jax) to REGISTRY (make push REGISTRY=ghcr.io/acme TAG=0.1.0)
 	@test -n "$(REGISTRY)" || { echo "set REGISTRY, e.g. make push REGISTRY=ghcr.io/acme"; exit 2; }
-	$(DOCKER) push $(IMAGE):$(TAG)
-	$(DOCKER) push $(IMAGE):$(TAG)-cpu
+	@pushed=; for tag in $(TAG) $(TAG)-cpu $(TAG)-jax; do \
+	  $(DOCKER) image inspect $(IMAGE):$$tag >/dev/null 2>&1 || continue; \
+	  echo "$(DOCKER) push $(IMAGE):$$tag"; $(DOCKER) push $(IMAGE):$$tag || exit 1; pushed=1; \
+	done; \
+	test -n "$$pushed" || { echo "no $(IMAGE):$(TAG), -cpu or -jax here: make image (image-cpu, image-jax) first"; exit 2; }
