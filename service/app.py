@@ -125,6 +125,7 @@ def create_app(
 
             grpc_server = GrpcServer(plane, metrics, grpc_port)
             await grpc_server.start()
+            plane.on_drain.append(grpc_server.drain)
         await jobs.start()
         loading = asyncio.create_task(_start(engine), name="engine-start")
         app.state.loading = loading

@@ -96,6 +96,8 @@ class DataPlane:
         self.metrics = metrics
         self.admission: Bound = admission or Admission(settings.max_queue_images, metrics)
         self.draining = False
+        # Called once the process drains, maybe from a signal handler: they must only schedule.
+        self.on_drain: list[Callable[[], None]] = []
         metrics.watch(metrics.ready, lambda: 1.0 if self.ready else 0.0)
         metrics.frontends.set(1)  # this process answers requests
         self._configs: dict[tuple[int, int], PreprocessConfig] = {}
@@ -165,8 +167,12 @@ class DataPlane:
 
     def drain(self) -> None:
         """Take no new requests (SIGTERM); what is in flight finishes."""
+        if self.draining:
+            return
         self.draining = True
         self.engine.drain()
+        for hook in self.on_drain:
+            hook()
 
     # -- inference -------------------------------------------------------------------------
 

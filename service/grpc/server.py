@@ -5,13 +5,17 @@ over them, as the HTTP port's one socket is shared. A gRPC channel is one long-l
 connection, so one channel's calls all go to one front end: a client that should use the whole
 pod opens several channels (``docs/PROTOCOLS.md``).
 
-Started and stopped by the application's lifespan (``app.py``): on drain the health service
-turns NOT_SERVING at once (as ``/readyz``), new inference calls are answered UNAVAILABLE, and
-``stop`` lets the calls in flight finish within ``SERVE_GRACEFUL_TIMEOUT_S``.
+Started by the application's lifespan (``app.py``), and stopped as soon as the process drains
+(SIGTERM), while the HTTP side still finishes its requests: the server takes no new call and
+sends GOAWAY, so that clients open their next calls on another pod instead of retrying into
+this one, and the calls in flight finish within ``SERVE_GRACEFUL_TIMEOUT_S``. From the drain
+on the health service says NOT_SERVING (as ``/readyz``), and an inference call that arrives
+before the stop has begun is answered UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -85,11 +89,22 @@ class GrpcServer:
         # Raises RuntimeError when the port cannot be bound: the front end does not start.
         self.port = self.server.add_insecure_port(address)
         self.address = address
+        self._stopping: asyncio.Future | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.server.start()
         log.info("gRPC on %s", self.address)
 
+    def drain(self) -> None:
+        """Begin :meth:`stop` (from a signal handler too: it only schedules)."""
+        self._loop.call_soon_threadsafe(self._begin_stop)
+
+    def _begin_stop(self) -> asyncio.Future:
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.server.stop(self.grace_s))
+        return self._stopping
+
     async def stop(self) -> None:
         """Refuse new calls; those in flight get the graceful timeout to finish."""
-        await self.server.stop(self.grace_s)
+        await self._begin_stop()

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -232,9 +233,9 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
                 .status
             )
         )
-        # A front end with no HTTP request left stops its gRPC server at once (the in-flight
-        # calls keep their grace): a call that reaches it then is refused by gRPC itself,
-        # UNAVAILABLE or, when it was already accepted, CANCELLED.
+        # Every front end stops its gRPC server as the signal comes (the in-flight calls keep
+        # their grace): a call that reaches it then is refused by gRPC itself, UNAVAILABLE
+        # or, when it was already accepted, CANCELLED.
         refusals = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert health in (health_pb2.HealthCheckResponse.NOT_SERVING, *refusals), health
         late = refused(
@@ -247,6 +248,45 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
     finally:
         stop_server(srv)
     assert in_flight == [[1, 10]] * 12, in_flight
+
+
+def test_sigterm_stops_grpc_at_once_while_http_drains(tiny_model_file, tmp_path):
+    """The gRPC listener goes (GOAWAY to the channels, so clients reconnect to another pod)
+    as the signal comes, not once the HTTP requests in flight have finished."""
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_PROCESSES": "1"},
+        tmp_path / "log",
+    )
+    url = srv.url + "/v1/classify"
+    body = slow_png(6000)  # seconds of decoding
+    answered: list = []
+
+    def send():
+        r = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=60)
+        answered.append(r.status_code)
+
+    host, port = srv.grpc.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass  # the gRPC port takes connections before the signal
+        sender = threading.Thread(target=send)
+        sender.start()
+        wait_taken(srv.url, 1, answered)
+        srv.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the gRPC port still takes connections"
+            time.sleep(0.05)
+        assert answered == [], "the HTTP request ended before the gRPC port closed"
+        sender.join(60)
+        assert srv.process.wait(60) == 0
+    finally:
+        stop_server(srv)
+    assert answered == [200]
 
 
 def test_overload_refuses_at_once_and_loses_nothing(tiny_model_file, tmp_path):
