@@ -238,9 +238,10 @@ class DynamicBatcher(BatchPolicy):
 
     @staticmethod
     def _fail(items: Iterable[_Item], error: BaseException) -> None:
+        # Done ones too: a reply ignores a second answer, and a cancelled ticket learns from
+        # this one that its item's slot is free again (replies.Reply).
         for item in items:
-            if not item.reply.done():
-                item.reply.set_exception(error)
+            item.reply.set_exception(error)
 
     def _drop_dead(self) -> None:
         """Remove items whose request gave up or whose deadline passed: never run them."""
@@ -295,7 +296,10 @@ class DynamicBatcher(BatchPolicy):
             elif self.regroup_s > 0:
                 await self._regroup()
                 await self._coalesce()
-            if not self._free:
+            if not self._free or any(i in self._ahead for i in self._free):
+                # An instance freed during the wait has its next batch assembled: that batch
+                # starts first, and on that instance only (another batch would be assembled
+                # into the buffer it waits in).
                 continue
             batch = self._take_batch()
             if batch:

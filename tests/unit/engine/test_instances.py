@@ -12,6 +12,7 @@ import pytest
 from service.engine.batcher import DynamicBatcher
 from service.errors import ModelError, ShuttingDown
 from service.metrics import BusyWindow, Metrics
+from service.model.runner import ModelRunner
 from service.model.threads import MAX_AUTO_CPU_INSTANCES, plan_threads
 from tests.support.helpers import far, run_with
 
@@ -258,3 +259,73 @@ def test_a_pods_cpu_limit_is_read_from_its_cgroup(tmp_path, files, expected):
     mask = len(os.sched_getaffinity(0))
     want = mask if expected is None else min(mask, math.ceil(expected))
     assert available_cpus(str(tmp_path)) == want
+
+
+class _Echo(ModelRunner):
+    """The real runner's two input buffers and assembly ahead; its "model" answers each row as
+    the buffer holds it when the call runs, after waiting for the gate of the batch's first
+    value (if it has one)."""
+
+    backend = "fake"
+
+    def __init__(self, gates: dict[float, threading.Event]):
+        self.gates = gates
+        self.buckets, self.max_batch_size = [1, 2, 4], 4
+        self.input_shape, self.input_dtype, self.images = (1,), np.dtype(np.float32), False
+        self._buffers, self.call_cost_s, self.device = {}, 0.0, "/device:GPU:0"
+
+    def _compile(self, xla):
+        pass
+
+    def _device(self):
+        return self.device
+
+    compilations = 0
+
+    def _call(self, batch):
+        gate = self.gates.get(float(batch[0, 0]))
+        if gate is not None:
+            assert gate.wait(30)
+        return np.array(batch, copy=True)
+
+
+def test_a_batch_assembled_ahead_runs_next_on_its_instance_with_its_own_items():
+    """An instance whose next batch is assembled ahead runs that batch before any other: an
+    ordinary batch dispatched to it after a hold would be assembled into the other buffer,
+    and the one after into the very buffer where the ahead batch waits."""
+    gates = {1.0: threading.Event(), 2.0: threading.Event(), 4.0: threading.Event()}
+
+    def item(value: float) -> np.ndarray:
+        return np.frombuffer(np.float32([value]).tobytes(), np.float32)
+
+    async def scenario():
+        runners = [_Echo(gates), _Echo(gates)]
+        batcher = DynamicBatcher(
+            "echo",
+            [r.run for r in runners],
+            max_batch_size=4,
+            metrics=Metrics(),
+            max_delay_s=0.1,
+            ahead=[(r.assemble, r.execute) for r in runners],
+        )
+        batcher.start()
+        futures = {1: batcher.submit(item(1), far())}  # instance 0, held at its gate
+        await asyncio.sleep(0.2)
+        futures[2] = batcher.submit(item(2), far())  # instance 1, held
+        await asyncio.sleep(0.2)
+        futures[3] = batcher.submit(item(3), far())  # both busy: assembled ahead for 0
+        await asyncio.sleep(0.05)
+        gates[2.0].set()  # instance 1 free
+        await asyncio.sleep(0.05)
+        futures[4] = batcher.submit(item(4), far())  # held for max_delay...
+        await asyncio.sleep(0.02)
+        gates[1.0].set()  # ...while instance 0 finishes: its ahead batch must go next
+        await asyncio.sleep(0.2)
+        futures[5] = batcher.submit(item(5), far())
+        await asyncio.sleep(0.02)
+        gates[4.0].set()
+        out = {k: float((await asyncio.wait_for(f, 10))[0][0]) for k, f in futures.items()}
+        await batcher.stop()
+        return out
+
+    assert asyncio.run(scenario()) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}

@@ -251,6 +251,35 @@ def test_a_cancelled_item_is_dropped_before_the_model_and_its_slot_comes_back():
     assert free == 8 and expired == 1
 
 
+def test_an_item_cancelled_while_its_batch_runs_gets_its_slot_back_when_the_batch_fails():
+    """The batch's failure answers the cancelled item too: that answer is how the front end
+    learns that its slot is free (and the accelerator process that nothing is in flight)."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            gate = GatedRunner(w.batcher)
+
+            def failing(payloads):
+                raise RuntimeError("device lost")
+
+            gate.inner = failing
+            running = asyncio.ensure_future(client.run("default", pixels(0), far()))
+            await asyncio.to_thread(gate.entered.wait, 30)
+            running.cancel()
+            await asyncio.sleep(0.2)  # the Cancel crossed while the batch runs
+            gate.release.set()
+            for _ in range(100):
+                if client.arena.free == 8:
+                    break
+                await asyncio.sleep(0.02)
+            (frontend,) = w.server.frontends
+            return client.arena.free, list(client._pending), list(frontend.pending)
+
+    free, pending, in_flight = asyncio.run(go())
+    assert free == 8 and pending == [] and in_flight == []
+
+
 def test_a_scrape_asks_the_accelerator_process_to_write_what_it_counted():
     """The accelerator process writes its per-batch metrics every tally interval, not per
     batch; a front end about to scrape sends ``FlushMetrics`` and the answer comes once they
