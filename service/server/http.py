@@ -9,8 +9,12 @@ per core feeding one accelerator. What this subclass adds:
   431 with the JSON error shape, and the connection is closed.
 * This port speaks HTTP/1.1 only. A connection that opens with the HTTP/2 preface (a client
   with prior knowledge, or gRPC sent to the wrong port) gets 505 and is closed before anything
-  else is parsed; an ``Upgrade: h2c`` request is answered over HTTP/1.1 (the upgrade is
-  ignored, as RFC 9110 allows).
+  else is parsed. A request that asks to switch protocols (``Upgrade`` with ``Connection:
+  upgrade``, such as ``h2c``) is answered over HTTP/1.1 (the upgrade is ignored, as RFC 9110
+  allows) and the connection then closed: llhttp hands every byte after its head to the
+  protocol asked for, so a pipelined request behind it would be lost. One that also declares a
+  body gets 400 without being served, for the same reason: its body would never be read, and
+  on a later read it would be parsed as requests of its own.
 * Malformed requests get the JSON error shape (400) instead of uvicorn's plain text, and the
   connection is closed. That includes a request with both ``Content-Length`` and
   ``Transfer-Encoding``, which llhttp refuses: the bytes after it are never read as a request.
@@ -43,6 +47,10 @@ H2_PREFACE = b"PRI * HTTP/2.0"
 
 class HeadTooLarge(Exception):
     """The request head passed ``SERVE_MAX_HEADER_BYTES``."""
+
+
+class UpgradeWithBody(Exception):
+    """A request asks to switch protocols and declares a body (see the module docstring)."""
 
 
 def _error(status: int, reason: bytes, code: str, message: str) -> bytes:
@@ -115,6 +123,8 @@ class ServeHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, HeadTooLarge):
                 self._refuse_head()
+            elif isinstance(exc.__context__, UpgradeWithBody):
+                self._refuse_upgrade()
             else:
                 self.send_400_response(str(exc))
             return
@@ -143,9 +153,21 @@ class ServeHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_raw = 0
+        # llhttp's flag: Upgrade with Connection: upgrade, or CONNECT.
+        upgrade = self.parser.should_upgrade()
+        if upgrade and self._declares_body():
+            raise UpgradeWithBody()
         super().on_headers_complete()
         if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringClose):
             self.cycle.transport = _LingeringClose(self, self.transport)  # type: ignore[assignment]
+        if upgrade and self.cycle is not None:
+            self.cycle.keep_alive = False  # what follows its head is not read as HTTP/1.1
+
+    def _declares_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
+                return True
+        return False
 
     def on_message_complete(self) -> None:
         self._body_done = True
@@ -158,6 +180,13 @@ class ServeHttpProtocol(HttpToolsProtocol):
         self._send_and_close(
             _error(431, b"Request Header Fields Too Large", "header_too_large", message)
         )
+
+    def _refuse_upgrade(self) -> None:
+        message = (
+            "this port does not switch protocols, and a request that asks to (Upgrade with "
+            "Connection: upgrade) cannot carry a body here: send it without those headers"
+        )
+        self._send_and_close(_error(400, b"Bad Request", "upgrade_not_supported", message))
 
     def _refuse_h2(self) -> None:
         message = "this port speaks HTTP/1.1 only; gRPC and HTTP/2 go to the gRPC port"
