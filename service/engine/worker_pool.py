@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShuttingDown, WorkerLost
+from ..wire import segments
 from .worker import buffer
 from .worker import main as worker_main
 
@@ -100,7 +101,7 @@ def _shared_memory(size: int) -> SharedMemory | None:
     """A segment with its pages reserved (so a full /dev/shm is an error now, not a SIGBUS
     later), or None where there is no room: that worker's payloads go through its pipe."""
     try:
-        shm = SharedMemory(create=True, size=size)
+        shm = segments.create(size)
     except OSError as exc:
         log.warning("no shared memory for the worker pool (%s); using pipes", exc)
         return None

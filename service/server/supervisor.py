@@ -40,8 +40,11 @@ from ..lifetime import PARENT_PID_ENV
 from ..metrics import MULTIPROC_ENV
 from ..rundir import ADMISSION, JOBS_SOCKET, METRICS
 from ..settings import Settings
+from ..wire import segments
 
 log = logging.getLogger("service.supervisor")
+
+RUN_PREFIX = "resnet-serve-"
 
 ENGINE_RESTARTS = 5
 ENGINE_WINDOW_S = 300.0
@@ -58,9 +61,11 @@ FRONTEND_ENV = {"MALLOC_ARENA_MAX": "2"}
 
 
 def run_dir() -> Path:
-    """A fresh private directory, in memory where the pod has a writable /dev/shm."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="resnet-serve-", dir=base))
+    """A fresh private directory, in memory where the pod has a writable /dev/shm, after the
+    removal of those of runs that were killed there (``wire/segments.py``)."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    segments.remove_stale(base, RUN_PREFIX)
+    return Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=base))
 
 
 def reserve(host: str, port: int) -> socket.socket:
@@ -318,6 +323,8 @@ def main() -> int:
             log.critical("%s", exc)
             return 3  # what uvicorn answers for a failed startup
     directory = run_dir()
+    lock = segments.hold(directory)  # noqa: F841 - held until this process exits
+    os.environ[segments.TAG_ENV] = directory.name  # its children name their segments after it
     (directory / METRICS).mkdir()
     os.environ[MULTIPROC_ENV] = str(directory / METRICS)
     held: list[socket.socket] = []

@@ -19,6 +19,8 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
+from . import segments
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ class Arena:
         self.owner = name is None
         size = max(1, slots * self.stride)
         if self.owner:
-            self.shm = SharedMemory(create=True, size=size)
+            self.shm = segments.create(size)
             _reserve(self.shm, size)
             _CREATED.add(self.shm.name)
         else:

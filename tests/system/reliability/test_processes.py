@@ -5,6 +5,7 @@ until it is back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -431,3 +432,43 @@ def test_a_deadline_that_passes_in_a_held_batch_is_a_504_and_the_next_request_ru
     status, body = post(sock, image)
     sock.close()
     assert status == 200, body
+
+
+def _run_of(pid: int) -> str:
+    """The run (directory name) a process of the pod belongs to, from its environment."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(entry.split(b"=", 1) for entry in f.read().split(b"\0") if b"=" in entry)
+    return env[b"RESNET_SERVE_RUN"].decode()
+
+
+def test_the_next_start_removes_what_a_pod_killed_as_a_whole_left_in_dev_shm(
+    tiny_model_file, tmp_path
+):
+    """An OOM kill takes every process of the container at once: nobody unlinks the arenas
+    and the workers' slots, and the pod's /dev/shm (an emptyDir) outlives the container."""
+    import psutil
+
+    env = {"SERVE_WEIGHTS": str(tiny_model_file)}
+    first = start_server(env, tmp_path / "first.log")
+    try:
+        pod = psutil.Process(first.process.pid)
+        processes = [pod, *pod.children(recursive=True)]
+        run = _run_of(frontends(first.process.pid)[0])
+        shm = "/dev/shm"
+        left = [name for name in os.listdir(shm) if name.startswith(run + "-")]
+        assert len(left) >= 2  # the two front ends' arenas
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(processes, timeout=30)
+    finally:
+        stop_server(first)
+    assert all(os.path.exists(os.path.join(shm, name)) for name in left)
+    second = start_server(env, tmp_path / "second.log")
+    try:
+        assert not os.path.exists(os.path.join(shm, run))
+        assert not [name for name in os.listdir(shm) if name.startswith(run + "-")]
+        assert f"removed /dev/shm/{run}" in second.log()
+        assert httpx.get(second.url + "/readyz").status_code == 200
+    finally:
+        stop_server(second)
