@@ -6,7 +6,8 @@ batch's rows come back in their slots with one ``Done``. Until the accelerator p
 answered ``Hello`` with ``Welcome`` (it is starting, or restarting after a crash), every
 pipeline reads as ``loading`` and items are refused with 503 ``engine_unavailable`` at once; the
 client keeps reconnecting, and items in flight when the connection drops fail the same way. A
-``Refused`` (the two processes come from different builds) turns every pipeline ``failed``.
+``Refused`` (the two processes come from different builds, or this front end's arena cannot be
+attached) turns every pipeline ``failed``.
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ class EngineClient:
             self._free(taken)
 
     def _refuse(self, reason: str) -> None:
-        """The two processes cannot talk (different builds): say so everywhere, stop trying."""
+        """The two processes cannot talk (different builds, an arena the accelerator process
+        cannot attach): say so everywhere, stop trying."""
         log.critical("the accelerator process refused this front end: %s", reason)
         self._refused = reason
         self._stopping = True

@@ -106,7 +106,12 @@ class FrontEnd:
             return
         self.index = hello.frontend
         if hello.arena is not None:
-            self.arena = Arena(hello.slots, hello.slot_bytes, name=hello.arena)
+            # Refused with the reason, not dropped: the front end reports it and stops trying.
+            try:
+                self.arena = Arena(hello.slots, hello.slot_bytes, name=hello.arena)
+            except (OSError, ValueError) as exc:  # the segment is gone, or not that size
+                self.refuse(f"front end {hello.frontend}'s arena {hello.arena}: {exc}")
+                return
         self.welcomed = True
         self.channel.send(m.Welcome(m.VERSION, self.server.registry.infos()))
         self.server.welcome(self)

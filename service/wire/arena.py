@@ -39,7 +39,8 @@ class Arena:
     Args:
         slots: how many items may be in flight through slots at once.
         slot_bytes: the largest item or row a slot holds.
-        name: attach to this existing segment (the engine) instead of creating one.
+        name: attach to this existing segment (the engine) instead of creating one; a
+            ``ValueError`` when ``slots`` x ``slot_bytes`` do not fit it.
     """
 
     def __init__(self, slots: int, slot_bytes: int, name: str | None = None):
@@ -54,6 +55,8 @@ class Arena:
             _reserve(self.shm, size)
             _CREATED.add(self.shm.name)
         else:
+            if slots <= 0 or slot_bytes <= 0:
+                raise ValueError(f"an arena of {slots} slots of {slot_bytes} bytes")
             self.shm = SharedMemory(name=name)
             # Attaching registers the segment with this process's resource tracker, which
             # would unlink it when this process exits: the owner's tracker does that (unless
@@ -61,8 +64,16 @@ class Arena:
             if name not in _CREATED:
                 with contextlib.suppress(Exception):
                     resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
+            if size > self.shm.size:  # the peer's word against the segment's real size
+                self.shm.close()
+                raise ValueError(
+                    f"{slots} slots of {slot_bytes} bytes do not fit segment {name} "
+                    f"of {self.shm.size} bytes"
+                )
         self.name = self.shm.name
-        self._free: collections.deque[int] = collections.deque(range(slots))
+        # Only the owner hands out slots: the attaching side would build a list as long as
+        # the peer says.
+        self._free: collections.deque[int] = collections.deque(range(slots) if self.owner else ())
 
     @classmethod
     def create(cls, slots: int, slot_bytes: int) -> Arena | None:

@@ -26,6 +26,8 @@ Rules both ends keep:
 * ``Hello`` comes first and carries :data:`VERSION`; the accelerator process answers
   ``Refused`` and closes when it differs (both run from one image, so a mismatch is a build
   error, reported loudly: the front end's pipelines turn ``failed`` and ``/healthz`` 503).
+  It is refused alike when the arena it names cannot be attached (the segment left
+  ``/dev/shm``, or ``slots`` x ``slot_bytes`` do not fit it).
 * Every ``Item`` gets exactly one ``Done`` or ``Failed``, whatever happens (cancelled, past its
   deadline, its batch failed, the accelerator process stopping); only then may the front end
   reuse its slot, since the accelerator process may be reading it until that answer.

@@ -481,6 +481,75 @@ def test_a_front_end_of_another_build_is_refused_and_told_why():
     assert "different builds" in received[0].reason and not frontends
 
 
+async def hello_answer(w: Wired, hello: m.Hello) -> list:
+    """What the accelerator process answers a front end's ``hello``, until it closes."""
+    loop = asyncio.get_running_loop()
+    received: list = []
+    closed = loop.create_future()
+    _, channel = await loop.create_unix_connection(
+        lambda: Channel(
+            received.append,
+            lambda exc: closed.done() or closed.set_result(exc),
+            msgpack_codec(m.ToFrontEnd),
+        ),
+        w.socket,
+    )
+    channel.send(hello)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(closed, 10)
+    channel.close()
+    return received
+
+
+@pytest.mark.parametrize(
+    ("slots", "slot_bytes", "gone", "reason"),
+    [
+        (2, 4096, True, "No such file"),  # the segment left /dev/shm
+        (20_000_000, 4096, False, "do not fit"),  # more slots than the segment holds
+        (2, 1 << 40, False, "do not fit"),
+        (-1, 4096, False, "slots"),
+    ],
+)
+def test_a_front_end_whose_arena_cannot_be_attached_is_refused_and_told_why(
+    slots, slot_bytes, gone, reason
+):
+    """Not dropped without a word (the front end would reconnect at once, for ever), nor
+    taken at its word on the arena's size (a free list as long as it says, or rows written
+    past the segment's end)."""
+    from service.wire.arena import Arena
+
+    async def go():
+        async with wired() as w:
+            owner = Arena(2, 4096)
+            try:
+                if gone:
+                    owner.shm.unlink()
+                started = time.monotonic()
+                received = await hello_answer(
+                    w, m.Hello(m.VERSION, 7, owner.name, slots, slot_bytes)
+                )
+                return received, time.monotonic() - started, w.server.frontends
+            finally:
+                owner.close()
+
+    received, seconds, frontends = asyncio.run(go())
+    assert [type(r) for r in received] == [m.Refused], received
+    assert "front end 7's arena" in received[0].reason and reason in received[0].reason
+    assert seconds < 1 and not frontends
+
+
+def test_the_attaching_side_of_an_arena_hands_out_no_slots():
+    from service.wire.arena import Arena
+
+    owner = Arena(2, 4096)
+    try:
+        attached = Arena(2, 4096, name=owner.name)
+        assert (owner.free, attached.free, attached.take()) == (2, 0, -1)
+        assert attached.close()
+    finally:
+        owner.close()
+
+
 def test_a_refused_front_end_reports_every_pipeline_failed_with_the_reason(tmp_path):
     """The client's side: an accelerator process that refuses it (another build)."""
 
