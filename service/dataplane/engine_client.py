@@ -35,6 +35,8 @@ from ..wire.channel import Channel, msgpack_codec
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.2
+# Connections lost before ``Welcome`` are retried after RECONNECT_S, doubled each time up to this.
+RECONNECT_MAX_S = 5.0
 # A scrape waits this long at most for the accelerator process to write its metrics.
 FLUSH_METRICS_TIMEOUT_S = 1.0
 UNREACHABLE = "the accelerator process is not reachable (restarting); retry"
@@ -239,6 +241,7 @@ class EngineClient:
     async def _keep_connected(self) -> None:
         loop = asyncio.get_running_loop()
         codec = msgpack_codec(m.ToFrontEnd)
+        pause = RECONNECT_S
         while not self._stopping:
             lost: asyncio.Future = loop.create_future()
             try:
@@ -262,12 +265,29 @@ class EngineClient:
             )
             self._channel = channel
             await lost
+            welcomed = self._connected.is_set()
             self._disconnected()
+            if self._stopping:
+                break
+            # A pause after every loss, longer each time the connection does not get as far as
+            # Welcome: an accelerator process that accepts and drops it must not be hammered.
+            if welcomed:
+                pause = RECONNECT_S
+            elif pause == RECONNECT_S:
+                log.warning(
+                    "the accelerator process closed the connection without answering hello; "
+                    "retrying after a growing pause (up to %g s)",
+                    RECONNECT_MAX_S,
+                )
+            await asyncio.sleep(pause)
+            if not welcomed:
+                pause = min(pause * 2, RECONNECT_MAX_S)
 
     def _disconnected(self) -> None:
         self._channel = None
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if not self._stopping:
+        if not self._stopping and (was_connected or self._pending):
             log.error(
                 "the accelerator process went away; %d items in flight fail", len(self._pending)
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 import tempfile
@@ -538,6 +539,24 @@ def test_a_front_end_whose_arena_cannot_be_attached_is_refused_and_told_why(
     assert seconds < 1 and not frontends
 
 
+def test_a_front_end_whose_arena_left_dev_shm_reports_why_and_stops_trying():
+    async def go():
+        async with wired() as w:
+            client = EngineClient(w.settings, w.socket, slots=2, slot_bytes=SIZE * SIZE * 3)
+            await client.start()
+            client.arena.shm.unlink()  # before it connects: its mapping stays, the name goes
+            for _ in range(200):
+                if client.info("default").state == "failed":
+                    break
+                await asyncio.sleep(0.02)
+            info = client.info("default")
+            await client.stop()
+            return info
+
+    info = asyncio.run(go())
+    assert info.state == "failed" and "arena" in (info.error or "")
+
+
 def test_the_attaching_side_of_an_arena_hands_out_no_slots():
     from service.wire.arena import Arena
 
@@ -584,6 +603,41 @@ def test_a_refused_front_end_reports_every_pipeline_failed_with_the_reason(tmp_p
     info, error = asyncio.run(go())
     assert info.state == "failed" and "different builds" in (info.error or "")
     assert "different builds" in error.message
+
+
+def test_a_connection_dropped_before_welcome_is_retried_after_a_growing_pause(tmp_path, caplog):
+    """An accelerator process that accepts the connection and drops it unanswered (its hello
+    failed) is retried a few times a second at most, and said so once, not per attempt."""
+
+    async def go():
+        accepted = 0
+
+        def dropping() -> Channel:
+            nonlocal accepted
+            accepted += 1
+            channel: Channel
+
+            def on_message(message):
+                channel.close()
+
+            channel = Channel(on_message, None, msgpack_codec(m.ToEngine))
+            return channel
+
+        socket = str(tmp_path / ENGINE_SOCKET)
+        server = await asyncio.get_running_loop().create_unix_server(dropping, socket)
+        client = EngineClient(settings(), socket, slots=2, slot_bytes=1024)
+        await client.start()
+        await asyncio.sleep(1.5)
+        state = client.info("default").state
+        await client.stop()
+        server.close()
+        return accepted, state
+
+    with caplog.at_level(logging.DEBUG, logger="service.dataplane.engine_client"):
+        accepted, state = asyncio.run(go())
+    assert 2 <= accepted <= 5 and state == "loading"  # 0.2 s, 0.4 s, 0.8 s apart
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(said) == 1 and said[0][0] == "WARNING" and "without answering hello" in said[0][1]
 
 
 def test_errors_cross_with_their_kind_code_and_details():
