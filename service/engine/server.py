@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 
 import numpy as np
 
-from ..errors import ServeError
+from ..errors import InternalError, ServeError
 from ..pipeline.info import BatchInfo, PipelineInfo
 from ..wire import messages as m
 from ..wire.arena import Arena
@@ -197,10 +198,35 @@ class FrontEnd:
         self._flushing = False
         done, self._done = self._done, {}
         failed, self._failed = self._failed, {}
+        # Each answer alone: one that cannot be built or encoded must not lose the others.
         for (shape, dtype, compute_s, size, padded), entries in done.items():
-            self.channel.send(self._done_message(shape, dtype, compute_s, size, padded, entries))
-        for exc, ids in failed.values():
-            self.channel.send(m.Failed(ids, None if exc is None else _wire_error(exc)))
+            try:
+                self.channel.send(
+                    self._done_message(shape, dtype, compute_s, size, padded, entries)
+                )
+            except Exception as exc:
+                self._unsendable([e[0] for e in entries], exc)
+        for error, ids in failed.values():
+            try:
+                self.channel.send(m.Failed(ids, None if error is None else _wire_error(error)))
+            except Exception as exc:
+                self._unsendable(ids, exc)
+
+    def _unsendable(self, ids: list[int], exc: Exception) -> None:
+        """Fail items whose answer could not be sent, so that their slots come back."""
+        error_id = uuid.uuid4().hex[:12]
+        log.error(
+            "front end %d: the answer for %d items could not be sent (error id %s)",
+            self.index,
+            len(ids),
+            error_id,
+            exc_info=exc,
+        )
+        error = InternalError(
+            f"the accelerator process could not send this answer; quote error id {error_id}",
+            error_id=error_id,
+        )
+        self.channel.send(m.Failed(ids, m.Error.of(error)))
 
     def _done_message(
         self,

@@ -42,6 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from ..errors import ServeError
 from ..pipeline.info import PipelineInfo
@@ -141,7 +142,10 @@ class Error(msgspec.Struct, array_like=True):
 
     @classmethod
     def of(cls, exc: ServeError) -> Error:
-        return cls(type(exc).__name__, exc.message, exc.code, exc.details)
+        # Details come from anywhere (a user's cpu stage): NumPy scalars and arrays become
+        # numbers and lists, anything else MessagePack (or the JSON body) cannot hold its str.
+        details = msgspec.to_builtins(exc.details, enc_hook=_builtin) if exc.details else {}
+        return cls(type(exc).__name__, exc.message, exc.code, details)
 
     def rebuild(self) -> ServeError:
         kind = _ERRORS.get(self.kind, ServeError)
@@ -155,6 +159,12 @@ class Failed(msgspec.Struct, tag="failed", array_like=True, gc=False):
 
     ids: list[int]
     error: Error | None
+
+
+def _builtin(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 ToEngine = Hello | Submit | Cancel | FlushMetrics

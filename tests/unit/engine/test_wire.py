@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from service.dataplane.engine_client import EngineClient
+from service.engine import server as engine_server
 from service.engine.registry import PipelineRegistry
-from service.engine.server import EngineServer
+from service.engine.server import EngineServer, Ticket
 from service.errors import (
     DeadlineExceeded,
     EngineUnavailable,
@@ -32,6 +33,7 @@ from service.errors import (
     ShuttingDown,
 )
 from service.metrics import Metrics
+from service.pipeline.info import BatchInfo
 from service.rundir import ENGINE_SOCKET
 from service.settings import Settings
 from service.wire import messages as m
@@ -655,6 +657,60 @@ def test_errors_cross_with_their_kind_code_and_details():
             error.code,
             error.details,
         )
+
+
+def test_error_details_that_messagepack_cannot_hold_cross_as_plain_values():
+    """Details may come from a user's cpu stage: NumPy scalars and arrays, any object."""
+    error = InvalidInput("bad", norm=np.float32(3.5), sizes=np.arange(2), odd=Path("x"))
+    encode, decode = msgpack_codec(m.ToFrontEnd)
+    back = decode(memoryview(encode(m.Failed([1], m.Error.of(error))))).error.rebuild()
+    assert back.details == {"norm": 3.5, "sizes": [0, 1], "odd": "x"}
+
+
+async def answered(w: Wired, client: EngineClient, rids: list[int], slots: list[int]) -> dict:
+    """Tickets for items the client waits for (as its own ``run`` records them), answered by
+    the test; each item's answer, or the exception it got."""
+    loop = asyncio.get_running_loop()
+    frontend = next(iter(w.server.frontends))
+    futures = {}
+    for rid, slot in zip(rids, slots, strict=True):
+        futures[rid] = loop.create_future()
+        client._pending[rid] = (futures[rid], slot)
+        frontend.pending[rid] = Ticket(frontend, rid, slot)
+    return futures
+
+
+def test_an_answer_that_cannot_be_sent_fails_its_items_and_loses_no_other_answer(monkeypatch):
+    """One answer of a turn that cannot be built or encoded (a row a slot cannot take, an
+    error whose details MessagePack cannot hold) fails its own items with an error id; the
+    answers sent after it in that turn still go, and every slot comes back."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client(slots=4)
+            frontend = next(iter(w.server.frontends))
+            slot = client.arena.take()
+            futures = await answered(w, client, [9001, 9002, 9003], [slot, -1, -1])
+            batch = BatchInfo(0.0, 0.0, 1, 1)
+            frontend.pending[9001].set_result((np.array([object()]), batch))  # no slot holds it
+            frontend.pending[9002].set_exception(ServeError("other"))
+            frontend.pending[9003].set_result((np.ones(3, np.float32), batch))
+            # Details nothing made plain: what Error.of would not let through, the guard catches.
+            monkeypatch.setattr(
+                engine_server,
+                "_wire_error",
+                lambda exc: m.Error("ServeError", "x", "y", {"k": ...}),
+            )
+            await asyncio.wait(futures.values(), timeout=5)
+            got = {rid: f.exception() or f.result() for rid, f in futures.items() if f.done()}
+            return got, client.arena.free
+
+    got, free = asyncio.run(go())
+    assert set(got) == {9001, 9002, 9003} and free == 4
+    for rid in (9001, 9002):
+        assert isinstance(got[rid], ServeError) and got[rid].status == 500
+        assert "could not send this answer" in got[rid].message and got[rid].details["error_id"]
+    assert got[9003][0].tolist() == [1.0, 1.0, 1.0]
 
 
 def far() -> float:
