@@ -198,6 +198,10 @@ class FrontEnd:
         self._flushing = False
         done, self._done = self._done, {}
         failed, self._failed = self._failed, {}
+        if self.gone or self.channel.closed:
+            # Nobody reads the answers, and once the front end has seen the loss its slots
+            # hold the items of its next connection: no row may be written there.
+            return
         # Each answer alone: one that cannot be built or encoded must not lose the others.
         for (shape, dtype, compute_s, size, padded), entries in done.items():
             try:

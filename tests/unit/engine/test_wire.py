@@ -713,6 +713,25 @@ def test_an_answer_that_cannot_be_sent_fails_its_items_and_loses_no_other_answer
     assert got[9003][0].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_no_row_is_written_into_the_slots_of_a_front_end_that_went_away():
+    """Its rows are dropped: once it has seen the loss, its slots hold its next items."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client(slots=4)
+            frontend = next(iter(w.server.frontends))
+            slot = client.arena.take()
+            client.arena.write(slot, np.zeros(3, np.float32))
+            await answered(w, client, [9001, 9002], [slot, -1])  # 9002: still in a batch
+            frontend.channel.transport.abort()  # lost before the turn's answers go
+            frontend.pending[9001].set_result((np.ones(3, np.float32), BatchInfo(0, 0, 1, 1)))
+            await asyncio.sleep(0.2)
+            return frontend.gone, client.arena.view(slot, (3,), "<f4").tolist()
+
+    gone, row = asyncio.run(go())
+    assert gone and row == [0.0, 0.0, 0.0]
+
+
 def far() -> float:
     return time.monotonic() + 60
 
