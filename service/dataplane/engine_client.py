@@ -6,8 +6,9 @@ batch's rows come back in their slots with one ``Done``. Until the accelerator p
 answered ``Hello`` with ``Welcome`` (it is starting, or restarting after a crash), every
 pipeline reads as ``loading`` and items are refused with 503 ``engine_unavailable`` at once; the
 client keeps reconnecting, and items in flight when the connection drops fail the same way. A
-``Refused`` (the two processes come from different builds, or this front end's arena cannot be
-attached) turns every pipeline ``failed``.
+``Refused`` (the two processes come from different builds) turns every pipeline ``failed``;
+one for this front end's arena alone (the accelerator process could not attach it) makes it
+replace the arena and connect again.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class EngineClient:
         self._cancel: list[int] = []
         self._flushing = False
         self._refused: str | None = None
+        self._stale_arena = False  # the accelerator process could not attach it: replace it
         self._ids = itertools.count()
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -191,7 +193,11 @@ class EngineClient:
             self._infos.update(message.infos)
             self._connected.set()
         elif isinstance(message, m.Refused):
-            self._refuse(message.reason)
+            if message.arena:  # replaced once the connection is down (_keep_connected)
+                log.error("the accelerator process could not attach the arena: %s", message.reason)
+                self._stale_arena = True
+            else:
+                self._refuse(message.reason)
 
     def _done(self, done: m.Done) -> None:
         arena = self.arena
@@ -215,8 +221,7 @@ class EngineClient:
             self._free(taken)
 
     def _refuse(self, reason: str) -> None:
-        """The two processes cannot talk (different builds, an arena the accelerator process
-        cannot attach): say so everywhere, stop trying."""
+        """The two processes cannot talk (different builds): say so everywhere, stop trying."""
         log.critical("the accelerator process refused this front end: %s", reason)
         self._refused = reason
         self._stopping = True
@@ -267,6 +272,8 @@ class EngineClient:
             await lost
             welcomed = self._connected.is_set()
             self._disconnected()
+            if self._stale_arena:
+                self._replace_arena()
             if self._stopping:
                 break
             # A pause after every loss, longer each time the connection does not get as far as
@@ -282,6 +289,15 @@ class EngineClient:
             await asyncio.sleep(pause)
             if not welcomed:
                 pause = min(pause * 2, RECONNECT_MAX_S)
+
+    def _replace_arena(self) -> None:
+        """A new arena for the next connection. Nothing is in flight (``_disconnected`` has
+        failed it all), so every slot of the old one is free."""
+        self._stale_arena = False
+        old = self.arena
+        if old is not None and not old.close():
+            log.warning("the old arena %s is still read here; it goes with its last view", old.name)
+        self.arena = Arena.create(self._slots, self._slot_bytes)
 
     def _disconnected(self) -> None:
         self._channel = None

@@ -107,20 +107,20 @@ class FrontEnd:
             return
         self.index = hello.frontend
         if hello.arena is not None:
-            # Refused with the reason, not dropped: the front end reports it and stops trying.
+            # Refused with the reason, not dropped: the front end comes back with a new arena.
             try:
                 self.arena = Arena(hello.slots, hello.slot_bytes, name=hello.arena)
             except (OSError, ValueError) as exc:  # the segment is gone, or not that size
-                self.refuse(f"front end {hello.frontend}'s arena {hello.arena}: {exc}")
+                self.refuse(f"front end {hello.frontend}'s arena {hello.arena}: {exc}", arena=True)
                 return
         self.welcomed = True
         self.channel.send(m.Welcome(m.VERSION, self.server.registry.infos()))
         self.server.welcome(self)
         log.info("front end %d connected", self.index)
 
-    def refuse(self, reason: str) -> None:
-        log.critical("refusing a front end: %s", reason)
-        self.channel.send(m.Refused(reason))
+    def refuse(self, reason: str, arena: bool = False) -> None:
+        log.log(logging.ERROR if arena else logging.CRITICAL, "refusing a front end: %s", reason)
+        self.channel.send(m.Refused(reason, arena))
         self.channel.close()
 
     def submit(self, items: list[m.Item]) -> None:

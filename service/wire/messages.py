@@ -26,8 +26,9 @@ Rules both ends keep:
 * ``Hello`` comes first and carries :data:`VERSION`; the accelerator process answers
   ``Refused`` and closes when it differs (both run from one image, so a mismatch is a build
   error, reported loudly: the front end's pipelines turn ``failed`` and ``/healthz`` 503).
-  It is refused alike when the arena it names cannot be attached (the segment left
-  ``/dev/shm``, or ``slots`` x ``slot_bytes`` do not fit it).
+  It is refused alike, with ``arena`` set, when the arena it names cannot be attached (the
+  segment left ``/dev/shm``, or ``slots`` x ``slot_bytes`` do not fit it): the front end then
+  makes a new arena and comes back after a pause.
 * Every ``Item`` gets exactly one ``Done`` or ``Failed``, whatever happens (cancelled, past its
   deadline, its batch failed, the accelerator process stopping); only then may the front end
   reuse its slot, since the accelerator process may be reading it until that answer.
@@ -106,9 +107,12 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True):
 
 
 class Refused(msgspec.Struct, tag="refused", array_like=True):
-    """The accelerator process will not talk to this front end (the connection closes)."""
+    """The accelerator process will not talk to this front end (the connection closes).
+    ``arena``: only the arena it named could not be attached; it may come back with a new one.
+    (A field at the end, with a default: other builds still read this message.)"""
 
     reason: str
+    arena: bool = False
 
 
 class Infos(msgspec.Struct, tag="infos", array_like=True):
