@@ -47,6 +47,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 # -- the JSON header, declared ---------------------------------------------------------------
 
 NonNegative = Annotated[StrictInt, Field(ge=0)]
+# The tensors the models take have at most 4 dimensions ([N, H, W, 3]); a longer shape is
+# refused before any arithmetic on it (its product is a big-integer multiplication per entry).
+MAX_DIMS = 4
 OPEN = ConfigDict(extra="ignore")  # V2 lets clients send fields and parameters we do not use
 
 
@@ -65,7 +68,7 @@ class _Input(BaseModel):
     model_config = OPEN
     name: StrictStr
     datatype: StrictStr
-    shape: Annotated[list[NonNegative], Field(min_length=1)]
+    shape: Annotated[list[NonNegative], Field(min_length=1, max_length=MAX_DIMS)]
     parameters: _InputParameters | None = None
     data: Any = None  # checked against the datatype and shape below
 
@@ -98,7 +101,8 @@ _WORDS: dict[tuple[str, ...], str] = {
     ("inputs", "#", "name"): "input is missing its 'name'",
     ("inputs", "#", "datatype"): "input {name!r} is missing its 'datatype'",
     ("inputs", "#", "shape"): (
-        "input {name!r}: 'shape' must be a non-empty list of non-negative integers"
+        "input {name!r}: 'shape' must be a non-empty list of non-negative integers, "
+        f"at most {MAX_DIMS} of them"
     ),
     ("inputs", "#", "parameters"): "input {name!r}: 'parameters' must be an object",
     ("inputs", "#", "parameters", "binary_data_size"): (

@@ -59,6 +59,7 @@ def test_unknown_model_and_version_are_not_found(grpc_stub, model_name, pixels):
         ("pixels", "UINT8", [1, 16, 16, 3], "expected [N, 32, 32, 3]"),
         ("INPUT__0", "UINT8", [1, 32, 32, 3], "unexpected inference input 'INPUT__0'"),
         ("pixels", "UINT8", [1, -1, 32, 3], "non-negative integers"),
+        ("pixels", "UINT8", [1, 32, 32, 3, 1], "at most 4 of them"),
     ],
 )
 def test_wrong_datatype_shape_or_name_is_invalid_argument_as_over_http(

@@ -3,6 +3,7 @@
 import base64
 import json
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -139,6 +140,12 @@ PIXELS_1 = [0] * (32 * 32 * 3)
             "'shape' must be a non-empty list",
             "invalid_input",
         ),
+        (
+            {"inputs": [pixels_input(PIXELS_1, shape=(1, 32, 32, 3, 1))]},
+            "input 'pixels': 'shape' must be a non-empty list of non-negative integers, "
+            "at most 4 of them",
+            "invalid_input",
+        ),
         ({"inputs": [images_input([], shape=[0])]}, "input 'images': the batch is empty", None),
         (
             {"inputs": [images_input([b64(b"a")] * 5)]},
@@ -231,6 +238,15 @@ def test_bad_requests_are_400_with_what_is_wrong(model, settings, header, messag
     assert exc.value.status == 400
     assert message in exc.value.message
     assert exc.value.code == (code or "invalid_input")
+
+
+def test_a_long_shape_is_refused_before_any_arithmetic_on_it(model, settings):
+    # Their product alone took seconds of the event loop (a big-integer multiply per entry).
+    shape = [2**62] * 40_000
+    start = time.perf_counter()
+    with pytest.raises(InvalidInput, match="at most 4 of them"):
+        decode({"inputs": [pixels_input([], shape=shape)]}, model, settings)
+    assert time.perf_counter() - start < 0.5
 
 
 def test_the_pixels_view_names_its_one_input_when_refusing_another(info, settings):

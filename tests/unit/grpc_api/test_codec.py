@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -90,6 +92,14 @@ def test_timeout_parameter_shortens_the_deadline():
     request.parameters["timeout"].int64_param = 250_000  # microseconds
     decoded, _ = decode_infer(request, MODEL, Settings(), 30.0)
     assert decoded.images == [b"abc"] and decoded.timeout_s == 0.25
+
+
+def test_a_long_shape_is_refused_before_any_arithmetic_on_it():
+    tensor = Tensor(name="pixels", datatype="UINT8", shape=[2**62] * 40_000)
+    start = time.perf_counter()
+    with pytest.raises(errors.InvalidInput, match="at most 4 of them"):
+        decode_infer(_request(tensor, raw_input_contents=[b""]), MODEL, Settings(), 30.0)
+    assert time.perf_counter() - start < 0.5
 
 
 def test_outputs_raw_or_typed():
