@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 import zlib
 from typing import Any
 
@@ -33,6 +34,9 @@ def parse_json(
         raise InvalidInput(f"{what} is nested too deeply", code) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(invalid.format(what=what, exc=exc), code) from None
+    except ValueError:  # an integer past Python's limit on digits (sys.get_int_max_str_digits)
+        reason = f"an integer has more than {sys.get_int_max_str_digits()} digits"
+        raise InvalidInput(invalid.format(what=what, exc=reason), code) from None
     if _depth_over(value, MAX_JSON_DEPTH):
         raise InvalidInput(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels", code)
     return value

@@ -43,6 +43,13 @@ def test_json_too_deep_for_the_parser_is_refused_not_crashed():
     assert exc.value.code == "invalid_json"
 
 
+def test_an_integer_past_pythons_digit_limit_is_refused_in_the_callers_words():
+    with pytest.raises(InvalidInput) as exc:
+        parse_json(b"[1" + b"0" * 5000 + b"]", "the header", "bad_header", "{what} broke: {exc}")
+    assert exc.value.status == 400 and exc.value.code == "bad_header"
+    assert exc.value.message == "the header broke: an integer has more than 4300 digits"
+
+
 def test_non_utf8_json_is_refused():
     with pytest.raises(InvalidInput, match="not valid JSON"):
         parse_json(b'"\xff\xfe"')

@@ -1,0 +1,59 @@
+"""JSON that Python parses but the service must not trip over (numbers past any float or past
+Python's digit limit, lone surrogate escapes): a 400 in each protocol's error shape, on every
+route that takes JSON."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.support.tiny import tiny_loaded
+
+HUGE = "1" + "0" * 5000  # past Python's 4300-digit limit on int(str)
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(preprocess_workers=1, max_batch_size=4, batch_buckets=[1, 4])
+    with TestClient(create_app(settings, model_factory=tiny_loaded)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.05)
+        yield client
+
+
+def _message(r, status: int = 400, plain: bool = False) -> str:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    if plain:  # the standard protocols' shape, {"error": "<message>"}
+        assert isinstance(error, str) and error
+        return error
+    assert error["code"] and error["message"]
+    return error["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "plain"),
+    [
+        ("/v1/classify", '{"images": [], "top_k": ' + HUGE + "}", False),
+        ("/v1/jobs", '{"images": [], "top_k": ' + HUGE + "}", False),
+        (
+            "/v2/models/resnet50/infer",
+            '{"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 32, 32, 3], '
+            '"data": [' + HUGE + "]}]}",
+            True,
+        ),
+        ("/v1/models/resnet50:predict", '{"instances": [' + HUGE + "]}", True),
+    ],
+)
+def test_an_integer_of_too_many_digits_is_400(client, path, body, plain):
+    message = _message(client.post(path, content=body, headers=JSON), plain=plain)
+    assert "more than 4300 digits" in message
