@@ -226,7 +226,7 @@ def _pixel_array(pixels: list[Any], size: tuple[int, int]) -> np.ndarray:
     height, width = size
     try:
         array = np.asarray(pixels, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past any float
         raise _bad("pixel arrays must be equally shaped nested lists of numbers") from None
     if array.shape[1:] != (height, width, 3):
         raise _bad(

@@ -47,6 +47,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 # -- the JSON header, declared ---------------------------------------------------------------
 
 NonNegative = Annotated[StrictInt, Field(ge=0)]
+# Triton's ``timeout`` is an unsigned 64-bit integer (gRPC's uint64_param); a larger one may
+# have no float to convert to.
+MAX_TIMEOUT_US = 2**64 - 1
 # The tensors the models take have at most 4 dimensions ([N, H, W, 3]); a longer shape is
 # refused before any arithmetic on it (its product is a big-integer multiplication per entry).
 MAX_DIMS = 4
@@ -55,7 +58,7 @@ OPEN = ConfigDict(extra="ignore")  # V2 lets clients send fields and parameters 
 
 class _RequestParameters(BaseModel):
     model_config = OPEN
-    timeout: Annotated[StrictInt, Field(gt=0)] | None = None  # microseconds (Triton's)
+    timeout: Annotated[StrictInt, Field(gt=0, le=MAX_TIMEOUT_US)] | None = None  # microseconds
     binary_data_output: StrictBool = False
 
 
@@ -110,7 +113,7 @@ _WORDS: dict[tuple[str, ...], str] = {
     ),
     ("parameters",): "request: 'parameters' must be an object",
     ("parameters", "timeout"): (
-        "the 'timeout' parameter must be a positive number of microseconds"
+        "the 'timeout' parameter must be a positive number of microseconds, at most 2**64 - 1"
     ),
     ("parameters", "binary_data_output"): "binary_data_output must be true or false",
     ("outputs",): f"'outputs' must be a list with the model's one output, {OUTPUT!r}",
@@ -239,7 +242,7 @@ def _parse_input(
     else:
         try:
             values = np.asarray(spec.data, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past any float
             raise _bad(f"input {name!r}: 'data' must be numbers (flat or nested lists)") from None
         if values.size != count:
             raise _bad(f"input {name!r}: shape {shape} needs {count} values, got {values.size}")

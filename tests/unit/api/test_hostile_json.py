@@ -11,7 +11,15 @@ import pytest
 from tests.support.tiny import tiny_loaded
 
 HUGE = "1" + "0" * 5000  # past Python's 4300-digit limit on int(str)
+PAST_FLOAT = "1" + "0" * 400  # an integer no float holds
 JSON = {"content-type": "application/json"}
+
+
+def _v2_pixels(data: str) -> str:
+    """A V2 pixels input whose first value is ``data``, as JSON."""
+    return (
+        '{"name": "pixels", "datatype": "FP32", "shape": [1, 32, 32, 3], "data": [' + data + ", 0]}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +65,27 @@ def _message(r, status: int = 400, plain: bool = False) -> str:
 def test_an_integer_of_too_many_digits_is_400(client, path, body, plain):
     message = _message(client.post(path, content=body, headers=JSON), plain=plain)
     assert "more than 4300 digits" in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "expected"),
+    [
+        (
+            "/v2/models/resnet50/infer",
+            '{"parameters": {"timeout": ' + PAST_FLOAT + '}, "inputs": [' + _v2_pixels("0") + "]}",
+            "'timeout' parameter must be a positive number of microseconds",
+        ),
+        (
+            "/v2/models/resnet50/infer",
+            '{"inputs": [' + _v2_pixels(PAST_FLOAT) + "]}",
+            "'data' must be numbers",
+        ),
+        (
+            "/v1/models/resnet50:predict",
+            '{"instances": [[[[' + PAST_FLOAT + "]]]]}",
+            "nested lists of numbers",
+        ),
+    ],
+)
+def test_an_integer_past_any_float_is_400(client, path, body, expected):
+    assert expected in _message(client.post(path, content=body, headers=JSON), plain=True)

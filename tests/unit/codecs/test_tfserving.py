@@ -91,6 +91,7 @@ def test_pixels_are_rounded(info, settings):
             None,
         ),
         ({"instances": [[[1, 2, 3]], [[1, 2]]]}, "equally shaped nested lists of numbers", None),
+        ({"instances": [[[[10**400]]]]}, "equally shaped nested lists of numbers", None),
         (
             {"instances": [np.zeros((16, 16, 3)).tolist()]},
             "pixel arrays have shape [16, 16, 3]; the model takes [32, 32, 3]",
