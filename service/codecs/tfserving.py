@@ -152,6 +152,8 @@ def encode_predict(probs: np.ndarray, row: bool) -> dict[str, Any]:
 
 def _row_format(payload: dict[str, Any]) -> bool:
     signature = payload.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):  # a list or an object cannot be looked up
+        raise _bad(f"'signature_name' must be a string, got {type(signature).__name__}")
     if signature not in SIGNATURE_INPUTS:
         raise _bad(
             f'Serving signature name: "{signature}" not found in signature def; '

@@ -67,6 +67,13 @@ def test_an_integer_of_too_many_digits_is_400(client, path, body, plain):
     assert "more than 4300 digits" in message
 
 
+@pytest.mark.parametrize("signature", ["[]", "{}", "7"])
+def test_a_tf_serving_signature_name_that_is_not_a_string_is_400(client, signature):
+    body = '{"signature_name": ' + signature + ', "instances": [{"b64": "eA=="}]}'
+    r = client.post("/v1/models/resnet50:predict", content=body, headers=JSON)
+    assert "'signature_name' must be a string" in _message(r, plain=True)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "expected"),
     [

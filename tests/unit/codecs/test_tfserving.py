@@ -60,6 +60,8 @@ def test_pixels_are_rounded(info, settings):
             'Serving signature name: "predict" not found in signature def',
             "invalid_argument",
         ),
+        ({"instances": [], "signature_name": []}, "'signature_name' must be a string", None),
+        ({"instances": [], "signature_name": {}}, "must be a string, got dict", None),
         ({"instances": [], "inputs": []}, "Not both 'instances' and 'inputs'", None),
         ({"signature_name": "serving_default"}, "Missing 'inputs' or 'instances' key", None),
         ({"instances": {"b64": "eA=="}}, "Expecting 'instances' to be an list/array", None),
