@@ -31,10 +31,13 @@ MESSAGE_LIMIT = 1024
 
 def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
     """``message`` cut to at most ``limit`` UTF-8 bytes, keeping its start and its end (what
-    was wrong, and what is allowed) around a note of how much was left out."""
-    data = message.encode("utf-8", "replace")
+    was wrong, and what is allowed) around a note of how much was left out.
+
+    What UTF-8 cannot carry (a lone surrogate, which a JSON ``"\\ud800"`` escape decodes to) is
+    written as a backslash escape: every transport encodes the message as UTF-8."""
+    data = message.encode("utf-8", "backslashreplace")
     if len(data) <= limit:
-        return message
+        return data.decode("utf-8")
     head, tail = data[: limit * 2 // 3], data[-(limit // 4) :]
     left_out = len(data) - len(head) - len(tail)
     return (

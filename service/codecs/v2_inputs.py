@@ -165,6 +165,7 @@ def decode_request(
     """Validate the request's one input and its outputs; ``timeout_s`` is the transport's
     deadline, which Triton's ``timeout`` parameter may shorten."""
     parsed = _validate(header)
+    _check_id(header.get("id"))
     kind, data = _parse_input(parsed.inputs, binary, model, settings)
     params = parsed.parameters or _RequestParameters()
     timeout_us = params.timeout
@@ -177,6 +178,19 @@ def decode_request(
     else:
         request.pixels = data
     return request, _parse_outputs(parsed.outputs, params.binary_data_output)
+
+
+def _check_id(request_id: Any) -> None:
+    """The answer quotes a string ``id`` as UTF-8: refuse one it cannot carry (a lone surrogate
+    from a ``"\\ud800"`` escape) before the model runs, not when the answer is written."""
+    if isinstance(request_id, str):
+        try:
+            request_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad(
+                f"the request 'id' {request_id!r} is not valid Unicode text "
+                "(a lone surrogate escape)"
+            ) from None
 
 
 def _parse_input(

@@ -27,3 +27,11 @@ def test_multibyte_text_is_cut_on_character_boundaries():
     assert len(out.encode()) <= MESSAGE_LIMIT
     out.encode("utf-8", "strict")  # no half characters
     assert out.startswith("éé") and out.endswith("éé")
+
+
+def test_text_utf8_cannot_carry_is_escaped():
+    # A JSON "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder takes.
+    assert bounded('signature "\ud800" not found') == 'signature "\\ud800" not found'
+    out = bounded("\udfff" * 5000)
+    assert len(out.encode("utf-8", "strict")) <= MESSAGE_LIMIT
+    assert out.startswith("\\udfff\\udfff")

@@ -4,10 +4,12 @@ route that takes JSON."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from service.api.errors import NATIVE, PLAIN, error_response
 from tests.support.tiny import tiny_loaded
 
 HUGE = "1" + "0" * 5000  # past Python's 4300-digit limit on int(str)
@@ -96,3 +98,25 @@ def test_a_tf_serving_signature_name_that_is_not_a_string_is_400(client, signatu
 )
 def test_an_integer_past_any_float_is_400(client, path, body, expected):
     assert expected in _message(client.post(path, content=body, headers=JSON), plain=True)
+
+
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_a_v2_id_utf8_cannot_carry_is_400_before_inference(client, binary_output):
+    # The answer quotes the id: it failed to encode only after the model ran.
+    parameters = '"parameters": {"binary_data_output": true}, ' if binary_output else ""
+    body = '{"id": "\\ud800", ' + parameters + '"inputs": [' + _v2_pixels("0") + "]}"
+    r = client.post("/v2/models/resnet50/infer", content=body, headers=JSON)
+    assert "'id' '\\ud800' is not valid Unicode" in _message(r, plain=True)
+
+
+def test_an_error_quoting_a_lone_surrogate_is_rendered_escaped(client):
+    body = '{"signature_name": "\\ud800", "instances": [{"b64": "eA=="}]}'
+    r = client.post("/v1/models/resnet50:predict", content=body, headers=JSON)
+    assert 'Serving signature name: "\\ud800" not found' in _message(r, plain=True)
+
+
+@pytest.mark.parametrize("shape", [NATIVE, PLAIN])
+def test_every_error_answer_renders_a_lone_surrogate_escaped(shape):
+    r = error_response(400, "invalid_input", 'unknown "\ud800"', shape=shape)
+    error = json.loads(r.body)["error"]
+    assert (error if shape == PLAIN else error["message"]) == 'unknown "\\ud800"'

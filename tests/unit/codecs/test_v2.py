@@ -248,6 +248,14 @@ def test_bad_requests_are_400_with_what_is_wrong(model, settings, header, messag
     assert exc.value.code == (code or "invalid_input")
 
 
+def test_an_id_utf8_cannot_carry_is_refused_before_the_model_runs(model, settings):
+    header = {"id": "\ud800", "inputs": [images_input([b64(b"a")])]}
+    with pytest.raises(InvalidInput, match="'id' '\\\\ud800' is not valid Unicode"):
+        decode(header, model, settings)
+    header["id"] = "r\u00e9q-1"  # any other text is taken
+    assert decode(header, model, settings)[0].images == [b"a"]
+
+
 def test_a_long_shape_is_refused_before_any_arithmetic_on_it(model, settings):
     # Their product alone took seconds of the event loop (a big-integer multiply per entry).
     shape = [2**62] * 40_000
