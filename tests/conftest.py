@@ -22,6 +22,17 @@ from tests.support.tiny import save_tiny, tiny_loaded
 pytest_plugins = ["tests.support.redis"]
 
 
+@pytest.fixture(autouse=True)
+def _pillow_pixel_limit() -> Iterator[None]:
+    """``decode`` sets Pillow's process-wide pixel limit from its config; a test's small limit
+    must not reach the next test's own ``Image.open``."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = before
+
+
 @pytest.fixture(scope="session")
 def jpeg_bytes() -> bytes:
     return encode(photo_like(), "JPEG", quality=90)

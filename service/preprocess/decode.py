@@ -11,6 +11,7 @@ inter-process and host-to-device copies stay four times smaller than float32.
 from __future__ import annotations
 
 import io
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,8 +23,13 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from ..errors import ImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# We check the pixel count ourselves right after reading the header, with our own limit.
-Image.MAX_IMAGE_PIXELS = None
+
+# The formats the service takes (README, docs/PROTOCOLS.md), as Pillow names them; a JPEG's
+# opener also gives MPO, a camera's multi-picture JPEG. Pillow's other decoders are left out:
+# each is more code that client bytes reach, and some hold further images (an ICNS its PNGs)
+# that a header check does not see.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 ResizePolicy = Literal["stretch", "crop"]
 
@@ -104,19 +110,17 @@ def decode(data: bytes, cfg: PreprocessConfig, at_most: int | None = None) -> Pr
     start = time.perf_counter()
     if not data:
         raise ImageError("the image is empty (zero bytes)", "empty")
+    # Pillow checks the header's size, and every frame or image inside the file it reads
+    # (a TIFF's tiles, a GIF's frames), against this: the warning is made an error below. One
+    # setting per process, so the same value for every call.
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im: Image.Image = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = im.size
             if width <= 0 or height <= 0:
                 raise ImageError("the image has no pixels", "corrupt_image")
-            if width * height > cfg.max_pixels:
-                raise ImageError(
-                    f"the image is {width}x{height} = {width * height} pixels; "
-                    f"the limit is {cfg.max_pixels}",
-                    "too_many_pixels",
-                )
             if at_most is not None and width * height > at_most:
                 raise TooLargeForInline()
             # EXIF orientation swaps the axes for 5..8; ask the decoder for enough pixels.
@@ -142,18 +146,26 @@ def decode(data: bytes, cfg: PreprocessConfig, at_most: int | None = None) -> Pr
                 left, top = (tw - out_w) // 2, (th - out_h) // 2
                 im = im.crop((left, top, left + out_w, top + out_h))
             pixels = np.asarray(im, dtype=np.uint8)
-    except ImageError:
+    except (ImageError, TooLargeForInline):
         raise
     except UnidentifiedImageError:
-        raise ImageError("the data is not an image in a supported format", "not_an_image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("the image is a decompression bomb", "too_many_pixels") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        # Pillow reports truncated or corrupt data with these; the text is Pillow's own.
-        reason = str(exc) or type(exc).__name__
-        raise ImageError(f"the image could not be decoded: {reason}", "corrupt_image") from None
+        raise ImageError(
+            f"the data is not an image in a supported format ({_NAMES})", "not_an_image"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) exceeds ..."
+        size = f"{found[1]} pixels" if found else "more pixels than the limit"
+        raise ImageError(
+            f"the image, or an image or frame inside it, is {size}; the limit is {cfg.max_pixels}",
+            "too_many_pixels",
+        ) from None
     except MemoryError:
         raise ImageError("the image is too large to decode", "too_many_pixels") from None
+    except Exception as exc:
+        # Pillow reports truncated or corrupt data with OSError, SyntaxError, ValueError...;
+        # anything else it raises on these bytes is still about them, never the server's fault.
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"the image could not be decoded: {reason}", "corrupt_image") from None
     if pixels.shape != (*cfg.size, 3):  # pragma: no cover - defensive
         raise ImageError(f"unexpected decoded shape {pixels.shape}", "corrupt_image")
     return Preprocessed(pixels, time.perf_counter() - start, (width, height))

@@ -1,10 +1,12 @@
 """POST /v1/classify: the three body forms, request order, and every kind of bad input."""
 
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.support.helpers import encode, photo_like
 
@@ -82,6 +84,15 @@ def _error(r, status: int, code: str) -> dict:
 def test_not_an_image_gets_400(client):
     r = client.post("/v1/classify", content=b"hello world", headers={"content-type": "image/jpeg"})
     _error(r, 400, "not_an_image")
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "DDS", "TGA"])
+def test_an_image_in_a_format_the_service_does_not_take_gets_400(client, fmt):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, fmt)
+    r = client.post("/v1/classify", content=buf.getvalue(), headers={"content-type": "image/x"})
+    body = _error(r, 400, "not_an_image")
+    assert "(JPEG, PNG, WebP, GIF, BMP or TIFF)" in body["error"]["message"]
 
 
 def test_truncated_jpeg_gets_400(client, jpeg_bytes):

@@ -2,14 +2,16 @@
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from service.errors import ImageError
 from service.model.normalize import normalize
+from service.preprocess import decode as decode_module
 from service.preprocess.decode import PreprocessConfig, decode
 from tests.support.helpers import encode, photo_like
 
@@ -157,9 +159,7 @@ def test_truncated_jpeg_is_corrupt():
     assert err.value.code == "corrupt_image"
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height``: a decompression bomb's header."""
-
+def _png(width: int, height: int, color_type: int, idat: bytes) -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return (
             struct.pack(">I", len(payload))
@@ -168,9 +168,13 @@ def _png_header_only(width: int, height: int) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + payload))
         )
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height``: a decompression bomb's header."""
+    return _png(width, height, 2, zlib.compress(b"\x00" * 64))
 
 
 def test_decompression_bomb_is_refused_before_decoding():
@@ -192,3 +196,67 @@ def test_image_error_survives_pickling():
 
     err = pickle.loads(pickle.dumps(ImageError("bad", "corrupt_image")))
     assert (err.code, err.message) == ("corrupt_image", "bad")
+
+
+def _icns(png: bytes) -> bytes:
+    """An Apple icon whose one entry (``ic08``, nominally 256x256) is ``png``, of any size."""
+    entry = b"ic08" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
+
+
+def _saved(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "ICNS", "PPM", "TGA", "PCX", "DDS", "SGI", "IM"])
+def test_formats_the_service_does_not_take_are_refused_naming_those_it_does(fmt):
+    with pytest.raises(ImageError) as err:
+        decode(_saved(fmt), CFG)
+    assert err.value.code == "not_an_image"
+    assert "(JPEG, PNG, WebP, GIF, BMP or TIFF)" in err.value.message
+
+
+def _grey_png(width: int, height: int) -> bytes:
+    """A black greyscale PNG, small on the wire whatever its size."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    return _png(
+        width, height, 0, b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    )
+
+
+def test_a_large_image_inside_a_small_icon_is_refused_at_once():
+    # The icon's header says 256x256; its PNG is 8000x8000 (64 MP, over the 50 MP limit).
+    data = _icns(_grey_png(8000, 8000))
+    start = time.perf_counter()
+    with pytest.raises(ImageError) as err:
+        decode(data, CFG)
+    assert err.value.code == "not_an_image"
+    assert time.perf_counter() - start < 0.5
+
+
+def test_pillows_own_check_holds_images_inside_a_file_to_the_limit(monkeypatch):
+    # With a format that holds further images allowed, the limit still applies to those.
+    monkeypatch.setattr(decode_module, "FORMATS", (*decode_module.FORMATS, "ICNS"))
+    small = PreprocessConfig(max_pixels=100_000)  # the header's 256x256 passes
+    inner = encode(np.zeros((400, 400, 3), np.uint8), "PNG")
+    with pytest.raises(ImageError) as err:
+        decode(_icns(inner), small)
+    assert err.value.code == "too_many_pixels"
+    assert "160000 pixels; the limit is 100000" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "exc", [NotImplementedError("no"), AttributeError("x"), KeyError("k"), ZeroDivisionError()]
+)
+def test_anything_pillow_raises_on_the_bytes_is_a_corrupt_image(monkeypatch, exc):
+    def broken(self):
+        raise exc
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken)
+    with pytest.raises(ImageError) as err:
+        decode(encode(photo_like(60, 80), "PNG"), CFG)
+    assert err.value.code == "corrupt_image"
+    assert err.value.message.startswith("the image could not be decoded: ")
