@@ -18,9 +18,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import tracing
 from ..errors import InternalError, ServeError, bounded, error_body
@@ -28,6 +29,11 @@ from ..errors import InternalError, ServeError, bounded, error_body
 log = logging.getLogger(__name__)
 
 NATIVE, PLAIN = "native", "plain"
+
+# A client that went away before its request was read: nginx's "client closed request". The
+# answer reaches no one (the server drops what is sent after a disconnect); its status and code
+# are what the access log and the failure metric count, as gRPC counts a cancelled call.
+CLIENT_CLOSED = 499
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -83,6 +89,12 @@ def serve_error_response(exc: ServeError, retry_after_s: int, shape: str = NATIV
     return error_response(exc.status, exc.code, exc.message, headers, shape, exc.details)
 
 
+def disconnected_response(method: str, path: str) -> Response:
+    """The answer to a request whose client disconnected: not the server's failure."""
+    log.info("the client of %s %s disconnected before its request was read", method, path)
+    return Response(status_code=CLIENT_CLOSED, headers={"X-Error-Code": "cancelled"})
+
+
 def _shape(request: Request) -> str:
     return getattr(request.scope.get("route"), "error_shape", NATIVE)
 
@@ -110,6 +122,10 @@ def install(app: FastAPI) -> None:
         else:
             code = _STATUS_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, message, dict(exc.headers or {}), shape)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        return disconnected_response(request.method, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,6 +20,7 @@ import re
 from urllib.parse import parse_qsl
 
 import msgspec
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import tracing
@@ -28,7 +29,7 @@ from ..dataplane.dataplane import DataPlane
 from ..errors import ServeError
 from .body import TIMEOUT_HEADER, receive_body, timeout_s
 from .classify import PATH, PIPELINE_NAME_MAX, classify_body
-from .errors import PLAIN, serve_error_response, unexpected_response
+from .errors import PLAIN, disconnected_response, serve_error_response, unexpected_response
 from .v2 import infer_answer
 
 _TIMEOUT = TIMEOUT_HEADER.lower().encode()
@@ -101,6 +102,9 @@ class FastPaths:
             response = serve_error_response(exc, plane.settings.retry_after_s)
             await response(scope, receive, send)
             return
+        except ClientDisconnect:
+            await disconnected_response("POST", PATH)(scope, receive, send)
+            return
         except Exception as exc:  # outside the framework: its last-resort handler is not here
             await unexpected_response("POST", PATH, exc)(scope, receive, send)
             return
@@ -136,6 +140,9 @@ class FastPaths:
         except ServeError as exc:
             response = serve_error_response(exc, plane.settings.retry_after_s, PLAIN)
             await response(scope, receive, send)
+            return
+        except ClientDisconnect:
+            await disconnected_response("POST", scope["path"])(scope, receive, send)
             return
         except Exception as exc:  # outside the framework: its last-resort handler is not here
             await unexpected_response("POST", scope["path"], exc, PLAIN)(scope, receive, send)

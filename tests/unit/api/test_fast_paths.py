@@ -210,3 +210,67 @@ def test_a_payload_past_the_limit_is_413_and_closes_on_both_paths(make_client, m
     route_answer = client.post(f"/v2/models/{model}/infer", content=binary, headers=headers)
     assert fast_answer.status_code == 413 and fast_answer.headers["connection"] == "close"
     assert _comparable(fast_answer) == _comparable(route_answer)
+
+
+async def _send_part_and_go(app, path: str, content_type: bytes) -> list[dict]:
+    """A POST that declares 1000 bytes, sends 10 and disconnects; what the app sent back."""
+    messages = iter(
+        [
+            {"type": "http.request", "body": b"x" * 10, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", content_type), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_client_that_disconnects_mid_body_is_counted_cancelled_not_a_failure(
+    make_client, monkeypatch, caplog, fast_path
+):
+    client = make_client()
+    model = client.get("/v1/models").json()["models"][0]["name"]
+    if not fast_path:
+        monkeypatch.setattr(fast, "PATH", "/nowhere")
+        monkeypatch.setattr(fast, "_V2_INFER", re.compile(r"(?!)"))
+    requests = [
+        ("/v1/classify", b"image/png"),
+        (f"/v2/models/{model}/infer", b"application/json"),
+        (f"/v1/models/{model}:predict", b"application/json"),  # always the framework's
+    ]
+    caplog.clear()
+    for path, content_type in requests:
+        sent = client.portal.call(_send_part_and_go, client.app, path, content_type)
+        starts = [m for m in sent if m["type"] == "http.response.start"]
+        assert [m["status"] for m in starts] == [499], path
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    text = client.get("/metrics").text
+    assert 'reason="internal_error"' not in text
+    cancelled = [
+        line
+        for line in text.splitlines()
+        if line.startswith("serve_request_failure_total{") and 'reason="cancelled"' in line
+    ]
+    assert len(cancelled) == len(requests) and all(c.endswith("} 1.0") for c in cancelled)
