@@ -30,6 +30,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # that a header check does not see.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+# Pillow warns past its pixel limit and raises past twice it. Decoding runs in several threads
+# at once, and warning filters are the process's: a warning cannot be made an error for one
+# call without a race. So the header is checked here, exactly, and Pillow's limit is set to
+# half the service's (below), so that it raises for anything larger that a file holds inside.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 ResizePolicy = Literal["stretch", "crop"]
 
@@ -110,42 +115,45 @@ def decode(data: bytes, cfg: PreprocessConfig, at_most: int | None = None) -> Pr
     start = time.perf_counter()
     if not data:
         raise ImageError("the image is empty (zero bytes)", "empty")
-    # Pillow checks the header's size, and every frame or image inside the file it reads
-    # (a TIFF's tiles, a GIF's frames), against this: the warning is made an error below. One
-    # setting per process, so the same value for every call.
-    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
+    # Pillow raises DecompressionBombError for any image past twice this, the header's or one
+    # inside the file. One value per process (its one configuration), so no race.
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels // 2
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise ImageError("the image has no pixels", "corrupt_image")
-            if at_most is not None and width * height > at_most:
-                raise TooLargeForInline()
-            # EXIF orientation swaps the axes for 5..8; ask the decoder for enough pixels.
-            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-            target_w, target_h = _resized_target(width, height, cfg)
-            if orientation in (5, 6, 7, 8):
-                target_w, target_h = target_h, target_w
-            if im.format == "JPEG":
-                # DCT scaling: decode at 1/2, 1/4 or 1/8 size when that is still >= target.
-                im.draft("RGB", (target_w, target_h))
-            if getattr(im, "is_animated", False):
-                im.seek(0)
-            im.load()
-            if orientation != 1:  # exif_transpose copies even an upright image
-                im = ImageOps.exif_transpose(im) or im
-            im = _to_rgb(im)
-            w, h = im.size
-            tw, th = _resized_target(w, h, cfg)
-            if (w, h) != (tw, th):
-                im = im.resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=3.0)
-            if cfg.resize == "crop":
-                out_h, out_w = cfg.size
-                left, top = (tw - out_w) // 2, (th - out_h) // 2
-                im = im.crop((left, top, left + out_w, top + out_h))
-            pixels = np.asarray(im, dtype=np.uint8)
+        im: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise ImageError("the image has no pixels", "corrupt_image")
+        if width * height > cfg.max_pixels:
+            raise ImageError(
+                f"the image is {width}x{height} = {width * height} pixels; "
+                f"the limit is {cfg.max_pixels}",
+                "too_many_pixels",
+            )
+        if at_most is not None and width * height > at_most:
+            raise TooLargeForInline()
+        # EXIF orientation swaps the axes for 5..8; ask the decoder for enough pixels.
+        orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+        target_w, target_h = _resized_target(width, height, cfg)
+        if orientation in (5, 6, 7, 8):
+            target_w, target_h = target_h, target_w
+        if im.format == "JPEG":
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 size when that is still >= target.
+            im.draft("RGB", (target_w, target_h))
+        if getattr(im, "is_animated", False):
+            im.seek(0)
+        im.load()
+        if orientation != 1:  # exif_transpose copies even an upright image
+            im = ImageOps.exif_transpose(im) or im
+        im = _to_rgb(im)
+        w, h = im.size
+        tw, th = _resized_target(w, h, cfg)
+        if (w, h) != (tw, th):
+            im = im.resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        if cfg.resize == "crop":
+            out_h, out_w = cfg.size
+            left, top = (tw - out_w) // 2, (th - out_h) // 2
+            im = im.crop((left, top, left + out_w, top + out_h))
+        pixels = np.asarray(im, dtype=np.uint8)
     except (ImageError, TooLargeForInline):
         raise
     except UnidentifiedImageError:
