@@ -246,7 +246,7 @@ class Pipeline:
         """Items that arrived together (see ``Chain.submit_many``); raises ``NotReady``. An
         item that is not what the first model takes is answered ``InvalidInput`` on its own,
         and the others run."""
-        if self.chain is None:
+        if self.chain is None or self.state == "stopped":  # stopped: its batchers run no more
             raise NotReady.of(self.state)
         runner = self.chain.first.runner
         shape, dtype = tuple(runner.input_shape), runner.input_dtype

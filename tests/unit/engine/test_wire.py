@@ -29,6 +29,7 @@ from service.errors import (
     InvalidInput,
     ModelError,
     NotFound,
+    NotReady,
     ServeError,
     ShuttingDown,
 )
@@ -459,6 +460,22 @@ def test_stopping_the_accelerator_process_answers_what_is_queued():
     running, queued = asyncio.run(go())
     assert isinstance(queued, ShuttingDown)
     assert isinstance(running, (tuple, ShuttingDown))
+
+
+def test_an_item_that_arrives_once_the_pipelines_stopped_is_answered_at_once():
+    """Not left in a batcher that runs no more until the process exits."""
+
+    async def go():
+        async with wired() as w:
+            client = await w.client()
+            await w.registry.stop()
+            started = time.monotonic()
+            with pytest.raises(NotReady) as err:
+                await asyncio.wait_for(client.run("default", pixels(0), far()), 10)
+            return err.value, time.monotonic() - started, client.arena.free
+
+    error, seconds, free = asyncio.run(go())
+    assert "draining" in error.message and seconds < 1 and free == 8
 
 
 def test_a_front_end_of_another_build_is_refused_and_told_why():
