@@ -191,16 +191,16 @@ def test_a_message_over_the_limit_is_resource_exhausted(channel):
         ("ModelInfer", pb.ModelInferRequest(model_name="m" * 65536), "NOT_FOUND"),
         ("ModelConfig", pb.ModelConfigRequest(name="m" * 60_000), "NOT_FOUND"),
         ("ModelMetadata", pb.ModelMetadataRequest(name="é" * 30_000), "NOT_FOUND"),
-        ("ModelInfer", "shape", "INVALID_ARGUMENT"),
+        ("ModelInfer", "input name", "INVALID_ARGUMENT"),
         ("Check", health_pb2.HealthCheckRequest(service="s" * 60_000), "NOT_FOUND"),
     ],
 )
 def test_errors_quote_long_input_truncated_so_the_client_reads_them(
     channel, model_name, method, request_message, code
 ):
-    if request_message == "shape":  # an image tensor of 10,000 dimensions
+    if request_message == "input name":  # an input of a 60,000-character name
         tensor = pb.ModelInferRequest.InferInputTensor(
-            name="images", datatype="BYTES", shape=[1] * 10_000
+            name="x" * 60_000, datatype="BYTES", shape=[1]
         )
         request_message = pb.ModelInferRequest(
             model_name=model_name, inputs=[tensor], raw_input_contents=[b"\1\0\0\0a"]
