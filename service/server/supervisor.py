@@ -16,6 +16,10 @@ this supervisor, which starts them, watches them and stops them.
 * SIGTERM: the front ends drain (readiness 503 at once, in-flight requests finish within
   ``SERVE_GRACEFUL_TIMEOUT_S``), then the accelerator process stops, then this process
   exits 0. A second SIGINT kills everything at once.
+* It reaps what its children leave: in a container it is PID 1, to which the kernel hands every
+  orphan (a killed accelerator process's resource tracker and workers), and elsewhere it makes
+  itself their subreaper. asyncio waits only for the processes it started, so the others would
+  stay zombies, one more PID each, for the pod's life.
 
 It imports neither TensorFlow nor the web framework: it stays small, and it is what the
 container's PID 1 runs.
@@ -51,6 +55,8 @@ ENGINE_WINDOW_S = 300.0
 # Front ends that die this often (per front end, in ENGINE_WINDOW_S) cannot start: the pod
 # stops (exit 1) rather than restart them for ever.
 FRONTEND_RESTARTS = 5
+# How often the zombies of orphaned descendants are reaped.
+REAP_S = 2.0
 # After the front ends' graceful timeout, how long they may still take to exit.
 EXIT_GRACE_S = 10.0
 # The front ends' environment (the supervisor's own wins): two malloc arenas instead of
@@ -211,6 +217,7 @@ class Supervisor:
         await self.start_engine()
         for index in range(self.processes):
             await self.start_frontend(index)
+        reaper = asyncio.create_task(self._reap(), name="reaper")
         log.info(
             "serving on %s:%d: %d front-end processes, 1 accelerator process",
             self.settings.host,
@@ -219,6 +226,9 @@ class Supervisor:
         )
         await self._stopped.wait()
         await self._shutdown()
+        reaper.cancel()
+        with contextlib.suppress(OSError):
+            self.reap_orphans()
         if store is not None:
             await store.close()
         return 1 if self.failed else 0
@@ -245,6 +255,27 @@ class Supervisor:
         log.warning("signal %d: draining", sig)
         self.stop()
 
+    def reap_orphans(self) -> int:
+        """Reap the zombies among this process's children that asyncio does not wait for
+        (those it did not start); returns how many."""
+        started = {p.pid for p in self._children()}
+        reaped = 0
+        for pid in zombie_children(os.getpid()):
+            if pid in started:
+                continue
+            with contextlib.suppress(ChildProcessError):
+                reaped += os.waitpid(pid, os.WNOHANG)[0] == pid
+        return reaped
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_S)
+            try:
+                if reaped := self.reap_orphans():
+                    log.info("reaped %d orphaned processes", reaped)
+            except OSError:  # no /proc: nothing to reap this way
+                return
+
     def stop(self) -> None:
         if not self.stopping:
             self.stopping = True
@@ -263,6 +294,38 @@ class Supervisor:
             await _terminate([self.engine], 30.0)
         for task in list(self._watchers):
             task.cancel()
+
+
+def become_subreaper() -> bool:
+    """Linux: orphaned descendants are handed to this process instead of PID 1."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def zombie_children(parent: int) -> list[int]:
+    """The pids of ``parent``'s children that have exited and wait to be reaped (/proc: its
+    threads' lists of children, then each child's state)."""
+    children: list[int] = []
+    for task in os.scandir(f"/proc/{parent}/task"):
+        with contextlib.suppress(OSError), open(f"{task.path}/children", "rb") as f:
+            children += [int(pid) for pid in f.read().split()]
+    found = []
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # reaped meanwhile
+            continue
+        # "pid (comm) state ...": comm may hold spaces and parentheses.
+        if stat[stat.rfind(b")") + 2 :].startswith(b"Z"):
+            found.append(pid)
+    return found
 
 
 def _too_often(deaths: deque[float], limit: int) -> bool:
@@ -322,6 +385,7 @@ def main() -> int:
         except WeightsUnavailable as exc:
             log.critical("%s", exc)
             return 3  # what uvicorn answers for a failed startup
+    become_subreaper()
     directory = run_dir()
     lock = segments.hold(directory)  # noqa: F841 - held until this process exits
     os.environ[segments.TAG_ENV] = directory.name  # its children name their segments after it

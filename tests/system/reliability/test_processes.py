@@ -472,3 +472,30 @@ def test_the_next_start_removes_what_a_pod_killed_as_a_whole_left_in_dev_shm(
         assert httpx.get(second.url + "/readyz").status_code == 200
     finally:
         stop_server(second)
+
+
+def test_what_a_killed_accelerator_process_leaves_is_reaped(tiny_model_file, tmp_path):
+    """Its children (its resource tracker, its workers) are orphaned when it is killed: the
+    supervisor adopts them (PID 1 in a container, a subreaper elsewhere) and reaps them, so
+    no zombie is left behind for the pod's life."""
+    import psutil
+
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
+    try:
+        victim = psutil.Process(engine(srv.process.pid))
+        orphans = [child.pid for child in victim.children(recursive=True)]
+        assert orphans  # at least its resource tracker
+        victim.kill()
+        deadline = time.monotonic() + 30
+        while httpx.get(srv.url + "/readyz").status_code != 200:  # its successor is up
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        deadline = time.monotonic() + 15
+        while left := [pid for pid in orphans if psutil.pid_exists(pid)]:
+            assert time.monotonic() < deadline, [
+                (pid, psutil.Process(pid).status(), psutil.Process(pid).ppid()) for pid in left
+            ]
+            time.sleep(0.2)
+        assert "reaped" in srv.log()  # they came to the supervisor, not to the machine's init
+    finally:
+        stop_server(srv)
