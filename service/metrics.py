@@ -1,8 +1,10 @@
 """Prometheus metrics, named after what operators know from Triton.
 
 Mean batch size = ``serve_inference_count_total / serve_execution_count_total``.
-Runner busy fraction = ``rate(serve_runner_busy_seconds_total[1m])``, also exported directly as
-``serve_runner_busy_ratio`` over the last ``window_s`` seconds.
+Runner busy time = ``rate(serve_runner_busy_seconds_total[1m])``: runner-seconds per second,
+summed over every instance of every model stage (so above 1 with several instances). The busy
+fraction is exported directly as ``serve_runner_busy_ratio`` (the busiest model stage, over the
+last ``window_s`` seconds) and per stage as ``serve_stage_busy_ratio{stage}``.
 
 One view of the pod: with several processes (the front ends and the accelerator process),
 ``PROMETHEUS_MULTIPROC_DIR`` is set before any of them imports prometheus-client, every process
@@ -99,8 +101,10 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     counts: dict[int, int] = {}
     last = len(bounds)
     for amount in amounts:
+        if amount != amount:  # NaN: no bucket, as observe() does (bisect would say the first)
+            continue
         i = bisect.bisect_left(bounds, amount)  # the first bound >= amount
-        if i < last:  # NaN: no bucket, as observe() does
+        if i < last:
             counts[i] = counts.get(i, 0) + 1
     for i, count in counts.items():
         buckets[i].inc(count)
@@ -464,12 +468,14 @@ class Metrics:
         self.stage_busy_window("model")
         self.runner_busy_ratio = Gauge(
             "serve_runner_busy_ratio",
-            f"Fraction of the last {window_s:g} s the default model stage's runner instances "
-            "were executing (1: all of them, all the time).",
+            f"Fraction of the last {window_s:g} s the busiest model stage's runner instances "
+            "were executing (1: all of them, all the time), of any pipeline.",
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.watch(self.runner_busy_ratio, lambda: self._stage_windows["model"].ratio())
+        # The busiest, not the default pipeline's alone: with traffic on another pipeline
+        # (SERVE_PIPELINE, or pipelines named per request) it would read 0 while runners work.
+        self.watch(self.runner_busy_ratio, self._busiest_runner)
         # -- asynchronous jobs (service/jobs)
         self.jobs = Counter(
             "serve_jobs",
@@ -478,6 +484,10 @@ class Metrics:
             ["event"],
             registry=r,
         )
+
+    def _busiest_runner(self) -> float:
+        windows = list(self._stage_windows.values())
+        return max((w.ratio() for w in windows if isinstance(w, BusyWindow)), default=0.0)
 
     def stage_busy_window(self, stage: str, capacity: int = 1) -> BusyWindow:
         """The busy window of a model stage with ``capacity`` runner instances, exported as
