@@ -10,6 +10,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..auth import presented_token, token_matches
 from .errors import error_response
+from .middleware import ROUTE_LABEL
+
+# The route label of refused requests (before routing, so no route template is known).
+REFUSED_ROUTE = "auth"
 
 log = logging.getLogger(__name__)
 
@@ -45,5 +49,6 @@ class AuthMiddleware:
             else "the token is not valid"
         )
         log.warning("refused %s %s: %s", scope["method"], scope["path"], code)
+        scope[ROUTE_LABEL] = REFUSED_ROUTE
         response = error_response(401, code, message, {"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)

@@ -15,6 +15,9 @@ from ..metrics import Metrics
 access = logging.getLogger("service.access")
 
 UNMATCHED = "unmatched"
+# A layer that answers before routing names the request's ``route`` label here (the scope is
+# shared down the stack): refused requests then show apart from scans of unknown paths.
+ROUTE_LABEL = "serve.route_label"
 
 
 class MetricsMiddleware:
@@ -61,7 +64,7 @@ class MetricsMiddleware:
         finally:
             m.pending_requests.dec()
             route = scope.get("route")
-            path = getattr(route, "path", UNMATCHED)
+            path = getattr(route, "path", None) or scope.get(ROUTE_LABEL, UNMATCHED)
             elapsed = time.perf_counter() - start
             m.request_duration.labels(path, str(status), "http").observe(elapsed)
             if span is not None:

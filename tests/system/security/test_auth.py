@@ -38,6 +38,16 @@ def test_a_request_without_a_token_gets_401_json(authed, jpeg_bytes):
     assert r.headers["x-request-id"]
 
 
+def test_refusals_are_counted_under_a_route_of_their_own(authed, jpeg_bytes):
+    """Not under ``unmatched``, which dashboards leave out as scans of unknown paths."""
+    _classify(authed, jpeg_bytes)
+    _classify(authed, jpeg_bytes, {"Authorization": "Bearer wrong"})
+    text = authed.get("/metrics").text
+    for reason in ("unauthorized", "invalid_token"):
+        line = f'serve_request_failure_total{{protocol="http",reason="{reason}",route="auth"}}'
+        assert line in text, reason
+
+
 @pytest.mark.parametrize(
     "headers",
     [
