@@ -155,3 +155,10 @@ def test_the_503_504_panel_lists_every_refusal_and_deadline_code():
 
 def _subclasses(cls: type) -> list[type]:
     return [c for s in cls.__subclasses__() for c in (s, *_subclasses(s))]
+
+
+def test_every_request_panel_leaves_out_probes_and_scrapes():
+    """Probes, scrapes and scans of unknown paths are no one's traffic or errors."""
+    for title, expr in panel_queries():
+        if "serve_request_" in expr:
+            assert 'route!~"/metrics|/healthz|/readyz' in expr, title

@@ -58,3 +58,14 @@ def test_observe_many_on_a_labelled_child_touches_only_that_child():
     assert samples[("w_seconds_bucket", (("le", "1.0"), ("stage", "a")))] == 2
     assert math.isclose(samples[("w_seconds_sum", (("stage", "a"),))], 5.55)
     assert not any(dict(labels).get("stage") == "b" for _, labels in samples)
+
+
+def test_a_nan_falls_in_no_bucket_as_with_observe():
+    one, each, many, bulk = _pair()
+    for amount in (0.002, math.nan):
+        each.observe(amount)
+    observe_many(bulk, [0.002, math.nan])
+    expected, got = _samples(one), _samples(many)
+    buckets = [key for key in expected if key[0] == "wait_seconds_bucket"]
+    assert [got[key] for key in buckets] == [expected[key] for key in buckets]
+    assert got[("wait_seconds_count", ())] == expected[("wait_seconds_count", ())] == 1
