@@ -15,7 +15,7 @@ is the machinery:
   With one instance this rule never limits a batch.
 * Ahead of time (``ahead``, on accelerators): when every instance is busy and at least as many
   items are queued as the batch running (the load is steady), they are taken now for the next
-  batch and assembled (copied into the instance's other input buffer and, on an accelerator,
+  batch and assembled (copied into a free input buffer of the instance and, on an accelerator,
   sent to the device) in an assembly thread, so that the instance starts it the moment it
   finishes the one it runs: it never waits for host work between batches under load.
   ``serve_batch_assembly_seconds_total{when}`` says how much assembly ran ahead and how much

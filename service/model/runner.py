@@ -18,6 +18,7 @@ import abc
 import bisect
 import copy
 import logging
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -63,6 +64,7 @@ class Prepared(NamedTuple):
     batch: Any
     n: int  # items, before padding
     size: int  # the bucket
+    buffer: np.ndarray | None = None  # the host buffer it holds until run (None: in place)
 
 
 class ModelRunner(abc.ABC):
@@ -84,7 +86,8 @@ class ModelRunner(abc.ABC):
         self.max_batch_size = self.buckets[-1]
         self.input_shape, self.input_dtype = input_spec(loaded)
         self.images = self.input_dtype == np.uint8
-        self._buffers: dict[int, list[np.ndarray]] = {}  # bucket -> two input buffers
+        self._buffers: dict[int, list[np.ndarray]] = {}  # bucket -> its free input buffers
+        self._lock = threading.Lock()  # assembled in two threads: the runner's, the assembler's
         self.call_cost_s = 0.0  # measured by warmup()
         self._compile(xla)
         self.device = self._device()
@@ -126,12 +129,17 @@ class ModelRunner(abc.ABC):
         shared) with its own input buffers, so that both may run batches at the same time."""
         twin = copy.copy(self)
         twin._buffers = {}
+        twin._lock = threading.Lock()
         return twin
 
     def assemble(self, images: list[np.ndarray] | np.ndarray) -> Prepared:
         """Copy a batch into an input buffer of its bucket, padded, and hand it to the device
-        (:meth:`_transfer`). Two buffers per bucket take turns, so the next batch is
-        assembled while the one before still runs (``DynamicBatcher``'s ``ahead``).
+        (:meth:`_transfer`). The buffer is the batch's until :meth:`execute` has run it (the
+        call may read it from the host: TensorFlow's, through DLPack), then free for the next
+        one: so the next batch is assembled while the one before still runs
+        (``DynamicBatcher``'s ``ahead``), whatever order the two threads that assemble (the
+        runner's, the assembler's) come in. Each bucket has as many buffers as were ever in
+        use at once: two or three.
 
         A lone item that is already laid out as the model reads it (the front end's
         shared-memory slot: the input's shape and type, contiguous, writable, 64-byte
@@ -141,13 +149,11 @@ class ModelRunner(abc.ABC):
         size = self.bucket_for(n)
         if size == 1 and not isinstance(images, np.ndarray) and self._in_place(images[0]):
             return Prepared(self._transfer(images[0][np.newaxis]), 1, 1)
-        pair = self._buffers.get(size)
-        if pair is None:
-            pair = self._buffers[size] = [
-                aligned_zeros((size, *self.input_shape), self.input_dtype) for _ in range(2)
-            ]
-        pair.reverse()
-        buf = pair[0]
+        with self._lock:
+            free = self._buffers.setdefault(size, [])
+            buf = free.pop() if free else None
+        if buf is None:
+            buf = aligned_zeros((size, *self.input_shape), self.input_dtype)
         if isinstance(images, np.ndarray):
             buf[:n] = images
         else:  # the items are views into the front ends' shared memory: one copy each
@@ -160,7 +166,7 @@ class ModelRunner(abc.ABC):
                 buf[i] = image
         if n < size:
             buf[n:] = 0
-        return Prepared(self._transfer(buf), n, size)
+        return Prepared(self._transfer(buf), n, size, buf)
 
     def _in_place(self, item: np.ndarray) -> bool:
         return (
@@ -174,7 +180,12 @@ class ModelRunner(abc.ABC):
     def execute(self, prepared: Prepared) -> tuple[np.ndarray, int, float]:
         """Run an assembled batch: (outputs[n, ...] float32, padded size, compute seconds)."""
         start = time.perf_counter()
-        out = self._call(prepared.batch)
+        try:
+            out = self._call(prepared.batch)
+        finally:
+            if prepared.buffer is not None:  # read: free for the next batch of its bucket
+                with self._lock:
+                    self._buffers[prepared.size].append(prepared.buffer)
         seconds = time.perf_counter() - start
         return out[: prepared.n], prepared.size, seconds
 

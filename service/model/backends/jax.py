@@ -65,7 +65,7 @@ class JaxRunner(ModelRunner):
 
     def _transfer(self, batch: np.ndarray) -> Any:
         # Asynchronous on a GPU: the copy runs while the batch before computes. The host
-        # buffer is not written again until this batch has run (the runner alternates two).
+        # buffer is not written again until this batch has run (ModelRunner.assemble).
         # On the CPU the device is the host: the compiled call takes the array as it is, and
         # ``device_put`` would only add its own dispatch and copy (~0.1 ms for one image).
         if self._host:

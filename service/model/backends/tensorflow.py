@@ -86,8 +86,8 @@ class TensorFlowRunner(ModelRunner):
 
     def _transfer(self, batch: np.ndarray) -> Any:
         # The input buffer as a tensor without a copy (tf.constant copies the whole batch).
-        # The buffer is 64-byte aligned, as TensorFlow needs, and the runner does not write it
-        # again before this batch has run.
+        # The buffer is 64-byte aligned, as TensorFlow needs, and is not written again before
+        # this batch has run (ModelRunner.assemble).
         return tf.experimental.dlpack.from_dlpack(batch.__dlpack__())
 
     def _call(self, batch: Any) -> np.ndarray:

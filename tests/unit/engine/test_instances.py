@@ -273,6 +273,7 @@ class _Echo(ModelRunner):
         self.buckets, self.max_batch_size = [1, 2, 4], 4
         self.input_shape, self.input_dtype, self.images = (1,), np.dtype(np.float32), False
         self._buffers, self.call_cost_s, self.device = {}, 0.0, "/device:GPU:0"
+        self._lock = threading.Lock()
 
     def _compile(self, xla):
         pass
@@ -329,3 +330,40 @@ def test_a_batch_assembled_ahead_runs_next_on_its_instance_with_its_own_items():
         return out
 
     assert asyncio.run(scenario()) == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}
+
+
+def test_a_burst_at_an_idle_accelerator_instance_answers_every_item_with_its_own_output():
+    """Batch A goes to the runner, which assembles it in its thread, while the assembly thread
+    assembles B ahead: B's assembly may come first. Then C is assembled ahead while B runs,
+    and must not be given the buffer B is read from (the model reads it during the call)."""
+    gates: dict[float, threading.Event] = {}
+
+    class Slow(_Echo):
+        def _call(self, batch):
+            time.sleep(0.02)  # the device computing, reading its input buffer
+            return super()._call(batch)
+
+    def item(value: float) -> np.ndarray:
+        return np.frombuffer(np.float32([value]).tobytes(), np.float32)
+
+    async def scenario():
+        runner = Slow(gates)
+        batcher = DynamicBatcher(
+            "echo",
+            [runner.run],
+            max_batch_size=4,
+            metrics=Metrics(),
+            ahead=[(runner.assemble, runner.execute)],
+        )
+        batcher.start()
+        wrong = 0
+        for burst in range(10):
+            values = [burst * 100.0 + i for i in range(12)]  # three full batches at once
+            futures = [batcher.submit(item(v), far()) for v in values]
+            outputs = [float((await f)[0][0]) for f in futures]
+            wrong += sum(o != v for o, v in zip(outputs, values, strict=True))
+            await asyncio.sleep(0.03)
+        await batcher.stop()
+        return wrong
+
+    assert asyncio.run(scenario()) == 0
