@@ -49,9 +49,13 @@ def default_model_factory(settings: Settings) -> ModelFactory:
 
 def load_stage_model(spec: ModelStageSpec, settings: Settings) -> LoadedModel:
     """Build the model of one stage of a configured pipeline (blocking)."""
-    from ..model.backends import require_gpu
+    from ..model.backends import configure, require_gpu
     from ..model.loader import load_keras_file, load_model
 
+    # As the default pipeline's factory does: this may be the first model the process builds
+    # (SERVE_PIPELINE names a configured pipeline, which starts first), and the backend's
+    # threads, GPU memory and precision are set only before it.
+    configure(settings)
     require_gpu(settings)
     if spec.file is not None:
         return load_keras_file(spec.file, spec.normalize or "none")

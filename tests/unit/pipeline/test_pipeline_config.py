@@ -182,3 +182,21 @@ def test_relative_weights_and_labels_are_relative_to_the_file(tmp_path):
     assert spec.models[0].weights == str(tmp_path / "w.h5")
     assert spec.labels_file == str(tmp_path / "l.txt")
     assert spec.chain == spec.models
+
+
+@pytest.mark.parametrize("source", [{"arch": "resnet50"}, {"file": "model.keras"}])
+def test_a_configured_pipelines_model_is_built_after_the_backend_is_configured(monkeypatch, source):
+    """SERVE_PIPELINE may name a configured pipeline, which then starts first: the backend's
+    threads, GPU memory and precision must be set before its models are built."""
+    from service.engine.pipeline import load_stage_model
+    from service.model import backends, loader
+    from service.pipeline.config import ModelStageSpec
+    from service.settings import Settings
+
+    calls: list[str] = []
+    monkeypatch.setattr(backends, "configure", lambda settings: calls.append("configure"))
+    monkeypatch.setattr(backends, "require_gpu", lambda settings: None)
+    monkeypatch.setattr(loader, "load_model", lambda *a, **k: calls.append("build"))
+    monkeypatch.setattr(loader, "load_keras_file", lambda *a, **k: calls.append("build"))
+    load_stage_model(ModelStageSpec(name="m", **source), Settings())
+    assert calls == ["configure", "build"]
