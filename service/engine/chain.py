@@ -83,6 +83,13 @@ class Chain:
                     f"stage {before.name} gives {list(out)} but stage {after.name} takes "
                     f"{list(after.input_shape)}"
                 )
+        last = self.stages[-1]
+        if len(out := last.output_shape()) != 1:  # top-k ranks one score per class
+            raise PipelineConfigError(
+                f"the last stage, {last.name}, gives {list(out)} per image, where top-k needs "
+                "one score per class: end with a classifier, or give a backbone "
+                "'pooling: avg' (or max) and a head"
+            )
 
     async def stop(self) -> None:
         for stage in self.stages:

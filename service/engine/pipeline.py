@@ -10,6 +10,7 @@ this object owns what lies between them, the :class:`~.chain.Chain` of model and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -203,6 +204,8 @@ class Pipeline:
         """Load the models, start the stages, warm every bucket; then mark ready."""
         s = self.settings
         self._set_state("loading")
+        chain: Chain | None = None
+        pool_started: asyncio.Task | None = None
         try:
             models = await asyncio.to_thread(self._load_models)
             chain = self._build_chain(models)
@@ -213,13 +216,23 @@ class Pipeline:
                 await stage.start(s, self.metrics)
             if pool_started is not None:
                 await pool_started
-            self.chain = chain
             await chain.check()
             self._publish(self._loaded_info(models, chain))
         except Exception as exc:
             self._set_state("failed", f"{type(exc).__name__}: {exc}")
             log.exception("pipeline %s failed to load", self.name)
+            # What started goes: runner threads, batchers, workers, models (a GPU's memory).
+            if chain is not None:
+                with contextlib.suppress(Exception):
+                    await chain.stop()
+            if self.pool is not None:
+                with contextlib.suppress(Exception):
+                    if pool_started is not None:
+                        await pool_started  # its workers may still be starting
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.pool.close)
             raise
+        self.chain = chain
         self._set_state("ready")
         log.info(
             "ready: pipeline %s (%s), weights %s, buckets %s, %d model instances, device %s",

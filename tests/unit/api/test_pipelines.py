@@ -1,5 +1,6 @@
 """Named pipelines: a backbone -> head chain served by name, listed, measured per stage."""
 
+import threading
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ def pipelines_file(tmp_path_factory):
     build_tiny_backbone(features=6).save(folder / "backbone.keras")
     build_tiny_head(features=6, classes=3).save(folder / "head.keras")
     build_tiny_head(features=7, classes=3).save(folder / "wrong.keras")
+    _unpooled().save(folder / "unpooled.keras")
     (folder / "labels.txt").write_text("cat\ndog\nbird\n")
     stages = "{kind: decode}, {kind: model, name: backbone, file: backbone.keras, normalize: caffe}"
     (folder / "pipelines.yaml").write_text(
@@ -31,8 +33,19 @@ def pipelines_file(tmp_path_factory):
         f"  normed: {{stages: [{stages}, {L2}, "
         "{kind: model, name: head, file: head.keras}, {kind: topk}]}\n"
         f"  badfn: {{stages: [{stages}, {L2.replace('l2_normalize', 'nope')}, {{kind: topk}}]}}\n"
+        "  unpooled: {stages: [{kind: decode}, "
+        "{kind: model, name: features, file: unpooled.keras}, {kind: topk}]}\n"
     )
     return folder
+
+
+def _unpooled():
+    """A backbone without pooling: a feature map per image, not one score per class."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Conv2D(4, 3, strides=4)(inputs)
+    return keras.Model(inputs, outputs)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +87,7 @@ def expected_scores(folder, image: bytes, l2: bool = False) -> np.ndarray:
 def test_pipelines_lists_default_and_the_chain_with_its_stages(client):
     body = client.get("/v1/pipelines").json()
     by_name = {p["name"]: p for p in body["pipelines"]}
-    assert set(by_name) == {"default", "two", "mismatched", "normed", "badfn"}
+    assert set(by_name) == {"default", "two", "mismatched", "normed", "badfn", "unpooled"}
     assert by_name["default"]["default"] is True and by_name["two"]["default"] is False
     two = by_name["two"]
     assert two["state"] == "ready" and two["num_classes"] == 3
@@ -187,6 +200,16 @@ def test_a_chain_whose_shapes_do_not_fit_fails_alone(client):
     bad = client.app.state.engine.get("mismatched")
     assert bad.state == "failed" and "gives [6] but stage mismatched/head takes [7]" in bad.error
     assert client.get("/readyz").status_code == 200  # the default pipeline keeps serving
+    # What it had started is stopped: its runner threads, batchers and models.
+    assert bad.chain is None
+    assert not [t.name for t in threading.enumerate() if "mismatched/" in t.name]
+
+
+def test_a_chain_that_ends_without_one_score_per_class_fails_at_start(client):
+    """Not ready and then every request a 500: top-k ranks one score per class."""
+    bad = client.app.state.engine.get("unpooled")
+    assert bad.state == "failed"
+    assert "the last stage, unpooled/features, gives [8, 8, 4] per image" in bad.error
 
 
 def test_every_stage_reports_queue_depth_busy_fraction_and_time(client):
