@@ -96,7 +96,8 @@ class Settings(BaseSettings):
     # The Keras backend of the model stage: tensorflow | jax.
     backend: Literal["tensorflow", "jax"] = "tensorflow"
     # off | float16 | bfloat16 compute with float32 outputs (GPU nodes with tensor cores;
-    # bfloat16 on Ampere and later); true is float16.
+    # bfloat16 on Ampere and later); true is float16. Models built here (SERVE_MODEL, arch
+    # stages); a .keras file keeps the precision it was saved with.
     mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
     # JAX: the fraction of the GPU's memory to take at start (0: take it as needed).
     jax_memory_fraction: float = Field(0.0, ge=0, lt=1)
