@@ -200,13 +200,15 @@ class DynamicBatcher(BatchPolicy):
             self._assembler.close()
         self._tally.flush()
 
-    def submit(self, payload: np.ndarray, deadline: float) -> asyncio.Future:
+    def submit(
+        self, payload: np.ndarray, deadline: float, trace: str | None = None
+    ) -> asyncio.Future:
         """Queue one item; the future resolves to ``(output_row, BatchInfo)``. Raises
-        ``QueueFull`` when the queue is at its bound."""
+        ``QueueFull`` when the queue is at its bound. ``trace``: the item's traceparent."""
         if len(self._queue) >= self.max_queue:
             raise self._full()
         future = asyncio.get_running_loop().create_future()
-        self.submit_many([(payload, deadline, FutureReply(future))])
+        self.submit_many([(payload, deadline, FutureReply(future, trace))])
         return future
 
     def submit_many(self, entries: Iterable[tuple[np.ndarray, float, Reply]]) -> None:

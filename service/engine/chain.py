@@ -47,18 +47,21 @@ class Chain:
         for item, deadline, reply in entries:
             # A copy: the item's slot is the front end's again once the task answers, which a
             # cancelled task does at once, whatever its first stage is still doing.
-            task = asyncio.ensure_future(self.run(item.copy(), deadline))
+            task = asyncio.ensure_future(self.run(item.copy(), deadline, reply.trace))
             task.add_done_callback(partial(_settle, reply))
             tasks.append((reply, task))
         return tasks
 
-    async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
+    async def run(
+        self, item: np.ndarray, deadline: float, trace: str | None = None
+    ) -> tuple[np.ndarray, BatchInfo]:
         """Feed one item through every stage in order; the timing sums over the stages, the
-        batch sizes are the first model stage's."""
+        batch sizes are the first model stage's. ``trace``: the request's traceparent, for
+        each model stage's batch span."""
         first: BatchInfo | None = None
         queue_s = compute_s = 0.0
         for stage in self.stages:
-            item, info = await stage.run(item, deadline)
+            item, info = await stage.run(item, deadline, trace)
             first = first or info
             queue_s += info.queue_s
             compute_s += info.compute_s

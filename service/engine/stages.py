@@ -38,8 +38,11 @@ class Stage(abc.ABC):
     kind: str  # model | cpu
 
     @abc.abstractmethod
-    async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
-        """One item through this stage: its output row and its timing."""
+    async def run(
+        self, item: np.ndarray, deadline: float, trace: str | None = None
+    ) -> tuple[np.ndarray, BatchInfo]:
+        """One item through this stage: its output row and its timing. ``trace``: its
+        request's traceparent, which a model stage's batch span links to."""
 
     @abc.abstractmethod
     def output_shape(self) -> tuple[int, ...]:
@@ -106,9 +109,11 @@ class ModelStage(Stage):
         )
         self.batcher.start()
 
-    async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
+    async def run(
+        self, item: np.ndarray, deadline: float, trace: str | None = None
+    ) -> tuple[np.ndarray, BatchInfo]:
         assert self.batcher is not None, f"stage {self.name} is not started"
-        return await self.batcher.submit(item, deadline)
+        return await self.batcher.submit(item, deadline, trace)
 
     def describe(self) -> StageInfo:
         runner = self.runner
@@ -164,7 +169,9 @@ class CpuStage(Stage):
         self._output_shape = tuple(int(d) for d in out.shape)
         return self._output_shape
 
-    async def run(self, item: np.ndarray, deadline: float) -> tuple[np.ndarray, BatchInfo]:
+    async def run(
+        self, item: np.ndarray, deadline: float, trace: str | None = None
+    ) -> tuple[np.ndarray, BatchInfo]:
         self.pending += 1
         try:
             out, seconds = await self.pool.apply(self.function, item)

@@ -367,3 +367,40 @@ def test_a_burst_at_an_idle_accelerator_instance_answers_every_item_with_its_own
         return wrong
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_every_model_stage_of_a_chain_links_its_batch_span_to_the_request(monkeypatch):
+    """A multi-stage pipeline runs each item in a task through its stages: the request's
+    traceparent goes along, as a single-stage pipeline's ticket carries it."""
+    from service import tracing
+    from service.engine.chain import Chain
+    from service.engine.replies import FutureReply
+    from service.engine.stages import ModelStage
+
+    links: list[tuple[str, list]] = []
+    monkeypatch.setattr(tracing, "ENABLED", True)
+    monkeypatch.setattr(
+        tracing, "batch_span", lambda found, _pipeline, stage, *rest: links.append((stage, found))
+    )
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+    async def scenario():
+        stages = []
+        for name in ("p/backbone", "p/head"):
+            stage = ModelStage(name, loaded=None)  # type: ignore[arg-type]
+            stage.batcher = DynamicBatcher(
+                name,
+                lambda items: (np.stack(items), len(items), 0.0),
+                max_batch_size=4,
+                metrics=Metrics(),
+            )
+            stage.batcher.start()
+            stages.append(stage)
+        future = asyncio.get_running_loop().create_future()
+        Chain(stages).submit_many([(np.zeros(3, np.float32), far(), FutureReply(future, parent))])
+        await asyncio.wait_for(future, 10)
+        for stage in stages:
+            await stage.batcher.stop()
+
+    asyncio.run(scenario())
+    assert links == [("p/backbone", [parent]), ("p/head", [parent])]
