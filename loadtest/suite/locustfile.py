@@ -44,13 +44,18 @@ try:
     from loadtest.suite import checks, images, shapes
 
     # PlannedShape: Locust takes the shape class from this module's names.
-    from loadtest.suite.options import PlannedShape, RequestLog, stages_of  # noqa: F401
+    from loadtest.suite.options import PlannedShape, RequestLog, stages_of, users_of  # noqa: F401
 except ImportError:  # flat folder (the chart's ConfigMap)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import checks  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     import shapes  # type: ignore[no-redef]
-    from options import PlannedShape, RequestLog, stages_of  # type: ignore[no-redef] # noqa: F401
+    from options import (  # type: ignore[no-redef] # noqa: F401
+        PlannedShape,
+        RequestLog,
+        stages_of,
+        users_of,
+    )
 
 # Locust writes the history CSV once a second (its default; set here so a change upstream
 # does not silently coarsen the reports).
@@ -120,7 +125,7 @@ class ApiUser(FastHttpUser):
         self.o = o
         self.rng = random.Random(o.seed * 1_000_003 + next(_user_ids))
         stages = stages_of(o)
-        most = shapes.max_users(stages) if stages else max(1, int(o.num_users or 1))
+        most = shapes.max_users(stages) if stages else users_of(o)
         self.rate = o.arrival_rate / most if o.arrival_rate > 0 else 0.0
         self.pool = gevent.pool.Pool(o.max_in_flight)
         self.next_arrival: float | None = None

@@ -25,6 +25,11 @@ except ImportError:  # flat folder (the chart's ConfigMap)
 def _options(parser) -> None:
     add = parser.add_argument
     add("--shape", choices=shapes.SHAPES, default="constant", help="load shape")
+    # The plan's inputs where Locust gives a process no -t/-u/-r: its worker processes
+    # (`--processes` children, the chart's worker pods) plan from these.
+    add("--shape-run-time", type=shapes.seconds, default=0.0, help="plan: run time (0: -t)")
+    add("--shape-users", type=int, default=0, help="plan: users (0: -u)")
+    add("--shape-spawn-rate", type=float, default=0.0, help="plan: users/s (0: -r)")
     add("--step-users", type=int, default=2, help="step: users added per step")
     add("--step-time", type=shapes.seconds, default=30.0, help="step: seconds per step")
     add("--steps", type=int, default=5, help="step: number of steps")
@@ -45,11 +50,24 @@ def _options(parser) -> None:
     add("--grpc-target", default="", help="grpc: host:port (default: --host's host, port 8001)")
 
 
+def run_time_of(o) -> float:
+    """Locust's -t (the web UI may change it on the master), else --shape-run-time."""
+    return float(o.run_time or o.shape_run_time or 0)
+
+
+def users_of(o) -> int:
+    return max(1, int(o.num_users or o.shape_users or 1))
+
+
+def spawn_rate_of(o) -> float:
+    return float(o.spawn_rate or o.shape_spawn_rate or 1)
+
+
 def options_to_params(o) -> shapes.ShapeParams:
     return shapes.ShapeParams(
-        users=max(1, int(o.num_users or 1)),
-        spawn_rate=float(o.spawn_rate or 1),
-        run_time=float(o.run_time or 0),
+        users=users_of(o),
+        spawn_rate=spawn_rate_of(o),
+        run_time=run_time_of(o),
         step_users=o.step_users,
         step_time=o.step_time,
         steps=o.steps,
@@ -62,21 +80,29 @@ def options_to_params(o) -> shapes.ShapeParams:
 
 def stages_of(o) -> list[shapes.Stage] | None:
     """The plan of the chosen shape; None: constant with no run time (runs until stopped)."""
-    if o.shape == "constant" and not o.run_time:
+    if o.shape == "constant" and not run_time_of(o):
         return None
     return shapes.plan(o.shape, options_to_params(o))
 
 
 class PlannedShape(LoadTestShape):
-    """Walks the plan of ``--shape``; ``-u``, ``-r`` and ``-t`` feed the constant shape."""
+    """Walks the plan of ``--shape``; ``-u``, ``-r`` and ``-t`` (or ``--shape-users``,
+    ``--shape-spawn-rate``, ``--shape-run-time``) feed it."""
 
     use_common_options = True
 
     def tick(self):
         o = self.runner.environment.parsed_options
+        # The master's options reach its workers with each spawn message, the suite's own
+        # but not Locust's -t/-u/-r: copy those into the suite's, so workers plan alike.
+        o.shape_run_time, o.shape_users, o.shape_spawn_rate = (
+            run_time_of(o),
+            users_of(o),
+            spawn_rate_of(o),
+        )
         stages = stages_of(o)
         if stages is None:
-            return max(1, int(o.num_users or 1)), float(o.spawn_rate or 1)
+            return users_of(o), spawn_rate_of(o)
         stage = shapes.at(stages, self.get_run_time())
         return None if stage is None else (stage.users, stage.spawn_rate)
 

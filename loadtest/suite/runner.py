@@ -59,6 +59,9 @@ def locust_command(cfg: RunConfig) -> list[str]:
         "--html", str(cfg.out / "locust.html"),
         "--shape", cfg.shape,
         "-u", str(p.users), "-r", str(p.spawn_rate),
+        # Worker processes get no -t (Locust drops it there): the plan's inputs again.
+        "--shape-run-time", str(p.run_time), "--shape-users", str(p.users),
+        "--shape-spawn-rate", str(p.spawn_rate),
         "--step-users", str(p.step_users), "--step-time", str(p.step_time), "--steps", str(p.steps),
         "--spike-users", str(p.spike_users), "--spike-at", str(p.spike_at),
         "--spike-duration", str(p.spike_duration), "--ramp-time", str(p.ramp_time),
@@ -67,7 +70,7 @@ def locust_command(cfg: RunConfig) -> list[str]:
         "--seed", str(cfg.seed), "--stop-timeout", "10",
         "--request-log", str(cfg.out / "requests.csv"),
     ]  # fmt: skip
-    if cfg.shape in ("constant",):
+    if cfg.shape == "constant":
         cmd += ["-t", f"{int(p.run_time)}s"]
     if cfg.images_dir:
         cmd += ["--images-dir", cfg.images_dir]

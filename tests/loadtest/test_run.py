@@ -162,6 +162,23 @@ def test_open_loop_sends_at_the_offered_rate_not_as_fast_as_possible(server, tmp
     assert summary["totals"]["failures"] == 0
 
 
+SPIKE = shapes.ShapeParams(users=1, spike_users=3, spike_at=3, spike_duration=3, run_time=9)
+SOAK = shapes.ShapeParams(users=2, ramp_time=1, run_time=5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "params", "processes"),
+    [("spike", SPIKE, 2), ("soak", SOAK, 0)],
+    ids=["spike-2-processes", "soak"],
+)
+def test_spike_and_soak_run_to_their_end(server, tmp_path, shape, params, processes):
+    summary = run(server, tmp_path, shape=shape, params=params, processes=processes)
+    assert summary["run"]["locust_exit_code"] == 0
+    assert summary["totals"]["requests"] > 0 and summary["totals"]["failures"] == 0
+    # Every worker process sent load and logged it.
+    assert len(list(tmp_path.glob("requests-*.csv"))) == processes
+
+
 def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
     cmd = [sys.executable, "-m", "loadtest", "run", "--host", server.url, "--out", str(tmp_path)]
     bad = subprocess.run(
