@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.chart.chart_helpers import HELM, K8S_VERSIONS, require, validation_errors
+from tests.loadtest.test_plan_in_every_process import seen_by_locust
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,6 +151,39 @@ def test_a_headless_run_runs_once_and_ends():
     assert "--exit-code-on-error=0" in container(objs, "worker")["args"]
     assert "--headless" not in container(render(), "master")["args"]
     assert not [o for o in render() if o["kind"] == "Deployment"]
+
+
+def as_locust_command(args: list[str]) -> list[str]:
+    """A pod's Locust args as a command line of this checkout (for `seen_by_locust`)."""
+    locustfile = str(ROOT / "loadtest" / "suite" / "locustfile.py")
+    return ["-f", locustfile] + [
+        a.replace("$(REPORTS)", "/tmp") for a in args if not a.startswith("--locustfile=")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("values", "sets"),
+    [
+        (("ci/spike-existing-configmap-values.yaml",), ()),
+        ((), ("test.shape=soak", "test.runTime=1h", "test.users=30", "test.arrivalRate=60")),
+        (("ci/open-loop-pvc-values.yaml",), ()),
+    ],
+    ids=["spike", "soak", "open-loop-constant"],
+)
+def test_workers_plan_the_masters_load(values, sets):
+    """Workers get no --run-time, --users or --spawn-rate: they plan the same stages as the
+    master, and an open-loop user sends its share of test.arrivalRate, not all of it."""
+    objs = render(values, sets)
+    master = seen_by_locust(as_locust_command(container(objs, "master")["args"]))
+    worker = seen_by_locust(as_locust_command(container(objs, "worker")["args"]), as_worker=True)
+    assert isinstance(master, dict) and master["plan"], master
+    assert worker == master
+
+
+def test_spike_and_soak_need_a_run_time():
+    for shape in ("spike", "soak"):
+        out = helm("template", "lt", str(CHART), "--set", f"test.shape={shape}")
+        assert out.returncode != 0 and f"{shape} needs test.runTime" in out.stderr
 
 
 def test_a_headless_constant_run_needs_a_run_time():

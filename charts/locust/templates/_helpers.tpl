@@ -63,6 +63,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $t := .Values.test -}}
 - --locustfile=/mnt/locust/locustfile.py
 - --shape={{ $t.shape }}
+{{- /* Workers get no --run-time, --users or --spawn-rate: the shape's own copies. */}}
+- --shape-users={{ $t.users }}
+- --shape-spawn-rate={{ $t.spawnRate }}
+{{- with $t.runTime }}
+- --shape-run-time={{ . }}
+{{- end }}
 - --step-users={{ $t.stepUsers }}
 - --step-time={{ $t.stepTime }}
 - --steps={{ $t.steps }}
