@@ -8,6 +8,7 @@ rebuilds the outputs from them.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import math
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..common import percentile
 from . import capacity as cap
-from . import scrape
+from . import scrape, shapes
 
 PREFIX = "locust"
 PLOTS = ("timeline.png", "vs_users.png", "server.png")
@@ -79,9 +80,13 @@ def read_history(out: Path) -> list[dict[str, float]]:
 
 
 def read_requests(out: Path) -> list[tuple[float, float, bool, int]]:
-    """(end time, response ms, ok, users) of every logged request, sorted by time."""
+    """(end time, response ms, ok, users) of every logged request, sorted by time.
+
+    Each worker process logs its own share of the users: ``users`` is the sum over the
+    processes' files of the count each logged last.
+    """
     rows = []
-    for path in sorted(out.glob("requests*.csv")):
+    for process, path in enumerate(sorted(out.glob("requests*.csv"))):
         with path.open() as f:
             for r in csv.DictReader(f):
                 rows.append(
@@ -90,10 +95,16 @@ def read_requests(out: Path) -> list[tuple[float, float, bool, int]]:
                         float(r["response_time_ms"]),
                         r["ok"] == "1",
                         int(r["users"]),
+                        process,
                     )
                 )
     rows.sort()
-    return rows
+    latest: dict[int, int] = {}
+    out_rows = []
+    for t, ms, ok, users, process in rows:
+        latest[process] = users
+        out_rows.append((t, ms, ok, sum(latest.values())))
+    return out_rows
 
 
 def _runs(keys: list[int]) -> list[tuple[int, int]]:
@@ -113,20 +124,33 @@ def levels_from_requests(
     t0: float,
     settle: float,
     server_rows: list[dict[str, float]] | None = None,
+    stages: list[shapes.Stage] | None = None,
 ) -> list[cap.Level]:
-    """Levels = consecutive stretches at one user count; the first ``settle`` fraction of each
-    (the queue filling after a step) is left out."""
+    """Levels = the stages of the plan (``t0``: its start), else consecutive stretches at one
+    user count; the first ``settle`` fraction of each (the queue filling after a step), and a
+    stage's ramp, are left out."""
+    if stages:
+        spans, prev = [], 0
+        run_end = reqs[-1][0] if reqs else t0
+        for (start, end, users), stage in zip(shapes.windows(stages), stages, strict=True):
+            ramp = abs(users - prev) / stage.spawn_rate
+            prev = users
+            cut = t0 + start + max(settle * (end - start), ramp)
+            spans.append((users, cut, min(t0 + end, run_end)))
+    else:
+        spans = []
+        for i, j in _runs([r[3] for r in reqs]):
+            start, end = reqs[i][0], reqs[j - 1][0]
+            spans.append((reqs[i][3], start + settle * (end - start), end))
+    times_of = [r[0] for r in reqs]
     levels = []
-    for i, j in _runs([r[3] for r in reqs]):
-        users = reqs[i][3]
-        start, end = reqs[i][0], reqs[j - 1][0]
-        if users == 0 or end - start < MIN_LEVEL_S:
-            continue
-        cut = start + settle * (end - start)
-        window = [r for r in reqs[i:j] if r[0] >= cut]
-        times = sorted(r[1] for r in window)
+    for users, cut, end in spans:
         span = end - cut
-        if not window or span <= 0:
+        if users == 0 or span < MIN_LEVEL_S * (1 - settle):
+            continue
+        window = reqs[bisect.bisect_left(times_of, cut) : bisect.bisect_right(times_of, end)]
+        times = sorted(r[1] for r in window)
+        if not window:
             continue
         levels.append(
             cap.Level(
@@ -323,11 +347,14 @@ def build(
     hist = read_history(out)
     reqs = read_requests(out)
     server_rows = scrape.read_rows(out / "server_metrics.csv")
-    # Time 0: the first request ends (Locust's start-up before it is not part of the test).
-    starts = [r[0] for r in reqs[:1]] or [h["time"] for h in hist if h["users"] > 0][:1]
+    # Time 0: the first request starts, as the plan does (Locust's start-up before it is not
+    # part of the test).
+    starts = [min(r[0] - r[1] / 1000 for r in reqs)] if reqs else []
+    starts = starts or [h["time"] for h in hist if h["users"] > 0][:1]
     t0 = starts[0] if starts else meta.get("locust_started", 0.0)
+    stages = [shapes.Stage(**s) for s in meta.get("stages", [])]
     if reqs:
-        levels = levels_from_requests(reqs, t0, settle, server_rows)
+        levels = levels_from_requests(reqs, t0, settle, server_rows, stages)
     else:
         levels = levels_from_history(hist, t0, settle, server_rows)
     tl = timeline(reqs, hist, t0)

@@ -130,7 +130,9 @@ def test_report_rebuilds_from_locust_history_alone(constant_run, tmp_path):
     assert all((copy / p).read_bytes()[:8] == PNG_MAGIC for p in report.PLOTS)
 
 
-def test_step_run_finds_levels_and_a_capacity(server, tmp_path):
+@pytest.mark.parametrize("processes", [0, 2])
+def test_step_run_finds_levels_and_a_capacity(server, tmp_path, processes):
+    # With worker processes, each logs its own share of the users: the levels are the plan's.
     params = shapes.ShapeParams(step_users=1, step_time=3, steps=3, spawn_rate=50)
     summary = run(
         server,
@@ -138,6 +140,7 @@ def test_step_run_finds_levels_and_a_capacity(server, tmp_path):
         shape="step",
         params=params,
         tags=["classify-raw"],
+        processes=processes,
         slo_p99_ms=10_000,
         target_rps=1000,
     )
@@ -167,16 +170,18 @@ SOAK = shapes.ShapeParams(users=2, ramp_time=1, run_time=5)
 
 
 @pytest.mark.parametrize(
-    ("shape", "params", "processes"),
-    [("spike", SPIKE, 2), ("soak", SOAK, 0)],
+    ("shape", "params", "processes", "levels"),
+    # Soak: its ramp is not a level.
+    [("spike", SPIKE, 2, [1, 3, 1]), ("soak", SOAK, 0, [2])],
     ids=["spike-2-processes", "soak"],
 )
-def test_spike_and_soak_run_to_their_end(server, tmp_path, shape, params, processes):
+def test_spike_and_soak_run_to_their_end(server, tmp_path, shape, params, processes, levels):
     summary = run(server, tmp_path, shape=shape, params=params, processes=processes)
     assert summary["run"]["locust_exit_code"] == 0
     assert summary["totals"]["requests"] > 0 and summary["totals"]["failures"] == 0
     # Every worker process sent load and logged it.
     assert len(list(tmp_path.glob("requests-*.csv"))) == processes
+    assert [lv["users"] for lv in summary["levels"]] == levels
 
 
 def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
