@@ -85,6 +85,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     _capacity_args(p, required=False)
     p.add_argument("--settle", type=float, default=0.25)
+    p.add_argument(
+        "--images-per-request",
+        type=int,
+        help="of the run, for the HPA target (default: run.json's; 1 without one)",
+    )
     return ap
 
 
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(files)} images, {total / 1e6:.1f} MB, in {a.out}")
         return 0
     if a.command == "report":
-        summary = report.build(a.out, **report_args)
+        summary = report.build(a.out, images_per_request=a.images_per_request, **report_args)
         print((a.out / "summary.md").read_text())
         return 0 if summary["totals"]["requests"] else 1
     if a.command == "capacity":

@@ -162,7 +162,7 @@ def hpa_target(
             f"Little's law: {level.ok_rps:.1f} req/s x {images_per_request} image(s) x "
             f"{level.mean_ms:.0f} ms mean latency = {at_capacity:.2f} in flight"
         )
-    if at_capacity <= 0:
+    if not at_capacity > 0:  # NaN too: no mean latency known
         return None, ""
     basis += f" at capacity ({level.users} users), x {headroom:g} headroom"
     return max(1, round(headroom * at_capacity)), basis

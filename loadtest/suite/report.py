@@ -56,7 +56,8 @@ def endpoint_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_history(out: Path) -> list[dict[str, float]]:
-    """Aggregated rows of the history CSV: time, users, cumulative counts, window percentiles."""
+    """Aggregated rows of the history CSV: time, users, cumulative counts and mean, window
+    percentiles."""
     path = out / f"{PREFIX}_stats_history.csv"
     if not path.exists():
         return []
@@ -71,6 +72,7 @@ def read_history(out: Path) -> list[dict[str, float]]:
                     "users": float(r["User Count"]),
                     "requests": float(r["Total Request Count"]),
                     "failures": float(r["Total Failure Count"]),
+                    "mean": _num(r.get("Total Average Response Time", "")) or math.nan,
                     "p50": _num(r["50%"]) or math.nan,
                     "p95": _num(r["95%"]) or math.nan,
                     "p99": _num(r["99%"]) or math.nan,
@@ -200,7 +202,8 @@ def levels_from_history(
                 p50_ms=b["p50"],
                 p95_ms=b["p95"],
                 p99_ms=b["p99"],
-                mean_ms=b["p50"],
+                # The window's mean from the cumulative means before and after it.
+                mean_ms=(b["mean"] * b["requests"] - a["mean"] * a["requests"]) / n,
                 server=scrape.summarize(server_rows or [], a["time"], b["time"]),
             )
         )
@@ -340,8 +343,12 @@ def build(
     target_rps: float | None = None,
     headroom: float = 0.8,
     settle: float = 0.25,
+    images_per_request: int | None = None,
 ) -> dict[str, Any]:
-    """Write plots, ``summary.json`` and ``summary.md`` into ``out``; return the summary."""
+    """Write plots, ``summary.json`` and ``summary.md`` into ``out``; return the summary.
+
+    ``images_per_request``: None takes run.json's (1 without one, as in-cluster).
+    """
     meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     stats = read_stats(out)
     hist = read_history(out)
@@ -379,7 +386,7 @@ def build(
             max_error_rate,
             target_rps,
             headroom,
-            int(meta.get("images_per_request", 1)),
+            images_per_request or int(meta.get("images_per_request", 1)),
         )
         summary["capacity"] = result.as_dict()
     plot(out, tl, levels, server_rows, t0, slo_p99_ms)

@@ -329,7 +329,9 @@ def test_notes_say_how_to_fetch_the_reports_and_the_reader_pod_is_valid():
     assert job_name == job(render(("ci/headless-step-values.yaml",)), "master")["metadata"]["name"]
     assert f"batch.kubernetes.io/job-name={job_name}" in text
     assert 'cp "$pod:/reports/$pod" reports/in-cluster' in text
+    # The HPA target counts images: the report needs the run's images per request.
     assert "python -m loadtest report reports/in-cluster" in text
+    assert "--images-per-request 4" in text
     overrides = json.loads(re.search(r"--overrides='(.*)'", text).group(1))
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "locust-reports"}} | overrides
     for version in K8S_VERSIONS:
