@@ -182,6 +182,15 @@ def service(image: bytes, args: argparse.Namespace, log: Path, model: str) -> di
     }
 
 
+def ratios_withheld(served: dict) -> str:
+    """Why the end-to-end figure is no measure of the service ("" if it is): requests that
+    got no answer mean fewer clients than asked for were sending."""
+    errors = served.get("errors", 0)
+    if errors:
+        return f"{errors} requests got no answer (connections failed): see service.log"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "gpu-bench")
@@ -233,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         report["service"] = service(image_path.read_bytes(), args, args.out / "service.log", model)
     except Exception as exc:  # the document still says what was measured
         report["service"] = {"error": f"{type(exc).__name__}: {exc}"}
+    withheld = ratios_withheld(report["service"])
+    if withheld:
+        report["ratios_withheld"] = withheld
     e2e = report["service"].get("images_per_s")
     fp32 = report["model_ceiling"]["float32"].get("best_images_per_s")
-    if e2e and fp32:
+    if e2e and fp32 and not withheld:
         bound = min(fp32, report["decode_ceiling_images_per_s"])
         report["ratios"] = {
             "end_to_end_over_min_ceilings": e2e / bound,

@@ -3,13 +3,16 @@ step here, and the wheels `make gpu-wheels` fetches are all the service lacks th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from importlib import metadata
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -46,9 +49,51 @@ def test_the_gpu_bench_runs_every_step_on_the_cpu(tmp_path):
     assert report["decode_ceiling_images_per_s"] > 0
     served = report["service"]
     assert served["backend"] == "jax" and served["images_per_s"] > 0 and served["non_200"] == 0
+    assert served["errors"] == 0 and "ratios_withheld" not in report
     assert served["p99_ms"] >= served["p50_ms"] > 0 and served["mean_batch"] >= 1
     assert 0 < report["ratios"]["end_to_end_over_min_ceilings"] <= 2
     assert (out / "bench.log").stat().st_size > 0 and (out / "service.log").exists()
+
+
+@pytest.fixture
+def drops_every_4th_request():
+    """A server that closes each connection after 3 answers, as a restarting server or a load
+    balancer closing idle connections would; yields its URL."""
+
+    async def handle(reader, writer) -> None:
+        for _ in range(3):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")]
+            await reader.readexactly(int(length[0].split(b":")[1]))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+        writer.close()
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_the_load_generator_reopens_failed_connections_and_counts_them(drops_every_4th_request):
+    from loadtest.bench.loadgen import closed_loop
+
+    r = closed_loop(
+        drops_every_4th_request, b"x" * 100, processes=1, connections=4, seconds=1, warmup_s=0
+    )
+    # Every connection kept sending: three answers, then one error, again and again.
+    assert r["requests_per_s"] > 100 and r["non_200"] == 0
+    assert r["errors"] == pytest.approx(r["requests_per_s"] / 3, rel=0.2, abs=4)
+
+
+def test_the_bench_withholds_its_ratios_when_requests_got_no_answer():
+    from loadtest.bench.gpu import ratios_withheld
+
+    assert ratios_withheld({"images_per_s": 900.0, "errors": 0, "non_200": 0}) == ""
+    assert "12 requests got no answer" in ratios_withheld({"images_per_s": 900.0, "errors": 12})
 
 
 def _requires(name: str) -> list[Requirement]:
