@@ -112,16 +112,17 @@ class ApiUser(FastHttpUser):
     """Shared machinery: image choice, closed or open loop, answer checks."""
 
     abstract = True
-    # Connections per user: open-loop users send many requests at once.
-    concurrency = 64
     network_timeout = 120.0
     connection_timeout = 30.0
 
     default_headers = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else None
 
     def __init__(self, environment):
-        super().__init__(environment)
         o = environment.parsed_options
+        # Connections per user: an open-loop user has up to --max-in-flight requests open, and
+        # one waiting for a connection would count the wait as the server's latency.
+        self.concurrency = max(1, o.max_in_flight)
+        super().__init__(environment)
         self.o = o
         self.rng = random.Random(o.seed * 1_000_003 + next(_user_ids))
         stages = stages_of(o)

@@ -72,3 +72,37 @@ def test_every_process_of_a_run_sees_its_plan(tmp_path, shape, params, as_worker
     assert seen["plan"] == [[s.duration, s.users, s.spawn_rate] for s in stages]
     # Open loop: each user's share of the total rate, whatever process it runs in.
     assert seen["rate_per_user"] == 20.0 / shapes.max_users(stages)
+
+
+# Builds a user of the suite from a command line and prints the connections its HTTP session
+# was made with.
+CONNECTIONS = r"""
+import json, sys
+from locust import argument_parser
+from locust.contrib import fasthttp
+from locust.env import Environment
+import loadtest.suite.locustfile as lf
+made = []
+init = fasthttp.FastHttpSession.__init__
+def record(self, *a, **kw):
+    made.append(kw["concurrency"])
+    init(self, *a, **kw)
+fasthttp.FastHttpSession.__init__ = record
+o = argument_parser.parse_options(["-f", lf.__file__, *json.loads(sys.argv[1])])
+lf.ClassifyRawUser.host = "http://127.0.0.1:1"
+lf.ClassifyRawUser(Environment(user_classes=[lf.ClassifyRawUser], parsed_options=o))
+print(json.dumps(made))
+"""
+
+
+@pytest.mark.parametrize("in_flight", [64, 200])
+def test_an_open_loop_user_has_a_connection_for_each_request_in_flight(in_flight):
+    out = subprocess.run(
+        [sys.executable, "-c", CONNECTIONS, json.dumps(["--max-in-flight", str(in_flight)])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [in_flight]
