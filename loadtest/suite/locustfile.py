@@ -379,6 +379,15 @@ class TFServingUser(ApiUser):
             self.check(r, lambda b: checks.tfserving_predict(b, n))
 
 
+def _json(response) -> object:
+    """The answer's JSON, or None: raised inside a ``catch_response`` block, the error would
+    leave the request reported nowhere."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 class JobsUser(ApiUser):
     """``POST /v1/jobs`` then ``GET /v1/jobs/{id}`` until done; also reports the job's
     end-to-end time as ``job (submit to result)``."""
@@ -393,7 +402,7 @@ class JobsUser(ApiUser):
         body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
         start = time.perf_counter()
         with self.post_json("/v1/jobs", body, "/v1/jobs") as r:
-            jid = checks.job_id(r.json()) if r.status_code in (200, 201, 202) else None
+            jid = checks.job_id(_json(r)) if r.status_code in (200, 201, 202) else None
             if jid is None:
                 r.failure(f"HTTP {r.status_code}: no job id in the answer")
                 return
@@ -415,7 +424,10 @@ class JobsUser(ApiUser):
                 if r.status_code != 200:
                     r.failure(f"HTTP {r.status_code}")
                     return f"polling gave HTTP {r.status_code}"
-                body = r.json()
+                body = _json(r)
+                if not isinstance(body, dict):
+                    r.failure("the answer is not a JSON object")
+                    return "polling gave an answer that is not a JSON object"
                 r.success()
             state = checks.job_state(body)
             if state == "failed":

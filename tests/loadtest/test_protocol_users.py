@@ -20,6 +20,7 @@ from tests.support.helpers import JsonHandler
 
 class Fake(JsonHandler):
     broken = False
+    html_polls = False  # a proxy's error page in place of a job's state
     seen: list[tuple[str, str, dict]] = []
     polls: dict[str, int] = {}
     images: dict[str, int] = {}
@@ -35,6 +36,14 @@ class Fake(JsonHandler):
         if self.path.startswith("/v1/jobs/"):
             jid = self.path.rsplit("/", 1)[1]
             self.polls[jid] = self.polls.get(jid, 0) + 1
+            if self.html_polls:
+                page = b"<html>upstream busy</html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return None
             if self.polls[jid] < 2:
                 return self.reply(200, {"id": jid, "status": "running"})
             preds = [[{"label": "a", "class_id": 0, "score": 0.9}] * 5] * self.images[jid]
@@ -69,7 +78,7 @@ class Fake(JsonHandler):
 
 @pytest.fixture
 def fake():
-    Fake.seen, Fake.polls, Fake.broken = [], {}, False
+    Fake.seen, Fake.polls, Fake.broken, Fake.html_polls = [], {}, False, False
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -134,3 +143,12 @@ def test_malformed_protocol_answers_count_as_failures(fake, tmp_path):
     failures = (tmp_path / "locust_failures.csv").read_text()
     assert "needs 10" in failures and "expected 2 predictions" in failures
     assert summary["run"]["locust_exit_code"] == 1
+
+
+def test_a_job_answer_that_is_not_json_counts_as_a_failure(fake, tmp_path):
+    """Raised inside the response's block, the error would be reported nowhere."""
+    Fake.html_polls = True
+    summary = run(fake, tmp_path)
+    polls = summary["endpoints"]["/v1/jobs/{id}"]
+    assert polls["requests"] > 0 and polls["failures"] == polls["requests"]
+    assert "not a JSON object" in (tmp_path / "locust_failures.csv").read_text()
