@@ -44,10 +44,17 @@ class Report:
 
 
 def merge(base: dict, over: dict) -> dict:
-    """Helm's merge of values files: maps merge key by key, anything else is replaced."""
+    """Helm's merge of values files: maps merge key by key, anything else is replaced, and a
+    key set to null is removed (how values.yaml says to drop a default, e.g. a nodeSelector
+    entry)."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
     return out
 
 
@@ -157,10 +164,17 @@ def judge(report: Report, values: dict | None) -> Report:
             report.problems.append(f"GPU node {n.name} is not Ready")
     if report.nodes and sum(n.free for n in report.nodes if n.ready) == 0:
         report.problems.append(f"every {r} is taken: new GPU pods will stay Pending")
+    # A DaemonSet that schedules nothing is normal beside one that runs: GKE ships one per node
+    # size and image (only the fitting one runs), the GPU Operator an MPS daemon that runs
+    # only with MPS on.
+    running = [p for p in report.plugins if p["desired"] > 0]
     if not report.plugins:
         report.problems.append("no NVIDIA device plugin DaemonSet found")
-    for p in report.plugins:
-        if p["desired"] == 0 or p["ready"] < p["desired"]:
+    elif not running:
+        names = ", ".join(f"{p['namespace']}/{p['name']}" for p in report.plugins)
+        report.problems.append(f"no NVIDIA device plugin runs on any node (0/0: {names})")
+    for p in running:
+        if p["ready"] < p["desired"]:
             report.problems.append(
                 f"device plugin {p['namespace']}/{p['name']}: {p['ready']}/{p['desired']} ready"
             )

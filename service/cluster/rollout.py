@@ -17,10 +17,21 @@ class DeploymentState:
     available: int
     current: bool  # the controller has seen the latest spec
     failed: str = ""  # ProgressDeadlineExceeded message, if any
+    total: int = -1  # pods of every revision (status.replicas); -1: as many as wanted
 
     @property
     def done(self) -> bool:
-        return self.current and not self.failed and self.wanted == self.updated == self.available
+        """``kubectl rollout status``'s rule: every pod updated, no pod of an older revision
+        left, and the updated ones available. ``available`` alone counts old pods too: with
+        the chart's surge (maxUnavailable 0) they stay available while a new pod crash-loops."""
+        total = self.wanted if self.total < 0 else self.total
+        return (
+            self.current
+            and not self.failed
+            and self.updated == self.wanted
+            and total == self.updated
+            and self.available >= self.updated
+        )
 
     def text(self) -> str:
         return (
@@ -45,8 +56,10 @@ def deployments(apps, namespace: str, release: str) -> list:
 
 def state_of(d) -> DeploymentState:
     st = d.status
+    current = (st.observed_generation or 0) >= (d.metadata.generation or 0)
     failed = ""
-    for c in st.conditions or []:
+    # A condition of an older generation says nothing of this rollout (kubectl's rule too).
+    for c in st.conditions or [] if current else []:
         if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded":
             failed = c.message or c.reason
     return DeploymentState(
@@ -55,8 +68,9 @@ def state_of(d) -> DeploymentState:
         updated=st.updated_replicas or 0,
         ready=st.ready_replicas or 0,
         available=st.available_replicas or 0,
-        current=(st.observed_generation or 0) >= (d.metadata.generation or 0),
+        current=current,
         failed=failed,
+        total=st.replicas or 0,
     )
 
 

@@ -114,6 +114,32 @@ def test_doctor_without_gpu_nodes_or_plugin(kube, capsys):
     assert "no NVIDIA device plugin DaemonSet found" in out_of(capsys)
 
 
+def test_doctor_ok_beside_device_plugin_daemonsets_that_schedule_nothing(kube, tmp_path, capsys):
+    """GKE ships one plugin DaemonSet per node size and image, and only the fitting one runs;
+    the GPU Operator's MPS daemon runs only with MPS on."""
+    fake, run = kube
+    fake.daemonsets += [
+        daemonset("nvidia-gpu-device-plugin-medium-cos", "kube-system", 0, 0),
+        daemonset("nvidia-device-plugin-mps-control-daemon", "gpu-operator", 0, 0),
+    ]
+    extra = values_file(tmp_path, "replicaCount: 1\n")
+    code = run("doctor", "--chart", str(CHART), "-f", str(CHART / "values-gke.yaml"), "-f", extra)
+    out = out_of(capsys)
+    assert code == 0 and "PROBLEM" not in out, out
+    fake.daemonsets = [daemonset("nvidia-gpu-device-plugin-medium-cos", "kube-system", 0, 0)]
+    assert run("doctor") == 1
+    assert "no NVIDIA device plugin runs on any node" in out_of(capsys)
+
+
+def test_doctor_drops_a_key_set_to_null_as_helm_does(kube, tmp_path, capsys):
+    """values.yaml says to set kubernetes.io/arch to null to drop the default selector."""
+    _, run = kube
+    extra = values_file(tmp_path, "replicaCount: 1\nnodeSelector: {kubernetes.io/arch: null}\n")
+    code = run("doctor", "--chart", str(CHART), "-f", str(CHART / "values-gke.yaml"), "-f", extra)
+    out = out_of(capsys)
+    assert code == 0 and "nodeSelector" not in out, out
+
+
 def test_unreachable_cluster_exits_2(tmp_path, capsys):
     import yaml
 
@@ -250,3 +276,54 @@ def test_smoke_without_a_ready_pod_fails(kube, capsys):
     fake.pods += [pod("rel-resnet-serve-0", "serving", "gpu-a", SERVER, ready=False)]
     assert run("smoke", "rel") == 1
     assert "no ready pod of release rel in serving (1 found)" in out_of(capsys)
+
+
+def _deployment(wanted, total, updated, available, generation=2, observed=2, deadline=False):
+    """A Deployment as the Kubernetes client models it (the fields ``state_of`` reads)."""
+    from types import SimpleNamespace as NS
+
+    conditions = [
+        NS(type="Progressing", reason="ProgressDeadlineExceeded", message="timed out progressing")
+    ]
+    return NS(
+        metadata=NS(name="rel-resnet-serve", generation=generation),
+        spec=NS(replicas=wanted),
+        status=NS(
+            replicas=total,
+            updated_replicas=updated,
+            ready_replicas=available,
+            available_replicas=available,
+            observed_generation=observed,
+            conditions=conditions if deadline else [],
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("wanted", "total", "updated", "available", "done"),
+    [
+        # The chart surges (maxUnavailable 0): the old pod stays available while the new one
+        # starts or crash-loops. Available alone would call these rolled out.
+        (1, 2, 1, 1, False),
+        (2, 3, 2, 2, False),
+        (2, 2, 2, 1, False),
+        (2, 2, 2, 2, True),
+    ],
+)
+def test_a_rollout_is_done_once_no_old_pod_is_left_and_the_new_ones_are_available(
+    wanted, total, updated, available, done
+):
+    from service.cluster.rollout import state_of
+
+    assert state_of(_deployment(wanted, total, updated, available)).done is done
+
+
+def test_a_past_rollouts_deadline_is_not_this_ones_failure():
+    """Right after an upgrade the controller has not seen the new generation yet: the
+    Progressing condition it shows is the last rollout's."""
+    from service.cluster.rollout import state_of
+
+    old = state_of(_deployment(1, 1, 0, 1, generation=3, observed=2, deadline=True))
+    assert not old.failed and not old.done
+    now = state_of(_deployment(1, 2, 1, 1, generation=3, observed=3, deadline=True))
+    assert now.failed == "timed out progressing"
