@@ -478,29 +478,6 @@ def test_an_item_that_arrives_once_the_pipelines_stopped_is_answered_at_once():
     assert "draining" in error.message and seconds < 1 and free == 8
 
 
-def test_a_front_end_of_another_build_is_refused_and_told_why():
-    async def go():
-        async with wired() as w:
-            loop = asyncio.get_running_loop()
-            received: list = []
-            closed = loop.create_future()
-            _, channel = await loop.create_unix_connection(
-                lambda: Channel(
-                    received.append,
-                    lambda exc: closed.done() or closed.set_result(exc),
-                    msgpack_codec(m.ToFrontEnd),
-                ),
-                w.socket,
-            )
-            channel.send(m.Hello(m.VERSION + 1, 7, None, 0, 0))
-            await asyncio.wait_for(closed, 10)
-            return received, w.server.frontends
-
-    received, frontends = asyncio.run(go())
-    assert len(received) == 1 and isinstance(received[0], m.Refused)
-    assert "different builds" in received[0].reason and not frontends
-
-
 async def hello_answer(w: Wired, hello: m.Hello) -> list:
     """What the accelerator process answers a front end's ``hello``, until it closes."""
     loop = asyncio.get_running_loop()
@@ -519,6 +496,17 @@ async def hello_answer(w: Wired, hello: m.Hello) -> list:
         await asyncio.wait_for(closed, 10)
     channel.close()
     return received
+
+
+def test_a_front_end_of_another_build_is_refused_and_told_why():
+    async def go():
+        async with wired() as w:
+            received = await hello_answer(w, m.Hello(m.VERSION + 1, 7, None, 0, 0))
+            return received, w.server.frontends
+
+    received, frontends = asyncio.run(go())
+    assert len(received) == 1 and isinstance(received[0], m.Refused)
+    assert "different builds" in received[0].reason and not frontends
 
 
 @pytest.mark.parametrize(
