@@ -79,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             say(str(exc))
             return 1
         remote = a.remote_port or forward.container_port(pod)
-        with forward.Forwarder(api, a.namespace, pod.metadata.name, remote, a.local_port) as fw:
+        with forward.Forwarder(
+            api,
+            a.namespace,
+            pod.metadata.name,
+            remote,
+            a.local_port,
+            release=a.release if a.command == "port-forward" else None,
+            say=say,
+        ) as fw:
             url = f"http://127.0.0.1:{fw.port}"
             if a.command == "smoke":
                 try:

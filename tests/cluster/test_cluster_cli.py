@@ -271,6 +271,66 @@ def test_forwarder_serves_several_connections(kube, server):
             assert r.status_code == 200 and r.json()["models"][0]["name"]
 
 
+def test_forwarder_follows_a_rollout_to_the_next_ready_pod(kube, server):
+    from kubernetes import config
+
+    from service.cluster.forward import Forwarder
+
+    fake, run = kube
+    fake.pods += [
+        pod("rel-resnet-serve-old", "serving", "gpu-a", SERVER),
+        pod("rel-resnet-serve-new", "serving", "gpu-b", SERVER, ready=False),
+    ]
+    host, port = server.url.removeprefix("http://").split(":")
+    fake.forward_to = (host, int(port))
+    api = config.new_client_from_config(config_file=str(run.kubeconfig))
+    said: list[str] = []
+
+    def forwarded_to() -> list[str]:
+        return [r.split("/")[6] for r in fake.requests if "/portforward?" in r]
+
+    with Forwarder(
+        api, "serving", "rel-resnet-serve-old", 8000, release="rel", say=said.append
+    ) as fw:
+        url = f"http://127.0.0.1:{fw.port}/v1/models"
+        assert httpx.get(url, timeout=30).status_code == 200
+        # The rollout: the new pod becomes ready, the old one goes away.
+        fake.pods[-1] = pod("rel-resnet-serve-new", "serving", "gpu-b", SERVER)
+        fake.pods.pop(-2)
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert httpx.get(url, timeout=30).status_code == 200
+        assert forwarded_to() == [
+            "rel-resnet-serve-old",
+            "rel-resnet-serve-new",
+            "rel-resnet-serve-new",
+        ]
+        assert said == [
+            "now forwarding to rel-resnet-serve-new:8000 (rel-resnet-serve-old is not ready)"
+        ]
+        # No ready pod: the connection is closed and the reason said, the forward goes on.
+        fake.pods[-1] = pod("rel-resnet-serve-new", "serving", "gpu-b", SERVER, ready=False)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, timeout=30)
+        assert said[-1] == "connection refused: no ready pod of release rel in serving (1 found)"
+        fake.pods[-1] = pod("rel-resnet-serve-new", "serving", "gpu-b", SERVER)
+        assert httpx.get(url, timeout=30).status_code == 200
+
+
+def test_forwarder_without_a_release_stays_on_its_pod(kube, server):
+    from kubernetes import config
+
+    from service.cluster.forward import Forwarder
+
+    fake, run = kube
+    fake.pods += [pod("rel-resnet-serve-1", "serving", "gpu-a", SERVER, ready=False)]
+    host, port = server.url.removeprefix("http://").split(":")
+    fake.forward_to = (host, int(port))
+    api = config.new_client_from_config(config_file=str(run.kubeconfig))
+    with Forwarder(api, "serving", "rel-resnet-serve-1", 8000) as fw:
+        assert httpx.get(f"http://127.0.0.1:{fw.port}/v1/models", timeout=30).status_code == 200
+    assert any("/pods/rel-resnet-serve-1/portforward" in r for r in fake.requests)
+
+
 def test_smoke_without_a_ready_pod_fails(kube, capsys):
     fake, run = kube
     fake.pods += [pod("rel-resnet-serve-0", "serving", "gpu-a", SERVER, ready=False)]
