@@ -44,13 +44,20 @@ try:
     from loadtest.suite import checks, images, shapes
 
     # PlannedShape: Locust takes the shape class from this module's names.
-    from loadtest.suite.options import PlannedShape, RequestLog, stages_of, users_of  # noqa: F401
+    from loadtest.suite.options import (  # noqa: F401
+        PART_OF,
+        PlannedShape,
+        RequestLog,
+        stages_of,
+        users_of,
+    )
 except ImportError:  # flat folder (the chart's ConfigMap)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import checks  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
     import shapes  # type: ignore[no-redef]
     from options import (  # type: ignore[no-redef] # noqa: F401
+        PART_OF,
         PlannedShape,
         RequestLog,
         stages_of,
@@ -65,6 +72,7 @@ locust.stats.CSV_STATS_INTERVAL_SEC = 1
 
 IMAGES: list[tuple[str, bytes, str]] = []
 JSON = {"Content-Type": "application/json"}
+PART_OF_JOB = {PART_OF: "job"}
 TOKEN = os.environ.get("LOADTEST_TOKEN", "")
 
 try:  # the gRPC user's client: gRPC on gevent's loop, Triton's definitions of the messages
@@ -143,9 +151,14 @@ class ApiUser(FastHttpUser):
     def b64(self, n: int) -> list[str]:
         return [base64.b64encode(data).decode() for _, data, _ in self.images(n)]
 
-    def post_json(self, path: str, body: dict, name: str):
+    def post_json(self, path: str, body: dict, name: str, context: dict | None = None):
         return self.client.post(
-            path, data=json.dumps(body), headers=JSON, name=name, catch_response=True
+            path,
+            data=json.dumps(body),
+            headers=JSON,
+            name=name,
+            catch_response=True,
+            context=context or {},
         )
 
     def fire(self, send) -> None:
@@ -390,7 +403,11 @@ def _json(response) -> object:
 
 class JobsUser(ApiUser):
     """``POST /v1/jobs`` then ``GET /v1/jobs/{id}`` until done; also reports the job's
-    end-to-end time as ``job (submit to result)``."""
+    end-to-end time as ``job (submit to result)``, failed when any part of it failed.
+
+    The submit and the polls carry ``PART_OF_JOB`` in their context: the request log (the
+    levels and the capacity search) counts jobs, not the HTTP calls one job takes.
+    """
 
     @tag("protocols", "jobs")
     @task
@@ -401,13 +418,15 @@ class JobsUser(ApiUser):
         n, k = self.o.images_per_request, self.o.top_k
         body = {"images": [{"b64": b} for b in self.b64(n)], "top_k": k}
         start = time.perf_counter()
-        with self.post_json("/v1/jobs", body, "/v1/jobs") as r:
+        with self.post_json("/v1/jobs", body, "/v1/jobs", PART_OF_JOB) as r:
             jid = checks.job_id(_json(r)) if r.status_code in (200, 201, 202) else None
             if jid is None:
-                r.failure(f"HTTP {r.status_code}: no job id in the answer")
-                return
-            r.success()
-        problem = self._poll(jid, start)
+                problem: str | None = f"HTTP {r.status_code}: no job id in the answer"
+                r.failure(problem)
+            else:
+                r.success()
+        if jid is not None:
+            problem = self._poll(jid, start)
         self.environment.events.request.fire(
             request_type="JOB",
             name="job (submit to result)",
@@ -420,7 +439,9 @@ class JobsUser(ApiUser):
     def _poll(self, jid: str, start: float) -> str | None:
         delay = 0.05
         while time.perf_counter() - start < self.o.job_timeout:
-            with self.client.get(f"/v1/jobs/{jid}", name="/v1/jobs/{id}", catch_response=True) as r:
+            with self.client.get(
+                f"/v1/jobs/{jid}", name="/v1/jobs/{id}", catch_response=True, context=PART_OF_JOB
+            ) as r:
                 if r.status_code != 200:
                     r.failure(f"HTTP {r.status_code}")
                     return f"polling gave HTTP {r.status_code}"

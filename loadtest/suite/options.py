@@ -107,8 +107,14 @@ class PlannedShape(LoadTestShape):
         return None if stage is None else (stage.users, stage.spawn_rate)
 
 
+# A request's context key naming the composite request it is a part of (a job's submit and
+# polls): the request log leaves such parts out, and logs the composite.
+PART_OF = "part_of"
+
+
 class RequestLog:
-    """Every request as a CSV row: end time (unix s), name, response time (ms), ok, users."""
+    """Every request as a CSV row: end time (unix s), name, response time (ms), ok, users;
+    except the parts of a composite request (``PART_OF`` in their context)."""
 
     rows: list[tuple] = []
     path: Path | None = None
@@ -122,7 +128,9 @@ class RequestLog:
         with path.open("w", newline="") as f:
             csv.writer(f).writerow(["time", "type", "name", "response_time_ms", "ok", "users"])
 
-        def on_request(request_type, name, response_time, exception=None, **_kw):
+        def on_request(request_type, name, response_time, exception=None, context=None, **_kw):
+            if context and PART_OF in context:
+                return
             cls.rows.append(
                 (
                     f"{time.time():.3f}",

@@ -5,6 +5,7 @@ users send well-formed requests, accept well-formed answers and fail malformed o
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import itertools
 import json
@@ -20,6 +21,7 @@ from tests.support.helpers import JsonHandler
 
 class Fake(JsonHandler):
     broken = False
+    refuse_jobs = False  # a submit answered 503
     html_polls = False  # a proxy's error page in place of a job's state
     seen: list[tuple[str, str, dict]] = []
     polls: dict[str, int] = {}
@@ -70,6 +72,8 @@ class Fake(JsonHandler):
             preds = [{"scores": [0.5, 0.5]} for _ in body["instances"]]
             return self.reply(200, {"predictions": preds[1:] if self.broken else preds})
         if self.path == "/v1/jobs":
+            if self.refuse_jobs:
+                return self.reply(503, {"error": {"code": "overloaded", "message": "busy"}})
             jid = f"j{next(self.ids)}"
             self.images[jid] = len(body["images"])
             return self.reply(202, {"id": jid, "status": "queued"})
@@ -79,6 +83,7 @@ class Fake(JsonHandler):
 @pytest.fixture
 def fake():
     Fake.seen, Fake.polls, Fake.broken, Fake.html_polls = [], {}, False, False
+    Fake.refuse_jobs = False
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -86,12 +91,12 @@ def fake():
     httpd.shutdown()
 
 
-def run(url, out):
+def run(url, out, tags=("protocols",)):
     cfg = runner.RunConfig(
         host=url,
         out=out,
         params=shapes.ShapeParams(users=3, spawn_rate=10, run_time=3),
-        tags=["protocols"],
+        tags=list(tags),
         images_per_request=2,
         think_time=0.05,
     )
@@ -152,3 +157,38 @@ def test_a_job_answer_that_is_not_json_counts_as_a_failure(fake, tmp_path):
     polls = summary["endpoints"]["/v1/jobs/{id}"]
     assert polls["requests"] > 0 and polls["failures"] == polls["requests"]
     assert "not a JSON object" in (tmp_path / "locust_failures.csv").read_text()
+
+
+def logged(out) -> list[dict]:
+    rows = []
+    for path in out.glob("requests*.csv"):
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def test_the_request_log_counts_jobs_not_their_http_calls(fake, tmp_path):
+    """The levels and the capacity search read the request log: a job is one unit of work
+    there, however many polls it took."""
+    summary = run(fake, tmp_path, tags=("jobs",))
+    e = summary["endpoints"]
+    jobs = e["job (submit to result)"]
+    assert jobs["requests"] > 0 and jobs["failures"] == 0
+    assert e["/v1/jobs/{id}"]["requests"] >= 2 * jobs["requests"]  # each polled until done
+    rows = logged(tmp_path)
+    assert {r["name"] for r in rows} == {"job (submit to result)"}
+    assert len(rows) == jobs["requests"]
+    assert sum(lv["requests"] for lv in summary["levels"]) <= jobs["requests"]
+
+
+def test_a_refused_job_submit_fails_the_job(fake, tmp_path):
+    Fake.refuse_jobs = True
+    summary = run(fake, tmp_path, tags=("jobs",))
+    e = summary["endpoints"]
+    submits, jobs = e["/v1/jobs"], e["job (submit to result)"]
+    assert submits["requests"] > 0 and submits["failures"] == submits["requests"]
+    assert jobs["requests"] == jobs["failures"] == submits["requests"]
+    assert "/v1/jobs/{id}" not in e
+    rows = logged(tmp_path)
+    assert len(rows) == jobs["requests"] and not any(r["ok"] == "1" for r in rows)
+    assert "HTTP 503: no job id in the answer" in (tmp_path / "locust_failures.csv").read_text()
