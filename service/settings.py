@@ -77,9 +77,10 @@ class Settings(BaseSettings):
     # (commonly 60 s).
     keepalive_timeout_s: float = Field(75.0, ge=1)
 
-    # CPUs the automatic sizes count (preprocessing workers, model instances); 0: this process's
-    # affinity mask and cgroup CPU limit. The chart sets it from the pod's CPU request, so a pod
-    # without a CPU limit on a large node does not size itself to the whole node.
+    # CPUs the automatic sizes count (front-end processes, cpu-stage workers, model instances);
+    # 0: this process's affinity mask and cgroup CPU limit. The chart sets it from the pod's CPU
+    # request, so a pod without a CPU limit on a large node does not size itself to the whole
+    # node.
     cpus: int = Field(0, ge=0, le=1024)
 
     # -- model
@@ -125,7 +126,8 @@ class Settings(BaseSettings):
     # Worker processes of the cpu stages between model stages (started only for a pipeline
     # that has one); 0: one per CPU the pod may use.
     preprocess_workers: int = Field(0, ge=0)
-    # CPU niceness of the workers: they yield the CPU to the model runner (0: same priority).
+    # CPU niceness of each front end's decode thread and of the cpu-stage workers: they yield
+    # the CPU to the model runner (0: same priority).
     preprocess_nice: int = Field(10, ge=0, le=19)
     # Images of at most this many pixels decode on the front end's event loop, not in its
     # decode thread: no hand-off between the threads and no contention for the GIL (+9-13 %
