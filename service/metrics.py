@@ -388,7 +388,7 @@ class Metrics:
         )
         self.preprocess_duration = Histogram(
             "serve_preprocess_duration_seconds",
-            "Decode and resize time per image, in a front end's decode thread.",
+            "Decode and resize time per image, in a front end (its event loop or decode thread).",
             buckets=STAGE_BUCKETS,
             registry=r,
         )
