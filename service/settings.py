@@ -180,7 +180,8 @@ class Settings(BaseSettings):
     # Redis URL (redis://host:6379/0): jobs go through a Redis Stream shared by the replicas;
     # empty: an in-memory store (one replica; jobs die with the process).
     redis_url: str = ""
-    # Jobs kept in memory at once (in-memory store), queued and finished together.
+    # Jobs held at once: in memory, queued, running and finished together (the oldest finished
+    # make room); with Redis, queued and running. Past it: 503 jobs_full.
     max_jobs: int = Field(10_000, ge=1)
     # Finished jobs (and their results) expire this long after they end.
     job_ttl_s: float = Field(3600.0, gt=0)
