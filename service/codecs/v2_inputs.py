@@ -48,7 +48,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
 
 NonNegative = Annotated[StrictInt, Field(ge=0)]
 # Triton's ``timeout`` is an unsigned 64-bit integer (gRPC's uint64_param); a larger one may
-# have no float to convert to.
+# have no float to convert to. 0 is Triton's "the request has no timeout" (tritonserver.h,
+# TRITONSERVER_InferenceRequestSetTimeoutMicroseconds): the transport's deadline applies.
 MAX_TIMEOUT_US = 2**64 - 1
 # The tensors the models take have at most 4 dimensions ([N, H, W, 3]); a longer shape is
 # refused before any arithmetic on it (its product is a big-integer multiplication per entry).
@@ -58,7 +59,7 @@ OPEN = ConfigDict(extra="ignore")  # V2 lets clients send fields and parameters 
 
 class _RequestParameters(BaseModel):
     model_config = OPEN
-    timeout: Annotated[StrictInt, Field(gt=0, le=MAX_TIMEOUT_US)] | None = None  # microseconds
+    timeout: Annotated[StrictInt, Field(ge=0, le=MAX_TIMEOUT_US)] | None = None  # microseconds
     binary_data_output: StrictBool = False
 
 
@@ -113,7 +114,7 @@ _WORDS: dict[tuple[str, ...], str] = {
     ),
     ("parameters",): "request: 'parameters' must be an object",
     ("parameters", "timeout"): (
-        "the 'timeout' parameter must be a positive number of microseconds, at most 2**64 - 1"
+        "the 'timeout' parameter must be a number of microseconds from 0 (none) to 2**64 - 1"
     ),
     ("parameters", "binary_data_output"): "binary_data_output must be true or false",
     ("outputs",): f"'outputs' must be a list with the model's one output, {OUTPUT!r}",
@@ -171,7 +172,7 @@ def decode_request(
     timeout_us = params.timeout
     request = InferRequest(
         pipeline=model.info.name,
-        timeout_s=timeout_s if timeout_us is None else min(timeout_us / 1e6, timeout_s),
+        timeout_s=min(timeout_us / 1e6, timeout_s) if timeout_us else timeout_s,
     )
     if kind == INPUT_IMAGES:
         request.images = data

@@ -252,6 +252,18 @@ def test_triton_timeout_parameter_is_a_deadline(triton, model_name, pixels):
     )
 
 
+def test_triton_timeout_zero_means_no_timeout(triton, triton_grpc, model_name, pixels):
+    # tritonserver.h: the request timeout "default is 0 which indicates that the request has
+    # no timeout"; tritonclient sends timeout=0 as is, over HTTP and over gRPC.
+    import tritonclient.grpc as grpcclient
+
+    for client, module in ((triton, httpclient), (triton_grpc, grpcclient)):
+        tensor = module.InferInput("pixels", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        result = client.infer(model_name, [tensor], timeout=0)
+        assert result.as_numpy("probabilities").shape == (2, 10)
+
+
 def test_deadline_header_applies_to_tf_serving_predict(server, model_name, pixels):
     body = {"instances": pixels.tolist()}
     url = f"{server.url}/v1/models/{model_name}:predict"

@@ -82,7 +82,7 @@ def test_a_tf_serving_signature_name_that_is_not_a_string_is_400(client, signatu
         (
             "/v2/models/resnet50/infer",
             '{"parameters": {"timeout": ' + PAST_FLOAT + '}, "inputs": [' + _v2_pixels("0") + "]}",
-            "'timeout' parameter must be a positive number of microseconds",
+            "'timeout' parameter must be a number of microseconds from 0 (none)",
         ),
         (
             "/v2/models/resnet50/infer",

@@ -99,6 +99,8 @@ def test_tritons_timeout_parameter_shortens_the_deadline_but_never_lengthens_it(
     assert decode(header, model, settings)[0].timeout_s == 30.0
     header["parameters"]["timeout"] = 2**64 - 1  # the most a gRPC client can send
     assert decode(header, model, settings)[0].timeout_s == 30.0
+    header["parameters"]["timeout"] = 0  # Triton's "no timeout": the transport's deadline
+    assert decode(header, model, settings)[0].timeout_s == 30.0
 
 
 def test_requested_outputs_choose_binary_and_classification(model, settings):
@@ -193,13 +195,13 @@ PIXELS_1 = [0] * (32 * 32 * 3)
         ({"inputs": [pixels_input([300.0] * 3072)]}, "pixel values must be RGB in 0..255", None),
         ({"inputs": [pixels_input([0.5] * 3072, datatype="UINT8")]}, "whole numbers", None),
         (
-            {"inputs": [images_input([b64(b"a")])], "parameters": {"timeout": 0}},
-            "the 'timeout' parameter must be a positive number of microseconds",
+            {"inputs": [images_input([b64(b"a")])], "parameters": {"timeout": -1}},
+            "the 'timeout' parameter must be a number of microseconds from 0 (none)",
             None,
         ),
         (
             {"inputs": [images_input([b64(b"a")])], "parameters": {"timeout": 10**400}},
-            "positive number of microseconds, at most 2**64 - 1",
+            "number of microseconds from 0 (none) to 2**64 - 1",
             None,
         ),
         (
