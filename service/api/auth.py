@@ -9,7 +9,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..auth import presented_token, token_matches
-from .errors import error_response
+from .errors import error_response, path_shape
 from .middleware import ROUTE_LABEL
 
 # The route label of refused requests (before routing, so no route template is known).
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class AuthMiddleware:
-    """Answers 401 (JSON, ``WWW-Authenticate: Bearer``) to requests without a valid token.
+    """Answers 401 (JSON, ``WWW-Authenticate: Bearer``) to requests without a valid token, in
+    the error shape of the path's protocol.
 
     Args:
         app: the wrapped application.
@@ -50,5 +51,6 @@ class AuthMiddleware:
         )
         log.warning("refused %s %s: %s", scope["method"], scope["path"], code)
         scope[ROUTE_LABEL] = REFUSED_ROUTE
-        response = error_response(401, code, message, {"WWW-Authenticate": "Bearer"})
+        headers = {"WWW-Authenticate": "Bearer"}
+        response = error_response(401, code, message, headers, path_shape(scope["path"]))
         await response(scope, receive, send)

@@ -56,6 +56,15 @@ class PlainErrorRoute(APIRoute):
     error_shape = PLAIN
 
 
+def path_shape(path: str) -> str:
+    """The error shape of ``path`` for an answer given before routing (authentication): the
+    standard protocols' paths (``/v2...``; TensorFlow Serving's ``/v1/models/{name}...``, not
+    the native ``/v1/models``) get theirs, whose clients parse ``{"error": "<message>"}``."""
+    if path == "/v2" or path.startswith(("/v2/", "/v1/models/")):
+        return PLAIN
+    return NATIVE
+
+
 def error_response(
     status: int,
     code: str,

@@ -269,3 +269,36 @@ def test_deadline_header_applies_to_tf_serving_predict(server, model_name, pixel
     url = f"{server.url}/v1/models/{model_name}:predict"
     r = httpx.post(url, json=body, headers={"X-Request-Timeout-Ms": "0.001"})
     assert "deadline" in v2_error(r, 504)
+
+
+def test_a_refused_token_keeps_the_protocols_error_shape(hardened_server, pixels):
+    # Both protocols answer every error as {"error": "<message>"}; tritonclient raises the
+    # value as the message, so an object there became its message. The native routes keep theirs.
+    from tests.support.helpers import HARDENED_TOKEN
+
+    client = httpclient.InferenceServerClient(hardened_server.url.removeprefix("http://"))
+    tensor = httpclient.InferInput("pixels", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer("resnet50", [tensor])
+    assert exc.value.status() == "401"
+    assert isinstance(exc.value.message(), str) and "authentication required" in exc.value.message()
+    with pytest.raises(InferenceServerException) as exc:
+        client.get_model_metadata("resnet50", headers={"Authorization": "Bearer wrong"})
+    assert exc.value.message() == "the token is not valid"
+    answer = client.infer(
+        "resnet50", [tensor], headers={"Authorization": f"Bearer {HARDENED_TOKEN}"}
+    )
+    assert answer.as_numpy("probabilities").shape == (2, 10)
+    client.close()
+    url = hardened_server.url
+    for method, path in (
+        ("GET", "/v2"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/v1/models/resnet50"),
+        ("POST", "/v1/models/resnet50:predict"),
+    ):
+        r = httpx.request(method, url + path, json={"instances": [[[[0, 0, 0]]]]})
+        assert "authentication required" in v2_error(r, 401)
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(url + "/v1/models").json()["error"]["code"] == "unauthorized"
