@@ -95,7 +95,9 @@ class _Header(BaseModel):
     model_config = OPEN
     inputs: Annotated[list[_Input], Field(min_length=1)]
     parameters: _RequestParameters | None = None
-    outputs: Annotated[list[_Output], Field(min_length=1, max_length=1)] | None = None
+    # Empty: none requested, so all of them, as Triton reads it (and as gRPC, where an empty
+    # repeated field cannot be told from an absent one).
+    outputs: Annotated[list[_Output], Field(max_length=1)] | None = None
 
 
 # What went wrong, by where in the header (a number: any list index); the longest match wins.
@@ -320,7 +322,7 @@ def _json_bytes(data: Any, name: str) -> list[bytes]:
 
 
 def _parse_outputs(outputs: list[_Output] | None, default_binary: bool) -> OutputSpec:
-    if outputs is None:
+    if not outputs:
         return OutputSpec(default_binary, 0)
     spec = outputs[0]
     if spec.name != OUTPUT:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
@@ -126,6 +127,18 @@ def test_no_requested_outputs_means_all_outputs_in_binary(triton, model_name, pi
     assert result.get_response()["id"] == "req-42"
     assert result.get_output("probabilities")["parameters"]["binary_data_size"] == 2 * 10 * 4
     np.testing.assert_allclose(result.as_numpy("probabilities"), reference(pixels), atol=ATOL)
+
+
+def test_an_empty_outputs_list_means_all_outputs(server, model_name, pixels, reference):
+    # "outputs" is optional; none requested returns all (Triton reads [] so, and a gRPC request
+    # cannot tell [] from none). JSON encoders of that message write "outputs": [].
+    tensor = {"name": "pixels", "datatype": "UINT8", "shape": list(pixels.shape)}
+    body = {"inputs": [{**tensor, "data": pixels.ravel().tolist()}], "outputs": []}
+    r = httpx.post(f"{server.url}/v2/models/{model_name}/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    (output,) = r.json()["outputs"]
+    assert output["name"] == "probabilities" and output["shape"] == [2, 10]
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 10)), reference(pixels), atol=ATOL)
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])

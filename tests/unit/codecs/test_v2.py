@@ -215,7 +215,7 @@ PIXELS_1 = [0] * (32 * 32 * 3)
             None,
         ),
         (
-            {"inputs": [images_input([b64(b"a")])], "outputs": []},
+            {"inputs": [images_input([b64(b"a")])], "outputs": [{"name": "probabilities"}] * 2},
             "'outputs' must be a list with the model's one output, 'probabilities'",
             None,
         ),
