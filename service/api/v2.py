@@ -156,17 +156,22 @@ def infer_routes() -> tuple[object, object]:
     include_in_schema=False,
 )
 async def not_found(path: str, request: Request) -> Response:
-    """Unknown V2 paths and methods answer in the protocol's error shape."""
+    """Unknown V2 paths and methods answer in the protocol's error shape; a 405 lists the
+    path's methods in ``Allow``, which RFC 9110 (section 15.5.6) requires of it."""
     scope = {**request.scope, "method": request.method}
+    allowed: set[str] = set()
     for route in router.routes:
         if getattr(route, "endpoint", None) is not_found:
             continue
         match, _ = route.matches(scope)
         if match == Match.PARTIAL:
-            return error_response(
-                405,
-                "http_405",
-                f"method {request.method} not allowed on {request.url.path}",
-                shape=PLAIN,
-            )
+            allowed |= getattr(route, "methods", None) or set()
+    if allowed:
+        return error_response(
+            405,
+            "http_405",
+            f"method {request.method} not allowed on {request.url.path}",
+            {"Allow": ", ".join(sorted(allowed))},
+            shape=PLAIN,
+        )
     raise NotFound(f"no route {request.method} {request.url.path}")

@@ -204,7 +204,11 @@ def test_binary_data_size_that_does_not_match_the_body_is_400(server, model_name
 
 def test_unknown_path_and_wrong_method_keep_the_v2_shape(server, model_name):
     assert "no route" in v2_error(httpx.get(server.url + "/v2/nothing/here"), 404)
-    v2_error(httpx.get(infer_url(server, model_name)), 405)
+    r = httpx.get(infer_url(server, model_name))
+    v2_error(r, 405)
+    assert r.headers["allow"] == "POST"  # RFC 9110: a 405 "MUST generate an Allow header"
+    r = httpx.delete(f"{server.url}/v2/models/{model_name}/versions/1")
+    assert "not allowed" in v2_error(r, 405) and r.headers["allow"] == "GET"
     v2_error(httpx.post(infer_url(server, model_name), content=b"{not json"), 400)
 
 
