@@ -57,9 +57,10 @@ class PlainErrorRoute(APIRoute):
 
 
 def path_shape(path: str) -> str:
-    """The error shape of ``path`` for an answer given before routing (authentication): the
-    standard protocols' paths (``/v2...``; TensorFlow Serving's ``/v1/models/{name}...``, not
-    the native ``/v1/models``) get theirs, whose clients parse ``{"error": "<message>"}``."""
+    """The error shape of ``path`` for an answer given before or without routing
+    (authentication, a path no route serves): the standard protocols' paths (``/v2...``;
+    TensorFlow Serving's ``/v1/models/{name}...``, not the native ``/v1/models``) get theirs,
+    whose clients parse ``{"error": "<message>"}``."""
     if path == "/v2" or path.startswith(("/v2/", "/v1/models/")):
         return PLAIN
     return NATIVE
@@ -105,7 +106,11 @@ def disconnected_response(method: str, path: str) -> Response:
 
 
 def _shape(request: Request) -> str:
-    return getattr(request.scope.get("route"), "error_shape", NATIVE)
+    """The matched route's shape; a request no route matched, its path's (``path_shape``)."""
+    route = request.scope.get("route")
+    if route is None:
+        return path_shape(request.url.path)
+    return getattr(route, "error_shape", NATIVE)
 
 
 def retry_headers(request: Request) -> dict[str, str]:

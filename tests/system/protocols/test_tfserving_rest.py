@@ -150,6 +150,13 @@ def test_unknown_model_or_version_is_404(server, model_name):
     assert "Servable not found" in tf_error(predict(server, model_name, body, "/versions/3"), 404)
     tf_error(httpx.get(f"{server.url}/v1/models/nope"), 404)
     tf_error(httpx.get(f"{server.url}/v1/models/{model_name}/versions/3/metadata"), 404)
+    # TF Serving's version labels (/labels/{label}) are not served: a 404, in its error shape
+    # ("In case of error, all APIs will return ... error as key"), as under every such path.
+    r = predict(server, model_name, body, "/labels/stable")
+    assert "no route" in tf_error(r, 404)
+    assert "no route" in tf_error(httpx.get(f"{server.url}/v1/models/{model_name}/x/y"), 404)
+    native = httpx.get(f"{server.url}/v1/nothing").json()  # the native paths keep theirs
+    assert native["error"]["code"] == "not_found"
 
 
 def test_not_json_and_other_methods_are_400(server, model_name):
