@@ -29,7 +29,10 @@ def _listed(value: object) -> object:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            return json.loads(text)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON array: {exc}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
 
@@ -272,9 +275,16 @@ class Settings(BaseSettings):
     def _check_buckets(self) -> Settings:
         buckets = sorted(set(self.batch_buckets))
         if not buckets or buckets[0] < 1:
-            raise ValueError("batch_buckets must be positive integers")
+            raise ValueError(
+                f"SERVE_BATCH_BUCKETS={self.batch_buckets}: the buckets must be positive integers"
+            )
         buckets = [b for b in buckets if b < self.max_batch_size] + [self.max_batch_size]
         self.batch_buckets = buckets
+        if self.grpc_port == self.port:
+            raise ValueError(
+                f"SERVE_GRPC_PORT={self.grpc_port} is SERVE_PORT too: the gRPC port must be "
+                "another one (0: no gRPC)"
+            )
         if not self.model_name:
             self.model_name = self.model
         return self

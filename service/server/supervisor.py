@@ -364,14 +364,35 @@ def _mark_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
+def _log_format_given() -> str:
+    """SERVE_LOG_FORMAT where it is valid: the lines refusing the settings, which configure
+    the logs, are in the format asked for."""
+    given = os.environ.get("SERVE_LOG_FORMAT", "text").strip().lower()
+    return given if given in ("text", "json") else "text"
+
+
+def _warn_unknown(warnings: list[str]) -> None:
+    for warning in warnings:
+        log.warning("%s", warning)
+
+
 def main() -> int:
     from ..errors import BackendUnavailable, WeightsUnavailable
     from ..lifetime import run
     from ..logs import configure_logging
     from ..model.loader import check_weights
+    from . import preflight
 
-    settings = Settings()
+    try:
+        settings = preflight.load_settings()
+    except preflight.SettingsInvalid as exc:
+        configure_logging("info", _log_format_given(), False)
+        _warn_unknown(preflight.unknown_variables(os.environ))
+        for problem in exc.problems:
+            log.critical("invalid setting: %s", problem)
+        return preflight.BAD_SETTINGS
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
+    _warn_unknown(preflight.unknown_variables(os.environ))
     from ..model.backends import check
 
     try:

@@ -1,6 +1,14 @@
 """The real server process: python -m service under uvicorn on a loopback port."""
 
+import os
+import subprocess
+import sys
+import time
+
 import httpx
+import pytest
+
+from tests.support.helpers import free_port, start_server, stop_server
 
 
 def test_real_server_classifies_a_jpeg(server, jpeg_bytes):
@@ -13,3 +21,107 @@ def test_real_server_classifies_a_jpeg(server, jpeg_bytes):
     assert len(body["predictions"][0]) == 5
     assert body["predictions"][0][0]["label"].startswith("class_")
     assert r.headers["x-request-id"]
+
+
+# -- refused at start: a bad setting stops the pod before anything starts ------------------
+
+
+def _start(env_overrides: dict[str, str], timeout: float = 60) -> tuple[int | None, str]:
+    """``python -m service`` as an operator starts it; its exit status (None: still running
+    after ``timeout``, then killed) and its output."""
+    env = {
+        **os.environ,
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_PORT": str(free_port()),
+        "SERVE_GRPC_PORT": str(free_port()),
+        "SERVE_FRONTEND_PROCESSES": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **env_overrides,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # its children die with it (PR_SET_PDEATHSIG)
+        return None, process.communicate()[0]
+    return process.returncode, out
+
+
+@pytest.mark.parametrize(
+    ("env", "status", "says"),
+    [
+        ({"SERVE_PORT": "abc"}, 2, "SERVE_PORT='abc': input should be a valid integer"),
+        ({"SERVE_MAX_BATCH_SIZE": "0"}, 2, "SERVE_MAX_BATCH_SIZE='0': input should be greater"),
+        ({"SERVE_BATCH_BUCKETS": "0,-1"}, 2, "SERVE_BATCH_BUCKETS=[0, -1]: the buckets must be"),
+        ({"SERVE_BATCH_BUCKETS": "1,b"}, 2, "SERVE_BATCH_BUCKETS='1,b': input should be a valid"),
+        ({"SERVE_CORS_ORIGINS": "[1"}, 2, "SERVE_CORS_ORIGINS='[1': not a JSON array"),
+        ({"SERVE_GRPC_PORT": "same"}, 2, "is SERVE_PORT too"),
+        ({"SERVE_PIPELINES_FILE": "missing.yaml"}, 2, "SERVE_PIPELINES_FILE: cannot read"),
+        (
+            {"SERVE_PIPELINES_FILE": "bad.yaml"},
+            2,
+            "SERVE_PIPELINES_FILE: {tmp}/bad.yaml: not valid",
+        ),
+        ({"SERVE_PIPELINE": "nosuch"}, 2, "SERVE_PIPELINE='nosuch': no such pipeline"),
+        ({"SERVE_LABELS_FILE": "missing.txt"}, 2, "SERVE_LABELS_FILE '{tmp}/missing.txt': No such"),
+        ({"SERVE_AUTH_TOKENS_FILE": "missing"}, 2, "SERVE_AUTH_TOKENS_FILE '{tmp}/missing': No"),
+    ],
+    ids=lambda v: next(iter(v.items()))[1] if isinstance(v, dict) else None,
+)
+def test_a_bad_setting_stops_the_pod_at_once_with_one_line_naming_it(
+    env, status, says, tiny_model_file, tmp_path
+):
+    (tmp_path / "bad.yaml").write_text("pipelines: [\n")
+    given = {"SERVE_WEIGHTS": str(tiny_model_file)}
+    for key, value in env.items():
+        if value.endswith((".yaml", ".txt")) or value == "missing":
+            value = str(tmp_path / value)
+        given[key] = value
+    if given.get("SERVE_GRPC_PORT") == "same":
+        given["SERVE_GRPC_PORT"] = given["SERVE_PORT"] = str(free_port())
+    started = time.monotonic()
+    code, out = _start(given)
+    assert code == status, out[-3000:]
+    assert time.monotonic() - started < 30  # refused before anything loads
+    assert "Traceback" not in out
+    refusals = [line for line in out.splitlines() if "CRITICAL" in line]
+    assert len(refusals) == 1, out[-3000:]
+    assert says.format(tmp=tmp_path) in refusals[0]
+
+
+def test_every_problem_is_named_and_typos_are_warned_with_the_closest_setting():
+    code, out = _start(
+        {"SERVE_PORT": "-1", "SERVE_CROP_FRACTION": "2", "SERVE_MAX_BATCH": "8", "SERVE_XYZZY": "1"}
+    )
+    assert code == 2 and "Traceback" not in out
+    lines = out.splitlines()
+    assert any("SERVE_PORT='-1': input should be greater than or equal to 1" in x for x in lines)
+    assert any(
+        "SERVE_CROP_FRACTION='2': input should be less than or equal to 1" in x for x in lines
+    )
+    warned = [x for x in lines if "WARNING" in x]
+    assert any(
+        "SERVE_MAX_BATCH is not a setting and is ignored; did you mean SERVE_MAX_BATCH_SIZE?" in x
+        for x in warned
+    )
+    assert any(x.endswith("SERVE_XYZZY is not a setting and is ignored") for x in warned)
+
+
+def test_an_unknown_variable_is_warned_about_on_a_pod_that_starts(tiny_model_file, tmp_path):
+    from service.server.preflight import unknown_variables
+
+    assert unknown_variables({"SERVE_GRACEFUL_TIMEOUT": "5", "serve_port": "1", "HOME": "/"}) == [
+        "SERVE_GRACEFUL_TIMEOUT is not a setting and is ignored; did you mean "
+        "SERVE_GRACEFUL_TIMEOUT_S?"
+    ]
+    server = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_MAX_BATCH_DELAY": "5"}, tmp_path / "log"
+    )
+    assert stop_server(server) == 0
+    assert "SERVE_MAX_BATCH_DELAY is not a setting and is ignored; did you mean " in server.log()
