@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,71 @@ def check_weights(arch_name: str, weights: str) -> None:
         return
     if not os.path.isfile(weights):
         raise WeightsUnavailable(f"weights file {weights!r} does not exist (SERVE_STRICT=true)")
+    check_weights_file(weights)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_weights_file(path: str, where: str = "SERVE_WEIGHTS") -> None:
+    """A model or weights file that exists must be one Keras can load, whole: a ``.keras``
+    zip archive with its central directory (written last), or an HDF5 file as long as its
+    superblock says. Read without Keras, in a moment, so that an empty, truncated or foreign
+    file stops the pod at start rather than fail the model's load in the accelerator process.
+
+    Raises:
+        WeightsUnavailable: what is wrong, after ``where`` (the setting that names the file).
+    """
+
+    def refuse(why: str) -> WeightsUnavailable:
+        return WeightsUnavailable(f"{where} {path!r}: {why}")
+
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            raise refuse("the file is empty")
+        if path.endswith(".keras"):
+            if not zipfile.is_zipfile(path):
+                raise refuse("not a .keras file (a zip archive): truncated, or another format")
+            return
+        if path.endswith(".weights.json"):  # the index of sharded weights
+            return
+        if not path.endswith((".h5", ".hdf5")):
+            raise refuse(
+                "Keras loads a .keras model, or weights from .weights.h5, .h5, .hdf5 or "
+                ".weights.json"
+            )
+        with open(path, "rb") as f:
+            end = _hdf5_end(f.read(4096))
+    except OSError as exc:
+        raise refuse(str(exc.strerror)) from None
+    if end is None:
+        raise refuse("not an HDF5 file: another format, or its first bytes are missing")
+    if size < end:
+        raise refuse(f"truncated: {size} bytes of the {end} its HDF5 superblock gives")
+
+
+def _hdf5_end(head: bytes) -> int | None:
+    """The length an HDF5 file gives itself (its superblock's base + end-of-file addresses),
+    or None without a superblock at the start (a user block puts it at 512, 1024 ...)."""
+    for base in (0, 512, 1024, 2048):
+        block = head[base : base + 96]
+        if not block.startswith(HDF5_SIGNATURE) or len(block) < 12:
+            continue
+        version = block[8]
+        if version in (0, 1):
+            offsets, first = block[13], 24 + 4 * version  # v1: 4 more bytes before them
+        elif version in (2, 3):
+            offsets, first = block[9], 12
+        else:
+            return base  # a superblock this check does not know: its length is not read
+        if offsets not in (2, 4, 8) or len(block) < first + 3 * offsets:
+            return None
+        kind = {2: "<H", 4: "<I", 8: "<Q"}[offsets]
+        start = struct.unpack_from(kind, block, first)[0]
+        eof = struct.unpack_from(kind, block, first + 2 * offsets)[0]
+        return start + eof
+    return None
 
 
 def keras_cache_dirs() -> list[Path]:

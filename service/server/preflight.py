@@ -123,6 +123,23 @@ def check_files(settings: Settings) -> list[str]:
     return problems
 
 
+def weight_files(settings: Settings) -> list[tuple[str, str]]:
+    """The model files the pod loads, each with where it is named: ``SERVE_WEIGHTS`` and the
+    pipelines file's model stages (``file``, a weights file)."""
+    from ..pipeline.config import load_pipelines
+
+    files = []
+    if settings.weights not in ("imagenet", "random"):
+        files.append((variable("weights"), settings.weights))
+    for name, spec in load_pipelines(settings.pipelines_file).items():
+        for stage in spec.models:
+            path = stage.file or stage.weights
+            if path and path not in ("imagenet", "random"):
+                where = f"{variable('pipelines_file')}: pipeline {name!r}: stage {stage.name!r}"
+                files.append((where, path))
+    return files
+
+
 def _readable(where: str, path: str) -> list[str]:
     try:
         with Path(path).open("rb") as f:

@@ -380,7 +380,7 @@ def main() -> int:
     from ..errors import BackendUnavailable, WeightsUnavailable
     from ..lifetime import run
     from ..logs import configure_logging
-    from ..model.loader import check_weights
+    from ..model.loader import check_weights, check_weights_file
     from . import preflight
 
     try:
@@ -400,12 +400,15 @@ def main() -> int:
     except BackendUnavailable as exc:
         log.critical("%s", exc)
         return 3
-    if settings.strict:
-        try:
+    try:
+        if settings.strict:
             check_weights(settings.model, settings.weights)
-        except WeightsUnavailable as exc:
-            log.critical("%s", exc)
-            return 3  # what uvicorn answers for a failed startup
+        for where, path in preflight.weight_files(settings):
+            if os.path.isfile(path):  # a missing one: random weights, unless strict
+                check_weights_file(path, where)
+    except WeightsUnavailable as exc:
+        log.critical("%s", exc)
+        return 3  # what uvicorn answers for a failed startup
     become_subreaper()
     directory = run_dir()
     lock = segments.hold(directory)  # noqa: F841 - held until this process exits

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -53,6 +54,22 @@ def _start(env_overrides: dict[str, str], timeout: float = 60) -> tuple[int | No
     return process.returncode, out
 
 
+def _weights(tmp_path: Path, tiny_model_file: Path, name: str) -> Path:
+    whole = tiny_model_file.read_bytes()
+    if name == "empty.keras":
+        data = b""
+    elif name == "truncated.keras":
+        data = whole[: len(whole) // 2]
+    else:  # truncated.weights.h5
+        from tests.support.tiny import build_tiny
+
+        build_tiny().save_weights(tmp_path / "whole.weights.h5")
+        data = (tmp_path / "whole.weights.h5").read_bytes()
+        data = data[: len(data) // 2]
+    (tmp_path / name).write_bytes(data)
+    return tmp_path / name
+
+
 @pytest.mark.parametrize(
     ("env", "status", "says"),
     [
@@ -71,6 +88,13 @@ def _start(env_overrides: dict[str, str], timeout: float = 60) -> tuple[int | No
         ({"SERVE_PIPELINE": "nosuch"}, 2, "SERVE_PIPELINE='nosuch': no such pipeline"),
         ({"SERVE_LABELS_FILE": "missing.txt"}, 2, "SERVE_LABELS_FILE '{tmp}/missing.txt': No such"),
         ({"SERVE_AUTH_TOKENS_FILE": "missing"}, 2, "SERVE_AUTH_TOKENS_FILE '{tmp}/missing': No"),
+        (
+            {"SERVE_WEIGHTS": "empty.keras"},
+            3,
+            "SERVE_WEIGHTS '{tmp}/empty.keras': the file is empty",
+        ),
+        ({"SERVE_WEIGHTS": "truncated.keras"}, 3, "truncated.keras': not a .keras file"),
+        ({"SERVE_WEIGHTS": "truncated.weights.h5"}, 3, "truncated.weights.h5': truncated: "),
     ],
     ids=lambda v: next(iter(v.items()))[1] if isinstance(v, dict) else None,
 )
@@ -80,7 +104,9 @@ def test_a_bad_setting_stops_the_pod_at_once_with_one_line_naming_it(
     (tmp_path / "bad.yaml").write_text("pipelines: [\n")
     given = {"SERVE_WEIGHTS": str(tiny_model_file)}
     for key, value in env.items():
-        if value.endswith((".yaml", ".txt")) or value == "missing":
+        if key == "SERVE_WEIGHTS":
+            value = str(_weights(tmp_path, tiny_model_file, value))
+        elif value.endswith((".yaml", ".txt")) or value == "missing":
             value = str(tmp_path / value)
         given[key] = value
     if given.get("SERVE_GRPC_PORT") == "same":
