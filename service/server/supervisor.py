@@ -410,7 +410,15 @@ def main() -> int:
         log.critical("%s", exc)
         return 3  # what uvicorn answers for a failed startup
     become_subreaper()
-    directory = run_dir()
+    try:
+        directory = run_dir()
+    except OSError as exc:  # a read-only root file system without a writable /dev/shm or /tmp
+        log.critical(
+            "no run directory: %s; the pod needs a writable /dev/shm or temporary directory "
+            "(TMPDIR, /tmp: an emptyDir volume where the root file system is read-only)",
+            exc,
+        )
+        return 1
     lock = segments.hold(directory)  # noqa: F841 - held until this process exits
     os.environ[segments.TAG_ENV] = directory.name  # its children name their segments after it
     (directory / METRICS).mkdir()

@@ -151,3 +151,27 @@ def test_an_unknown_variable_is_warned_about_on_a_pod_that_starts(tiny_model_fil
     )
     assert stop_server(server) == 0
     assert "SERVE_MAX_BATCH_DELAY is not a setting and is ignored; did you mean " in server.log()
+
+
+def test_no_writable_run_directory_stops_the_pod_with_one_line(tiny_model_file):
+    # A read-only root file system with neither /dev/shm nor /tmp writable: what tempfile says.
+    script = (
+        "import sys\n"
+        "from service.server import supervisor\n"
+        "def unwritable():\n"
+        "    raise FileNotFoundError(2, \"No usable temporary directory found in ['/tmp']\")\n"
+        "supervisor.run_dir = unwritable\n"
+        "sys.exit(supervisor.main())\n"
+    )
+    env = {
+        **os.environ,
+        "SERVE_WEIGHTS": str(tiny_model_file),
+        "SERVE_PORT": str(free_port()),
+        "SERVE_GRPC_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "CRITICAL service.supervisor: no run directory: [Errno 2] No usable" in done.stderr
+    assert "a writable /dev/shm or temporary directory" in done.stderr
