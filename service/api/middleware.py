@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -83,6 +85,49 @@ class MetricsMiddleware:
                 m.request_success.labels(path, "http").inc()
             else:
                 m.request_failure.labels(path, error_code or f"http_{status}", "http").inc()
+
+
+class DrainCutOff:
+    """The requests still running when a drain's ``SERVE_GRACEFUL_TIMEOUT_S`` ends are
+    cancelled by uvicorn, which would log each as an exception in the application and answer
+    it ``500 Internal Server Error``: they are answered ``503 shutting_down`` with
+    ``Retry-After`` instead, in their route's error shape, so that clients retry elsewhere.
+
+    Args:
+        app: the layers inside.
+        draining: whether this process drains (a cancellation outside a drain is re-raised).
+        retry_after_s: ``SERVE_RETRY_AFTER_S``.
+    """
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool], retry_after_s: int):
+        self.app = app
+        self.draining = draining
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if started or not self.draining():
+                raise
+            from ..errors import ShuttingDown
+            from .errors import NATIVE, serve_error_response
+
+            error = ShuttingDown("the service stopped before the answer was ready; retry")
+            shape = getattr(scope.get("route"), "error_shape", NATIVE)
+            response = serve_error_response(error, self.retry_after_s, shape)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -186,6 +186,58 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
     assert any("draining" in line["message"] for line in lines)
 
 
+def test_requests_the_graceful_timeout_cuts_off_get_503_shutting_down_not_500(
+    tiny_model_file, tmp_path
+):
+    """Past SERVE_GRACEFUL_TIMEOUT_S uvicorn cancels what is still running: those requests are
+    answered 503 with Retry-After (retry elsewhere), never 500, and the pod exits 0 in time."""
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_LOG_FORMAT": "json",
+            "SERVE_GRACEFUL_TIMEOUT_S": "1",
+            "SERVE_FRONTEND_PROCESSES": "1",
+            "SERVE_PREPROCESS_WORKERS": "1",
+            "SERVE_DECODE_INLINE_PIXELS": "0",
+        },
+        tmp_path / "log",
+    )
+    body = slow_png(4000)  # decoded one at a time: 40 of them take far longer than 1 s
+    answers: list = []
+
+    def send():
+        try:
+            r = httpx.post(
+                srv.url + "/v1/classify",
+                content=body,
+                headers={"content-type": "image/png"},
+                timeout=60,
+            )
+            answers.append((r.status_code, r.headers.get("retry-after"), r.text))
+        except httpx.HTTPError as exc:
+            answers.append((type(exc).__name__, None, ""))
+
+    try:
+        senders = [threading.Thread(target=send) for _ in range(40)]
+        for t in senders:
+            t.start()
+        wait_taken(srv.url, 40, answers)
+        signalled = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(30) == 0
+        assert time.monotonic() - signalled < 1 + 10  # the graceful timeout, and start-up slack
+        for t in senders:
+            t.join(30)
+    finally:
+        stop_server(srv)
+    statuses = [status for status, _, _ in answers]
+    assert len(answers) == 40 and set(statuses) <= {200, 503}, answers
+    cut = [(retry, json.loads(text)) for status, retry, text in answers if status == 503]
+    assert cut, "the graceful timeout cut off nothing: the test's requests were too fast"
+    assert all(r == "1" and b["error"]["code"] == "shutting_down" for r, b in cut), cut
+    assert "Exception in ASGI application" not in srv.log()
+
+
 def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
     """In-flight gRPC calls finish; health turns NOT_SERVING at once; new calls are refused
     with UNAVAILABLE (CANCELLED where gRPC had accepted them as it stopped, or the port is
