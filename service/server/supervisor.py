@@ -425,13 +425,13 @@ def main() -> int:
     os.environ[MULTIPROC_ENV] = str(directory / METRICS)
     held: list[socket.socket] = []
     try:
-        port = settings.port
+        port, which = settings.port, "SERVE_PORT"
         held.append(sock := listen(settings.host, port))
         if settings.grpc_port:
-            port = settings.grpc_port
+            port, which = settings.grpc_port, "SERVE_GRPC_PORT"
             held.append(reserve(settings.host, port))
     except OSError as exc:
-        log.critical("cannot listen on %s:%d: %s", settings.host, port, exc)
+        log.critical("cannot listen on %s:%d (SERVE_HOST, %s): %s", settings.host, port, which, exc)
         for s in held:
             s.close()
         shutil.rmtree(directory, ignore_errors=True)

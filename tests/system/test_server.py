@@ -1,6 +1,7 @@
 """The real server process: python -m service under uvicorn on a loopback port."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -175,3 +176,17 @@ def test_no_writable_run_directory_stops_the_pod_with_one_line(tiny_model_file):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "CRITICAL service.supervisor: no run directory: [Errno 2] No usable" in done.stderr
     assert "a writable /dev/shm or temporary directory" in done.stderr
+
+
+def test_a_port_in_use_stops_the_pod_with_one_line_naming_its_setting(tiny_model_file):
+    for setting in ("SERVE_PORT", "SERVE_GRPC_PORT"):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            code, out = _start({"SERVE_WEIGHTS": str(tiny_model_file), setting: str(port)})
+        assert code == 1 and "Traceback" not in out, out[-3000:]
+        refusals = [line for line in out.splitlines() if "CRITICAL" in line]
+        assert len(refusals) == 1, out[-3000:]
+        assert f"cannot listen on 127.0.0.1:{port} (SERVE_HOST, {setting}): " in refusals[0]
+        assert "Address already in use" in refusals[0]
