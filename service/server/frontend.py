@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from ..lifetime import die_with_parent, settle_garbage_collector
 from ..settings import Settings
@@ -40,6 +41,17 @@ def job_workers(settings: Settings, index: int, processes: int) -> int:
     """This front end's share of the pod's ``SERVE_JOB_CONCURRENCY`` job workers."""
     total = settings.job_concurrency
     return total // processes + (1 if index < total % processes else 0)
+
+
+def server_timeouts(settings: Settings) -> dict[str, Any]:
+    """uvicorn's timeouts, as the settings give them: uvicorn declares whole seconds but takes
+    fractions (``asyncio.timeout``, ``call_later``), and ``int()`` made a 0.5 s drain none."""
+    return {
+        # Longer than the idle timeout of the proxies in front (commonly 60 s), so the server
+        # never closes a connection just as a proxy reuses it (docs/RELIABILITY.md).
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,17 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         app,
         log_config=None,
         access_log=False,
-        # Longer than the idle timeout of the proxies in front (commonly 60 s), so the server
-        # never closes a connection just as a proxy reuses it (docs/RELIABILITY.md).
-        timeout_keep_alive=int(settings.keepalive_timeout_s),
         http=ServeHttpProtocol,
         ws="none",
         loop="uvloop",
         h11_max_incomplete_event_size=settings.max_header_bytes,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         lifespan="on",
         # Nothing reads the client's address: no X-Forwarded-* rewriting per request.
         proxy_headers=False,
+        **server_timeouts(settings),
     )
     frozen = settle_garbage_collector()
     log.info("front end %d (pid %d) serving (%d objects frozen)", args.index, os.getpid(), frozen)
