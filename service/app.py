@@ -24,7 +24,7 @@ from .api import pipelines as pipelines_api
 from .api.auth import AuthMiddleware
 from .api.body import TIMEOUT_HEADER
 from .api.fast import FastPaths
-from .api.middleware import DrainCutOff, MetricsMiddleware
+from .api.middleware import MetricsMiddleware
 from .auth import load_tokens
 from .codecs.classify import B64Image, ClassifyJSON
 from .dataplane.admission import Bound
@@ -168,8 +168,13 @@ def create_app(
     if tokens:
         layers = AuthMiddleware(layers, tokens=tokens, exempt_paths=settings.auth_exempt_paths)
         log.info("authentication on: %d token(s)", len(tokens))
-    layers = DrainCutOff(layers, lambda: plane.draining, settings.retry_after_s)
-    layers = MetricsMiddleware(layers, metrics=metrics, access_log=settings.access_log)
+    layers = MetricsMiddleware(
+        layers,
+        metrics=metrics,
+        access_log=settings.access_log,
+        draining=lambda: plane.draining,
+        retry_after_s=settings.retry_after_s,
+    )
     if settings.cors_origins:
         layers = CORSMiddleware(
             layers,

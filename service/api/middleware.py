@@ -27,12 +27,27 @@ class MetricsMiddleware:
 
     The request id is also put on every log record emitted while the request is handled;
     with ``access_log`` one line per request is logged (id, method, route, status, duration).
+
+    The requests still running when a drain's ``SERVE_GRACEFUL_TIMEOUT_S`` ends are cancelled
+    by uvicorn, which would log each as an exception in the application and answer it ``500``:
+    while ``draining()``, one cancelled before its answer started is answered ``503
+    shutting_down`` with ``Retry-After`` (``retry_after_s``) and ``Connection: close`` instead,
+    in its route's error shape, so that its client retries elsewhere.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False):
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        access_log: bool = False,
+        draining: Callable[[], bool] = lambda: False,
+        retry_after_s: int = 1,
+    ):
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.draining = draining
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,12 +57,13 @@ class MetricsMiddleware:
         start = time.perf_counter()
         request_id = _header(scope, b"x-request-id") or new_request_id()
         status = 500
+        started = False
         error_code = ""
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, error_code
+            nonlocal status, started, error_code
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = list(message.get("headers", []))
                 for key, value in headers:
                     if key.lower() == b"x-error-code":
@@ -63,6 +79,10 @@ class MetricsMiddleware:
         current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            if started or not self.draining():
+                raise
+            await self._cut_off(scope, receive, send_wrapper)
         finally:
             m.pending_requests.dec()
             route = scope.get("route")
@@ -87,47 +107,15 @@ class MetricsMiddleware:
                 m.request_failure.labels(path, error_code or f"http_{status}", "http").inc()
 
 
-class DrainCutOff:
-    """The requests still running when a drain's ``SERVE_GRACEFUL_TIMEOUT_S`` ends are
-    cancelled by uvicorn, which would log each as an exception in the application and answer
-    it ``500 Internal Server Error``: they are answered ``503 shutting_down`` with
-    ``Retry-After`` instead, in their route's error shape, so that clients retry elsewhere.
+    async def _cut_off(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from ..errors import ShuttingDown
+        from .errors import NATIVE, serve_error_response
 
-    Args:
-        app: the layers inside.
-        draining: whether this process drains (a cancellation outside a drain is re-raised).
-        retry_after_s: ``SERVE_RETRY_AFTER_S``.
-    """
-
-    def __init__(self, app: ASGIApp, draining: Callable[[], bool], retry_after_s: int):
-        self.app = app
-        self.draining = draining
-        self.retry_after_s = retry_after_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except asyncio.CancelledError:
-            if started or not self.draining():
-                raise
-            from ..errors import ShuttingDown
-            from .errors import NATIVE, serve_error_response
-
-            error = ShuttingDown("the service stopped before the answer was ready; retry")
-            shape = getattr(scope.get("route"), "error_shape", NATIVE)
-            response = serve_error_response(error, self.retry_after_s, shape)
-            response.headers["Connection"] = "close"
-            await response(scope, receive, send)
+        error = ShuttingDown("the service stopped before the answer was ready; retry")
+        shape = getattr(scope.get("route"), "error_shape", NATIVE)
+        response = serve_error_response(error, self.retry_after_s, shape)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
