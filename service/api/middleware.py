@@ -33,6 +33,10 @@ class MetricsMiddleware:
     while ``draining()``, one cancelled before its answer started is answered ``503
     shutting_down`` with ``Retry-After`` (``retry_after_s``) and ``Connection: close`` instead,
     in its route's error shape, so that its client retries elsewhere.
+
+    ``HEAD`` is served as ``GET`` (RFC 9110 section 9.3.2: the same status and headers, no
+    content; the HTTP server leaves out the body of a HEAD request's answer), so that a
+    monitor or proxy that checks with HEAD gets what GET answers instead of a 405.
     """
 
     def __init__(
@@ -55,6 +59,9 @@ class MetricsMiddleware:
             return
         m = self.metrics
         start = time.perf_counter()
+        # A copy for HEAD: the HTTP server reads the method from its own scope to leave the
+        # body out; the layers inside see GET, and write the route they matched into it.
+        inner = scope if scope["method"] != "HEAD" else {**scope, "method": "GET"}
         request_id = _header(scope, b"x-request-id") or new_request_id()
         status = 500
         started = False
@@ -78,15 +85,15 @@ class MetricsMiddleware:
         # exception that escapes this layer after it returns, still under the request's id.
         current_request_id.set(request_id)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(inner, receive, send_wrapper)
         except asyncio.CancelledError:
             if started or not self.draining():
                 raise
-            await self._cut_off(scope, receive, send_wrapper)
+            await self._cut_off(inner, receive, send_wrapper)
         finally:
             m.pending_requests.dec()
-            route = scope.get("route")
-            path = getattr(route, "path", None) or scope.get(ROUTE_LABEL, UNMATCHED)
+            route = inner.get("route")
+            path = getattr(route, "path", None) or inner.get(ROUTE_LABEL, UNMATCHED)
             elapsed = time.perf_counter() - start
             m.request_duration.labels(path, str(status), "http").observe(elapsed)
             if span is not None:
@@ -105,7 +112,6 @@ class MetricsMiddleware:
                 m.request_success.labels(path, "http").inc()
             else:
                 m.request_failure.labels(path, error_code or f"http_{status}", "http").inc()
-
 
     async def _cut_off(self, scope: Scope, receive: Receive, send: Send) -> None:
         from ..errors import ShuttingDown

@@ -25,6 +25,24 @@ def test_real_server_classifies_a_jpeg(server, jpeg_bytes):
     assert r.headers["x-request-id"]
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v2/health/ready", "/v1/models"])
+def test_head_answers_what_get_does_without_the_body(server, path):
+    """RFC 9110 section 9.3.2; monitors and proxies that check with HEAD."""
+    get = httpx.get(server.url + path)
+    head = httpx.head(server.url + path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["x-request-id"]
+
+
+def test_head_on_a_post_route_is_still_refused(server):
+    r = httpx.head(server.url + "/v1/classify")
+    assert r.status_code == 405
+    assert "POST" in r.headers["allow"]
+
+
 # -- refused at start: a bad setting stops the pod before anything starts ------------------
 
 
