@@ -15,7 +15,8 @@ this supervisor, which starts them, watches them and stops them.
   (exit 1): the kubelet restarts the container, with its backoff.
 * SIGTERM: the front ends drain (readiness 503 at once, in-flight requests finish within
   ``SERVE_GRACEFUL_TIMEOUT_S``), then the accelerator process stops, then this process
-  exits 0. A second SIGINT kills everything at once.
+  exits 0. A second SIGINT kills everything at once, and this process exits 130 (128 +
+  SIGINT, as a shell reports it): requests were dropped.
 * It reaps what its children leave: in a container it is PID 1, to which the kernel hands every
   orphan (a killed accelerator process's resource tracker and workers), and elsewhere it makes
   itself their subreaper. asyncio waits only for the processes it started, so the others would
@@ -59,6 +60,8 @@ FRONTEND_RESTARTS = 5
 REAP_S = 2.0
 # After the front ends' graceful timeout, how long they may still take to exit.
 EXIT_GRACE_S = 10.0
+# The exit status after a second SIGINT killed every process.
+KILLED = 128 + signal.SIGINT
 # The front ends' environment (the supervisor's own wins): two malloc arenas instead of
 # glibc's eight per core. gRPC's threads each take one, and what a flood of large headers
 # left in an arena stays resident: after repeated floods of 32 MB of metadata a front end
@@ -113,6 +116,7 @@ class Supervisor:
         self.engine: asyncio.subprocess.Process | None = None
         self.stopping = False
         self.failed = False
+        self.killed = False  # by a second SIGINT
         self._engine_deaths: deque[float] = deque()
         self._frontend_deaths: deque[float] = deque()
         self._watchers: set[asyncio.Task] = set()
@@ -231,6 +235,8 @@ class Supervisor:
             self.reap_orphans()
         if store is not None:
             await store.close()
+        if self.killed:
+            return KILLED
         return 1 if self.failed else 0
 
     async def _job_store(self):  # type: ignore[no-untyped-def]
@@ -248,6 +254,7 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         if self.stopping and sig == signal.SIGINT:
             log.warning("second SIGINT: killing every process")
+            self.killed = True
             for process in self._children():
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()

@@ -238,6 +238,53 @@ def test_requests_the_graceful_timeout_cuts_off_get_503_shutting_down_not_500(
     assert "Exception in ASGI application" not in srv.log()
 
 
+def test_a_second_sigint_kills_every_process_and_exits_130(tiny_model_file, tmp_path):
+    """Ctrl-C twice: no waiting for the drain, and an exit status that says requests were
+    dropped (a drain's is 0)."""
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_FRONTEND_PROCESSES": "1",
+            "SERVE_DECODE_INLINE_PIXELS": "0",
+        },
+        tmp_path / "log",
+    )
+    body = slow_png(4000)  # decoded one at a time: 20 of them take far longer than the test
+    answers: list = []
+
+    def send():
+        try:
+            r = httpx.post(
+                srv.url + "/v1/classify",
+                content=body,
+                headers={"content-type": "image/png"},
+                timeout=60,
+            )
+            answers.append(r.status_code)
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+
+    kids = psutil.Process(srv.process.pid).children(recursive=True)
+    try:
+        senders = [threading.Thread(target=send) for _ in range(20)]
+        for t in senders:
+            t.start()
+        wait_taken(srv.url, 20, answers)
+        srv.process.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        srv.process.send_signal(signal.SIGINT)
+        assert srv.process.wait(30) == 130
+        assert time.monotonic() - signalled < 10  # not the 30 s graceful timeout
+        assert not [k.pid for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+        for t in senders:
+            t.join(30)
+    finally:
+        stop_server(srv)
+    assert answers.count(200) < 20, answers  # the kill cut requests off
+    assert "second SIGINT: killing every process" in srv.log()
+
+
 def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
     """In-flight gRPC calls finish; health turns NOT_SERVING at once; new calls are refused
     with UNAVAILABLE (CANCELLED where gRPC had accepted them as it stopped, or the port is
