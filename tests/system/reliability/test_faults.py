@@ -119,6 +119,18 @@ def test_a_killed_cpu_stage_worker_is_replaced_under_load(make_client, tmp_path)
     assert re.search(r"^serve_preprocess_pool_restarts_total [1-9]", metrics, re.M), metrics
 
 
+def post_png(url: str, body: bytes) -> tuple[int | str, str | None, str]:
+    """``POST /v1/classify`` with a PNG: the status (or the client's error, by name), the
+    ``Retry-After`` header and the body."""
+    try:
+        r = httpx.post(
+            url + "/v1/classify", content=body, headers={"content-type": "image/png"}, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        return type(exc).__name__, None, ""
+    return r.status_code, r.headers.get("retry-after"), r.text
+
+
 def wait_taken(url: str, count: int, answered: list) -> None:
     """Until the service has taken all ``count`` requests (in its hands or answered). A fixed
     wait is not enough on a loaded machine, and a request still in the listener's backlog
@@ -144,11 +156,7 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
     in_flight: list = []
 
     def send():
-        try:
-            r = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=60)
-            in_flight.append(r.status_code)
-        except httpx.HTTPError as exc:
-            in_flight.append(type(exc).__name__)
+        in_flight.append(post_png(srv.url, body)[0])
 
     kids = psutil.Process(srv.process.pid).children(recursive=True)
     assert len(kids) >= 3  # two front ends and the accelerator process
@@ -206,16 +214,7 @@ def test_requests_the_graceful_timeout_cuts_off_get_503_shutting_down_not_500(
     answers: list = []
 
     def send():
-        try:
-            r = httpx.post(
-                srv.url + "/v1/classify",
-                content=body,
-                headers={"content-type": "image/png"},
-                timeout=60,
-            )
-            answers.append((r.status_code, r.headers.get("retry-after"), r.text))
-        except httpx.HTTPError as exc:
-            answers.append((type(exc).__name__, None, ""))
+        answers.append(post_png(srv.url, body))
 
     try:
         senders = [threading.Thread(target=send) for _ in range(40)]
@@ -253,16 +252,7 @@ def test_a_second_sigint_kills_every_process_and_exits_130(tiny_model_file, tmp_
     answers: list = []
 
     def send():
-        try:
-            r = httpx.post(
-                srv.url + "/v1/classify",
-                content=body,
-                headers={"content-type": "image/png"},
-                timeout=60,
-            )
-            answers.append(r.status_code)
-        except httpx.HTTPError as exc:
-            answers.append(type(exc).__name__)
+        answers.append(post_png(srv.url, body)[0])
 
     kids = psutil.Process(srv.process.pid).children(recursive=True)
     try:
