@@ -68,6 +68,10 @@ class _Connection:
         except Exception as exc:
             self.channel.send(("err", rid, exc))
             return
+        if method == "save":
+            # The store stamps a finished job's expiry on its copy; the caller's copy is what
+            # its runner goes on to send (a callback's body), so it gets the stamp back.
+            result = args[0].expires_at
         if method == "take" and result is not None:
             self.taken.add(result.job.id)
         elif method == "ack" or (method == "save" and args[0].finished):
@@ -157,7 +161,7 @@ class SharedJobStore(JobStore):
         await self._call("renew", Claim(claim.job, [], claim.token))
 
     async def save(self, job: Job) -> None:
-        await self._call("save", job)
+        job.expires_at = await self._call("save", job)
 
     async def ack(self, claim: Claim) -> None:
         await self._call("ack", Claim(claim.job, [], claim.token))
