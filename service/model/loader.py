@@ -184,11 +184,13 @@ def load_model(
         path = find_cached_imagenet_weights(arch, include_top)
         if path is None:
             where = ", ".join(str(d) for d in keras_cache_dirs())
+            fetch = f"python -m service.model.fetch_weights --model {arch_name}"
+            if not include_top:
+                fetch += " --notop"  # the feature extractor's file, fetched only on request
             message = (
                 f"ImageNet weights for {arch_name} ({arch.weights_file(include_top)}) are not in "
                 f"the Keras cache ({where}); this service never downloads at run time. Run "
-                f"`python -m service.model.fetch_weights --model {arch_name}` where the network "
-                "is reachable, or bake them into the image."
+                f"`{fetch}` where the network is reachable, or bake them into the image."
             )
             if strict:
                 raise WeightsUnavailable(message + " SERVE_STRICT=true: refusing to start.")

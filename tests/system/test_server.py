@@ -208,3 +208,45 @@ def test_a_port_in_use_stops_the_pod_with_one_line_naming_its_setting(tiny_model
         assert len(refusals) == 1, out[-3000:]
         assert f"cannot listen on 127.0.0.1:{port} (SERVE_HOST, {setting}): " in refusals[0]
         assert "Address already in use" in refusals[0]
+
+
+def test_missing_feature_extractor_weights_name_the_command_that_fetches_them(
+    tiny_model_file, tmp_path
+):
+    # examples/pipelines.yaml's backbone reads the _notop file, which only `--notop` fetches.
+    notop = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    if (Path("/tmp/.keras/models") / notop).is_file():
+        pytest.skip("this machine's shared Keras cache has the file")
+    pipelines = tmp_path / "pipelines.yaml"
+    pipelines.write_text(
+        "pipelines:\n"
+        "  features:\n"
+        "    stages:\n"
+        "      - kind: decode\n"
+        "      - {kind: model, name: backbone, arch: resnet50, weights: imagenet,\n"
+        "         include_top: false, pooling: avg}\n"
+        "      - kind: topk\n"
+    )
+    server = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_PIPELINES_FILE": str(pipelines),
+            "SERVE_STRICT": "true",
+            "KERAS_HOME": str(tmp_path / "keras"),  # an empty cache
+        },
+        tmp_path / "log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            state = {
+                p["name"]: p for p in httpx.get(server.url + "/v1/pipelines").json()["pipelines"]
+            }
+            if state["features"]["state"] == "failed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop_server(server)
+    error = state["features"]["error"]
+    assert notop in error, error
+    assert "`python -m service.model.fetch_weights --model resnet50 --notop`" in error, error
