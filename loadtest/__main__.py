@@ -9,7 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .suite import images, report, runner, shapes
+from .common import free_port
+from .suite import capacity, images, report, runner, shapes
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrape-interval", type=float, default=1.0, help="/metrics every N s")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="wait for /readyz")
     p.add_argument("--settle", type=float, default=0.25, help="fraction of each level skipped")
+    p.add_argument(
+        "--grpc-target",
+        default="",
+        help="grpc user: host:port (default: --host's host, port 8001; with --start-local, "
+        "the local service's gRPC port)",
+    )
+    p.add_argument("--max-in-flight", type=int, default=64, help="open loop: cap per user")
 
 
 def _capacity_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -93,9 +101,79 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check(a: argparse.Namespace) -> str | None:
+    """What is wrong with the options, checked before anything starts; None: nothing."""
+    try:
+        if a.command in ("run", "capacity", "report") and (
+            a.slo_p99_ms is not None or a.command != "report"
+        ):
+            capacity.check(
+                a.slo_p99_ms if a.slo_p99_ms is not None else 1.0,
+                a.max_error_rate,
+                a.headroom,
+                a.target_rps,
+            )
+    except ValueError as exc:
+        return str(exc)
+    if a.command in ("run", "capacity", "report") and not 0 <= a.settle < 1:
+        return f"--settle must be in [0, 1), got {a.settle:g}"
+    if a.command == "images" and a.count < 1:
+        return f"--count must be at least 1, got {a.count}"
+    if a.command == "report":
+        if a.images_per_request is not None and a.images_per_request < 1:
+            return f"--images-per-request must be at least 1, got {a.images_per_request}"
+        if not (a.out / f"{report.PREFIX}_stats.csv").exists():
+            return f"{a.out} has no {report.PREFIX}_stats.csv: not a load-test report folder"
+    if a.command not in ("run", "capacity"):
+        return None
+    for name, low in (("images_per_request", 1), ("top_k", 1), ("max_in_flight", 1)):
+        if getattr(a, name) < low:
+            return f"--{name.replace('_', '-')} must be at least {low}, got {getattr(a, name)}"
+    for name in ("arrival_rate", "think_time", "processes"):
+        if getattr(a, name) < 0:
+            return f"--{name.replace('_', '-')} must not be negative, got {getattr(a, name):g}"
+    if a.scrape_interval <= 0:
+        return f"--scrape-interval must be positive, got {a.scrape_interval:g}"
+    for kv in a.local_env:
+        if "=" not in kv:
+            return f"--local-env takes SERVE_X=VALUE, got {kv!r}"
+    try:
+        shapes.plan(*_shape(a))
+    except ValueError as exc:
+        return f"impossible {_shape(a)[0]} shape: {exc}"
+    return None
+
+
+def _shape(a: argparse.Namespace) -> tuple[str, shapes.ShapeParams]:
+    if a.command == "capacity":
+        params = shapes.ShapeParams(
+            spawn_rate=a.spawn_rate, step_users=a.step_users, step_time=a.step_time, steps=a.steps
+        )
+        return "step", params
+    params = shapes.ShapeParams(
+        users=a.users,
+        spawn_rate=a.spawn_rate,
+        run_time=a.run_time,
+        step_users=a.step_users,
+        step_time=a.step_time,
+        steps=a.steps,
+        spike_users=a.spike_users,
+        spike_at=a.spike_at,
+        spike_duration=a.spike_duration,
+        ramp_time=a.ramp_time,
+    )
+    return a.shape, params
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    a = parser().parse_args(argv)
+    ap = parser()
+    a = ap.parse_args(argv)
+    problem = _check(a)
+    if problem:
+        sub = f"{ap.prog} {a.command}"
+        print(f"{sub}: error: {problem}", file=sys.stderr)
+        return 2
     report_args = {}
     if a.command in ("run", "capacity", "report"):
         report_args = {
@@ -114,29 +192,27 @@ def main(argv: list[str] | None = None) -> int:
         summary = report.build(a.out, images_per_request=a.images_per_request, **report_args)
         print((a.out / "summary.md").read_text())
         return 0 if summary["totals"]["requests"] else 1
-    if a.command == "capacity":
-        params = shapes.ShapeParams(
-            spawn_rate=a.spawn_rate, step_users=a.step_users, step_time=a.step_time, steps=a.steps
-        )
-        shape = "step"
-    else:
-        params = shapes.ShapeParams(
-            users=a.users,
-            spawn_rate=a.spawn_rate,
-            run_time=a.run_time,
-            step_users=a.step_users,
-            step_time=a.step_time,
-            steps=a.steps,
-            spike_users=a.spike_users,
-            spike_at=a.spike_at,
-            spike_duration=a.spike_duration,
-            ramp_time=a.ramp_time,
-        )
-        shape = a.shape
+    shape, params = _shape(a)
+    grpc_target = a.grpc_target
+    try:
+        summary = _run(a, shape, params, grpc_target, report_args)
+    except (RuntimeError, TimeoutError) as exc:  # the service or Locust failed: say so
+        print(f"{ap.prog} {a.command}: {exc}", file=sys.stderr)
+        return 1
+    print((a.out / "summary.md").read_text())
+    if "capacity" in summary:
+        print(json.dumps(summary["capacity"], indent=2))
+    return 0 if summary["totals"]["requests"] else 1
+
+
+def _run(a, shape, params, grpc_target, report_args) -> dict:  # type: ignore[no-untyped-def]
     with contextlib.ExitStack() as stack:
         host, service_pid = a.host, 0
         if a.start_local:
             env = dict(kv.split("=", 1) for kv in a.local_env)
+            # Its gRPC port free too (not the default 8001), and the grpc user sent there.
+            env.setdefault("SERVE_GRPC_PORT", str(free_port()))
+            grpc_target = grpc_target or f"127.0.0.1:{env['SERVE_GRPC_PORT']}"
             host, service_pid = stack.enter_context(
                 runner.local_service(env, a.out / "service.log", a.ready_timeout)
             )
@@ -156,12 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             scrape_interval=a.scrape_interval,
             processes=a.processes,
             service_pid=service_pid,
+            extra=["--max-in-flight", str(a.max_in_flight)]
+            + (["--grpc-target", grpc_target] if grpc_target else []),
         )
-        summary = runner.run(cfg, a.ready_timeout, **report_args)
-    print((a.out / "summary.md").read_text())
-    if "capacity" in summary:
-        print(json.dumps(summary["capacity"], indent=2))
-    return 0 if summary["totals"]["requests"] else 1
+        return runner.run(cfg, a.ready_timeout, **report_args)
 
 
 if __name__ == "__main__":

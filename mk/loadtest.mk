@@ -10,7 +10,7 @@ USERS    ?= 8
 DURATION ?= 60s
 # Report folder (git-ignored /reports/).
 REPORT   ?= reports/$(SHAPE)-$(shell date +%Y%m%d-%H%M%S)
-# Which user classes run (Locust tags): classify-raw, classify-multipart, classify-b64, v2, tfserving, jobs.
+# Which user classes run (Locust tags): classify-raw, classify-multipart, classify-b64, v2, grpc, tfserving, jobs.
 TAGS     ?= classify-raw
 # Capacity search: p99 objective in ms, error-rate ceiling, target request rate for sizing.
 SLO_MS   ?= 500

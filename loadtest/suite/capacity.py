@@ -88,10 +88,7 @@ def search(
     in-flight count of one replica at its capacity: measured if /metrics was scraped, else
     from Little's law (rate x images per request x mean latency).
     """
-    if not 0 < headroom <= 1:
-        raise ValueError("headroom must be in (0, 1]")
-    if slo_p99_ms <= 0 or not 0 <= max_error_rate < 1:
-        raise ValueError("slo_p99_ms must be positive and max_error_rate in [0, 1)")
+    check(slo_p99_ms, max_error_rate, headroom, target_rps)
     ordered = sorted(levels, key=lambda lv: lv.start)
     passing: list[Level] = []
     breaking: Level | None = None
@@ -126,6 +123,20 @@ def search(
         cap.replicas = replicas_for(target_rps, best.ok_rps, headroom)
     cap.hpa_target_average_value, cap.hpa_basis = hpa_target(best, headroom, images_per_request)
     return cap
+
+
+def check(
+    slo_p99_ms: float, max_error_rate: float, headroom: float, target_rps: float | None = None
+) -> None:
+    """Raises ValueError, naming the option, for objectives a search cannot use."""
+    if not slo_p99_ms > 0:
+        raise ValueError(f"--slo-p99-ms must be positive, got {slo_p99_ms:g}")
+    if not 0 <= max_error_rate < 1:
+        raise ValueError(f"--max-error-rate must be in [0, 1), got {max_error_rate:g}")
+    if not 0 < headroom <= 1:
+        raise ValueError(f"--headroom must be in (0, 1], got {headroom:g}")
+    if target_rps is not None and not target_rps > 0:
+        raise ValueError(f"--target-rps must be positive, got {target_rps:g}")
 
 
 def _why(lv: Level, slo_p99_ms: float, max_error_rate: float) -> str:

@@ -126,7 +126,9 @@ def run(cfg: RunConfig, ready_timeout: float = 120.0, **report_args) -> dict:
     # Locust exits 1 when any request failed; the report says which. Other codes: broken run.
     meta["locust_exit_code"] = proc.returncode
     (cfg.out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if proc.returncode not in (0, 1) or not (cfg.out / f"{report.PREFIX}_stats.csv").exists():
+    stats = cfg.out / f"{report.PREFIX}_stats.csv"
+    # No Aggregated row: Locust stopped before any user ran (e.g. --tags that match none).
+    if proc.returncode not in (0, 1) or not stats.exists() or "Aggregated" not in stats.read_text():
         tail = (cfg.out / "locust.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"locust exited {proc.returncode}:\n{tail}")
     return report.build(cfg.out, **report_args)

@@ -193,8 +193,94 @@ def test_cli_runs_and_refuses_an_impossible_shape(server, tmp_path):
         cwd=ROOT,
         timeout=60,
     )
-    assert bad.returncode != 0 and "spike_users must exceed" in bad.stderr
+    assert bad.returncode == 2 and "spike_users must exceed" in bad.stderr
+    assert "Traceback" not in bad.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--shape", "soak", "--ramp-time", "30", "--run-time", "20"], "ramp_time"),
+        (["run", "--shape", "step", "--steps", "0"], "steps must be positive"),
+        (["run", "--spawn-rate", "0"], "spawn_rate must be positive"),
+        (["run", "--images-per-request", "0"], "--images-per-request must be at least 1"),
+        (["run", "--top-k", "0"], "--top-k must be at least 1"),
+        (["run", "--arrival-rate", "-1"], "--arrival-rate must not be negative"),
+        (["run", "--max-in-flight", "0"], "--max-in-flight must be at least 1"),
+        (["run", "--slo-p99-ms", "100", "--headroom", "1.5"], "--headroom must be in (0, 1]"),
+        (["run", "--headroom", "0"], "--headroom must be in (0, 1]"),
+        (["capacity", "--slo-p99-ms", "0"], "--slo-p99-ms must be positive"),
+        (["capacity", "--slo-p99-ms", "500", "--max-error-rate", "2"], "--max-error-rate"),
+        (["capacity", "--slo-p99-ms", "500", "--target-rps", "0"], "--target-rps must be"),
+        (["capacity", "--slo-p99-ms", "500", "--steps", "0"], "steps must be positive"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(args, message, tmp_path, capsys, monkeypatch):
+    from loadtest import __main__ as cli
+
+    started = []
+    monkeypatch.setattr(runner, "run", lambda *a, **kw: started.append(a))
+    monkeypatch.setattr(runner, "local_service", lambda *a, **kw: started.append(a))
+    where = ["--start-local"] if args[0] == "capacity" else ["--host", "http://127.0.0.1:9"]
+    code = cli.main([args[0], *where, "--out", str(tmp_path / "r"), *args[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and f"python -m loadtest {args[0]}: error:" in err
+    assert not started and not (tmp_path / "r").exists()
+
+
+def test_report_of_a_folder_without_a_run_says_so(tmp_path, capsys):
+    from loadtest import __main__ as cli
+
+    assert cli.main(["report", str(tmp_path), "--slo-p99-ms", "500"]) == 2
+    assert "not a load-test report folder" in capsys.readouterr().err
+
+
+def test_tags_that_match_no_user_are_reported_not_a_traceback(server, tmp_path):
+    cmd = [sys.executable, "-m", "loadtest", "run", "--host", server.url, "--out", str(tmp_path)]
+    bad = subprocess.run(
+        [*cmd, "--tags", "no-such-tag", "--run-time", "3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "no user class has a task with the chosen --tags" in bad.stderr
+
+
+def test_the_grpc_target_and_in_flight_cap_reach_locust(tmp_path, monkeypatch):
+    """``--grpc-target`` and ``--max-in-flight`` (docs/LOADTEST.md) are options of the CLI;
+    with ``--start-local`` the service's gRPC port is a free one and the grpc user goes there."""
+    import contextlib
+
+    from loadtest import __main__ as cli
+
+    seen: dict = {}
+
+    def fake_run(cfg, *_a, **_kw):
+        seen["command"] = runner.locust_command(cfg)
+        raise RuntimeError("stop here")
+
+    @contextlib.contextmanager
+    def fake_local(env, *_a, **_kw):
+        seen["env"] = env
+        yield "http://127.0.0.1:9", 0
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(runner, "local_service", fake_local)
+    out = str(tmp_path / "r")
+    args = ["run", "--host", "http://h:1", "--out", out, "--tags", "grpc"]
+    assert cli.main([*args, "--grpc-target", "h:2", "--max-in-flight", "3"]) == 1
+    command = seen["command"]
+    assert command[command.index("--grpc-target") + 1] == "h:2"
+    assert command[command.index("--max-in-flight") + 1] == "3"
+
+    assert cli.main(["run", "--start-local", "--out", out, "--tags", "grpc"]) == 1
+    port = seen["env"]["SERVE_GRPC_PORT"]
+    assert port != "8001"
+    command = seen["command"]
+    assert command[command.index("--grpc-target") + 1] == f"127.0.0.1:{port}"
 
 
 def test_v2_and_tfserving_users_against_the_service(server, tmp_path):
