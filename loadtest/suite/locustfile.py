@@ -50,6 +50,7 @@ try:
         RequestLog,
         stages_of,
         users_of,
+        write_final_stats,
     )
 except ImportError:  # flat folder (the chart's ConfigMap)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +63,7 @@ except ImportError:  # flat folder (the chart's ConfigMap)
         RequestLog,
         stages_of,
         users_of,
+        write_final_stats,
     )
 
 # Locust writes the history CSV once a second (its default; set here so a change upstream
@@ -111,6 +113,10 @@ def _init(environment, **_kwargs) -> None:
         raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
     if o.request_log:
         RequestLog.start(environment, Path(o.request_log))
+    if o.csv_prefix and not o.worker:  # the process that writes Locust's CSVs
+        environment.events.quit.add_listener(
+            lambda **_kw: write_final_stats(environment, o.csv_prefix)
+        )
 
 
 _user_ids = itertools.count()

@@ -155,3 +155,23 @@ class RequestLog:
         rows, cls.rows = cls.rows, []
         with cls.path.open("a", newline="") as f:
             csv.writer(f).writerows(rows)
+
+
+def write_final_stats(environment, prefix: str) -> None:
+    """Rewrite ``PREFIX_stats.csv`` and ``PREFIX_failures.csv`` from the final stats.
+
+    Locust writes its CSVs once a second and not again when it quits, so the requests that
+    ended in the last second and during ``--stop-timeout`` were missing from them (and from a
+    report's totals). Its own file handles, still open, write to the replaced files."""
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("_stats.csv", writer.requests_csv),
+        ("_failures.csv", writer.failures_csv),
+    ):
+        path = Path(prefix + suffix)
+        tmp = path.with_name(path.name + ".final")
+        with tmp.open("w", newline="") as f:
+            write(csv.writer(f))
+        os.replace(tmp, path)
