@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--tags", nargs="+", default=["classify-raw"], help="Locust tags to run")
     p.add_argument("--exclude-tags", nargs="+", default=[], help="Locust tags to leave out")
-    p.add_argument("--images-dir", default="", help="image folder (default: built-in set)")
+    p.add_argument(
+        "--images-dir",
+        default=os.environ.get("LOADTEST_IMAGES", ""),
+        help="image folder (default: $LOADTEST_IMAGES, else a built-in set)",
+    )
     p.add_argument("--images-per-request", type=int, default=1)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--arrival-rate", type=float, default=0.0, help="open loop: total req/s")

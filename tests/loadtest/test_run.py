@@ -338,3 +338,23 @@ def test_a_local_service_is_started_ready_and_its_processes_sampled(tiny_model_f
         assert httpx.get(url + "/readyz", timeout=10).status_code == 200
         # The supervisor, its front end and the accelerator process, which loaded a model.
         assert tree_cpu_sampler(pid)() > 0.5
+
+
+def test_the_images_of_loadtest_images_are_the_ones_the_report_names(tmp_path, monkeypatch):
+    """``LOADTEST_IMAGES`` picks the images (docs/LOADTEST.md); run.json must say so, not
+    "built-in"."""
+    from loadtest import __main__ as cli
+
+    seen = []
+
+    def fake_run(cfg, *_a, **_kw):
+        seen.append(cfg.images_dir)
+        cfg.out.mkdir(exist_ok=True)
+        (cfg.out / "summary.md").write_text("")
+        return {"totals": {"requests": 1}}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setenv("LOADTEST_IMAGES", str(tmp_path / "set"))
+    args = ["run", "--host", "http://h:1", "--out", str(tmp_path / "r")]
+    assert cli.main(args) == 0 and seen == [str(tmp_path / "set")]
+    assert cli.main([*args, "--images-dir", "other"]) == 0 and seen[-1] == "other"
