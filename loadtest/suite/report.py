@@ -252,6 +252,15 @@ def timeline(reqs, hist, t0: float) -> list[dict[str, float]]:
     return out
 
 
+def runner_busy_series(server_rows: list[dict[str, float]]) -> list[float]:
+    """The runner busy fraction between consecutive scrapes, as the summary and the levels
+    count it (busy seconds per second over the model instances); NaN where unknown."""
+    return [
+        scrape.summarize([a, b]).get("runner_busy", math.nan)
+        for a, b in zip(server_rows, server_rows[1:], strict=False)
+    ]
+
+
 def plot(out: Path, tl, levels: list[cap.Level], server_rows, t0: float, slo_ms=None) -> None:
     import matplotlib
 
@@ -321,12 +330,7 @@ def plot(out: Path, tl, levels: list[cap.Level], server_rows, t0: float, slo_ms=
     )
     axes[1].set_ylabel("items")
     axes[1].legend(loc="upper left")
-    busy = [
-        (b.get("runner_busy_seconds", 0) - a.get("runner_busy_seconds", 0))
-        / max(1e-9, b["time"] - a["time"])
-        for a, b in pairs
-    ]
-    axes[2].plot(ts, [100 * min(1.0, x) for x in busy], color="tab:brown")
+    axes[2].plot(ts, [100 * x for x in runner_busy_series(server_rows)], color="tab:brown")
     axes[2].set_ylabel("runner busy (%)")
     axes[2].set_ylim(0, 105)
     axes[2].set_xlabel("seconds since start")

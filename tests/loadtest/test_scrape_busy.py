@@ -32,6 +32,15 @@ def test_busy_fraction_counts_every_instance_of_the_default_stage(instances, bus
     assert summarize(rows)["runner_busy"] == pytest.approx(busy)
 
 
+def test_the_server_plot_counts_busy_per_instance_as_the_summary_does():
+    from loadtest.suite.report import runner_busy_series
+
+    # Two instances, one busy all the time: 50 %, as in summary.md, not 100 % (busy s / s).
+    rows = [{"time": 100.0 + t, **parse(exposition(50.0 + t, 2))} for t in (0.0, 1.0, 2.0, 3.0)]
+    assert runner_busy_series(rows) == pytest.approx([0.5, 0.5, 0.5])
+    assert summarize(rows)["runner_busy"] == pytest.approx(0.5)
+
+
 def test_cpu_columns_are_cores_kept_busy_over_the_window():
     rows = [
         {"time": 100.0, "cpu_seconds_service": 40.0, "cpu_seconds_loadgen": 5.0},
