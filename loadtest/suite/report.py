@@ -477,10 +477,12 @@ def markdown(s: dict[str, Any]) -> str:
         if c["per_replica_rps"] is None:
             lines.append(f"No level met p99 ≤ {c['slo_p99_ms']:g} ms: {c['reason']}.")
         else:
+            # Not reached: the reason says so (and that the capacity is at least this).
+            limit = "the limit: " if c["limit_reached"] else ""
             lines.append(
                 f"One replica sustains **{c['per_replica_rps']:.1f} req/s** "
                 f"({c['sustained_users']} users) with p99 ≤ {c['slo_p99_ms']:g} ms and errors "
-                f"≤ {c['max_error_rate']:.1%}; the limit: {c['reason']}."
+                f"≤ {c['max_error_rate']:.1%}; {limit}{c['reason']}."
             )
             if c.get("replicas"):
                 lines.append(

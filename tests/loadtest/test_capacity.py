@@ -102,3 +102,22 @@ def test_hpa_target_from_littles_law_without_server_metrics():
     value, basis = hpa_target(level(4, 100.0, 120, mean=200.0), headroom=0.8, images_per_request=2)
     assert value == 32  # 0.8 * (100 req/s * 2 images * 0.2 s)
     assert "Little" in basis
+
+
+@pytest.mark.parametrize(("levels", "reached"), [(STEPS[:3], False), (STEPS, True)])
+def test_summary_md_says_whether_the_limit_was_reached(levels, reached):
+    from loadtest.suite.report import markdown
+
+    totals = {"requests": 1, "failures": 0, "error_rate": 0.0, "rps": 1.0}
+    totals |= {"p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0}
+    capacity = search(levels, slo_p99_ms=300).as_dict()
+    summary = {"run": {}, "totals": totals, "endpoints": {}, "levels": [], "capacity": capacity}
+    (line,) = [x for x in markdown(summary).splitlines() if x.startswith("One replica")]
+    if reached:
+        assert "; the limit: at " in line
+    else:  # not "the limit: ... the limit was not reached"
+        assert "the limit:" not in line
+        assert line.endswith(
+            "; every level met the objective: the limit was not reached, "
+            "so the capacity is at least this; run more or larger steps."
+        )
