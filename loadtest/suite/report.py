@@ -411,16 +411,22 @@ def _ms(x: float | None) -> str:
 
 def markdown(s: dict[str, Any]) -> str:
     run, t = s["run"], s["totals"]
-    lines = [
-        f"# Load test: {run.get('name', 'run')}",
-        "",
+    what = (
         f"- target: `{run.get('host', '?')}`; shape `{run.get('shape', '?')}`; "
         f"tags `{', '.join(run.get('tags') or ['all'])}`; "
         + (
             f"open loop at {run['arrival_rate']:g} req/s"
             if run.get("arrival_rate")
             else "closed loop"
-        ),
+        )
+        if run
+        # Rebuilt from Locust's CSVs alone (e.g. the chart's master): nothing says what ran.
+        else "- target, shape, tags and loop unknown: no `run.json` (Locust's CSVs only)"
+    )
+    lines = [
+        f"# Load test: {run.get('name', 'run')}",
+        "",
+        what,
         f"- {t['requests']} requests, {t['failures']} failed ({t['error_rate']:.2%}); "
         f"{t['rps']:.1f} req/s overall; p50 {_ms(t['p50_ms'])} ms, p95 {_ms(t['p95_ms'])} ms, "
         f"p99 {_ms(t['p99_ms'])} ms (Locust's figures)",

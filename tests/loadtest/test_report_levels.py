@@ -103,3 +103,12 @@ def test_the_hpa_target_counts_the_images_of_a_request(tmp_path):
     )  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert "targetAverageValue=192" in cli.stdout
+
+
+def test_a_report_without_run_json_does_not_claim_its_tags_or_loop(tmp_path):
+    # The chart's master leaves Locust's CSVs only: "tags `all`; closed loop" would be a guess.
+    write_history_only(tmp_path)
+    report.build(tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "tags `all`" not in md and "closed loop" not in md
+    assert "unknown: no `run.json`" in md
