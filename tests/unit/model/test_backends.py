@@ -113,4 +113,5 @@ def test_an_unknown_backend_is_refused_by_the_settings_and_by_the_server(tmp_pat
         text=True,
         timeout=120,
     )
-    assert done.returncode != 0 and "backend" in done.stderr and "jax" in done.stderr
+    assert done.returncode == 2, done.stderr  # refused before anything starts
+    assert "SERVE_BACKEND='torch'" in done.stderr and "jax" in done.stderr
