@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def locust_command(cfg: RunConfig) -> list[str]:
         "--request-log", str(cfg.out / "requests.csv"),
     ]  # fmt: skip
     if cfg.shape == "constant":
-        cmd += ["-t", f"{int(p.run_time)}s"]
+        # Whole seconds only: rounded up, it never cuts the plan's last fraction of a second.
+        cmd += ["-t", f"{math.ceil(p.run_time)}s"]
     if cfg.images_dir:
         cmd += ["--images-dir", cfg.images_dir]
     if cfg.tags:

@@ -106,3 +106,14 @@ def test_an_open_loop_user_has_a_connection_for_each_request_in_flight(in_flight
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [in_flight]
+
+
+@pytest.mark.parametrize(("run_time", "limit"), [(2.5, "3s"), (20, "20s"), (0.2, "1s")])
+def test_locusts_time_limit_never_cuts_the_plan_short(tmp_path, run_time, limit):
+    """Locust's -t takes whole seconds: a fractional run time rounds up, the plan ends it."""
+    cfg = runner.RunConfig(
+        host="http://127.0.0.1:1", out=tmp_path, params=shapes.ShapeParams(run_time=run_time)
+    )
+    cmd = runner.locust_command(cfg)
+    assert cmd[cmd.index("-t") + 1] == limit
+    assert cmd[cmd.index("--shape-run-time") + 1] == str(run_time)
