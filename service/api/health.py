@@ -16,11 +16,12 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz", summary="Liveness")
 async def healthz(plane: DataPlaneDep) -> JSONResponse:
-    """200 while the process can serve or is still loading; 503 once model loading failed."""
+    """200 while the process can serve, is still loading or drains; 503 once model loading
+    failed. ``state`` is readiness's: the model's, or ``draining``."""
     info = plane.fallback
     if info.state == "failed":
         return error_response(503, "model_failed", f"the model failed to load: {info.error}")
-    return JSONResponse({"status": "ok", "state": info.state})
+    return JSONResponse({"status": "ok", "state": plane.state})
 
 
 @router.get("/readyz", summary="Readiness")

@@ -34,6 +34,15 @@ def test_readyz_is_503_until_the_model_is_warm(make_client, jpeg_bytes):
     assert client.get("/readyz").json() == {"status": "ready"}
 
 
+def test_liveness_stays_green_and_says_draining_while_the_process_drains(make_client):
+    client = make_client()
+    assert client.get("/healthz").json() == {"status": "ok", "state": "ready"}
+    client.app.state.dataplane.drain()
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "state": "draining"}
+    assert client.get("/readyz").json()["error"]["state"] == "draining"
+
+
 def test_a_model_that_fails_to_load_turns_liveness_red(make_client):
     def broken():
         raise RuntimeError("no such weights")
