@@ -74,6 +74,13 @@ class ServeError(Exception):
         return self.message
 
 
+def protocol_error_path(path: str) -> bool:
+    """Whether ``path`` is a standard protocol's (KServe V2's ``/v2...``; TensorFlow Serving's
+    ``/v1/models/{name}...``, not the native ``/v1/models``), whose clients parse
+    ``{"error": "<message>"}`` rather than this service's error object."""
+    return path == "/v2" or path.startswith(("/v2/", "/v1/models/"))
+
+
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """The service's JSON error body, ``{"error": {"code", "message", ...}}``: every transport
     that answers in JSON builds it here (HTTP answers, malformed HTTP refused by the server)."""

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import tracing
-from ..errors import InternalError, ServeError, bounded, error_body
+from ..errors import InternalError, ServeError, bounded, error_body, protocol_error_path
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ def path_shape(path: str) -> str:
     (authentication, a path no route serves): the standard protocols' paths (``/v2...``;
     TensorFlow Serving's ``/v1/models/{name}...``, not the native ``/v1/models``) get theirs,
     whose clients parse ``{"error": "<message>"}``."""
-    if path == "/v2" or path.startswith(("/v2/", "/v1/models/")):
-        return PLAIN
-    return NATIVE
+    return PLAIN if protocol_error_path(path) else NATIVE
 
 
 def error_response(

@@ -35,7 +35,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..errors import error_body
+from ..errors import error_body, protocol_error_path
 
 # How long a connection that was answered before its body arrived keeps reading (and
 # discarding) before it is closed.
@@ -53,8 +53,11 @@ class UpgradeWithBody(Exception):
     """A request asks to switch protocols and declares a body (see the module docstring)."""
 
 
-def _error(status: int, reason: bytes, code: str, message: str) -> bytes:
-    body = json.dumps(error_body(code, message)).encode()
+def _error(status: int, reason: bytes, code: str, message: str, path: str = "") -> bytes:
+    """A whole answer; in the error shape of the protocol of ``path`` (where the request line
+    was read)."""
+    shaped = {"error": message} if protocol_error_path(path) else error_body(code, message)
+    body = json.dumps(shaped).encode()
     head = [
         b"HTTP/1.1 %d %s" % (status, reason),
         b"content-type: application/json",
@@ -178,7 +181,13 @@ class ServeHttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         message = f"the request line and headers exceed {self._limit} bytes"
         self._send_and_close(
-            _error(431, b"Request Header Fields Too Large", "header_too_large", message)
+            _error(
+                431,
+                b"Request Header Fields Too Large",
+                "header_too_large",
+                message,
+                self._path(),
+            )
         )
 
     def _refuse_upgrade(self) -> None:
@@ -186,7 +195,9 @@ class ServeHttpProtocol(HttpToolsProtocol):
             "this port does not switch protocols, and a request that asks to (Upgrade with "
             "Connection: upgrade) cannot carry a body here: send it without those headers"
         )
-        self._send_and_close(_error(400, b"Bad Request", "upgrade_not_supported", message))
+        self._send_and_close(
+            _error(400, b"Bad Request", "upgrade_not_supported", message, self._path())
+        )
 
     def _refuse_h2(self) -> None:
         message = "this port speaks HTTP/1.1 only; gRPC and HTTP/2 go to the gRPC port"
@@ -199,7 +210,11 @@ class ServeHttpProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self.logger.debug("malformed request: %s", msg)
         message = "the request is not valid HTTP/1.1"
-        self._send_and_close(_error(400, b"Bad Request", "bad_http_request", message))
+        self._send_and_close(_error(400, b"Bad Request", "bad_http_request", message, self._path()))
+
+    def _path(self) -> str:
+        """The path of the request line as far as it was read ("" before it)."""
+        return bytes(getattr(self, "url", b"")).split(b"?", 1)[0].decode("latin-1")
 
     def _send_and_close(self, response: bytes) -> None:
         if self.transport.is_closing():

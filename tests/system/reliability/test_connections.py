@@ -9,6 +9,8 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pytest
+
 from service.settings import Settings
 from tests.support.helpers import HARDENED_TOKEN
 
@@ -104,6 +106,30 @@ def test_a_request_head_over_the_limit_gets_431_json(hardened_server):
     assert status == 431
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "header_too_large"
+
+
+@pytest.mark.parametrize(
+    ("path", "v2_shape"),
+    [("/v2/models/m/infer", True), ("/v1/models/m:predict?x=1", True), ("/v1/classify", False)],
+)
+def test_the_server_layers_refusals_keep_the_paths_error_shape(hardened_server, path, v2_shape):
+    """KServe V2 and TF Serving clients parse {"error": "<message>"}, whatever refused them."""
+    with _connect(hardened_server.url) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: test\r\nX-Padding: ".encode()
+        sock.sendall(head + b"a" * 8000)
+        status, _, body = _read_response(sock)
+    assert status == 431
+    error = json.loads(body)["error"]
+    if v2_shape:
+        assert isinstance(error, str) and "exceed 4096 bytes" in error
+    else:
+        assert error["code"] == "header_too_large"
+    with _connect(hardened_server.url) as sock:  # malformed after the request line
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n".encode())
+        status, _, body = _read_response(sock)
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert isinstance(error, str) if v2_shape else error["code"] == "bad_http_request"
 
 
 def test_headers_under_the_limit_are_served(hardened_server):
