@@ -41,30 +41,16 @@ from locust import FastHttpUser, events, tag, task
 from locust.user.task import filter_tasks_by_tags
 
 try:
-    from loadtest.suite import checks, images, shapes
-
-    # PlannedShape: Locust takes the shape class from this module's names.
-    from loadtest.suite.options import (  # noqa: F401
-        PART_OF,
-        PlannedShape,
-        RequestLog,
-        stages_of,
-        users_of,
-        write_final_stats,
-    )
+    from loadtest.suite import checks, images, options, shapes
 except ImportError:  # flat folder (the chart's ConfigMap)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import checks  # type: ignore[no-redef]
     import images  # type: ignore[no-redef]
+    import options  # type: ignore[no-redef]
     import shapes  # type: ignore[no-redef]
-    from options import (  # type: ignore[no-redef] # noqa: F401
-        PART_OF,
-        PlannedShape,
-        RequestLog,
-        stages_of,
-        users_of,
-        write_final_stats,
-    )
+
+# Locust takes the shape class from this module's names.
+PlannedShape = options.PlannedShape
 
 # Locust writes the history CSV once a second (its default; set here so a change upstream
 # does not silently coarsen the reports).
@@ -74,7 +60,7 @@ locust.stats.CSV_STATS_INTERVAL_SEC = 1
 
 IMAGES: list[tuple[str, bytes, str]] = []
 JSON = {"Content-Type": "application/json"}
-PART_OF_JOB = {PART_OF: "job"}
+PART_OF_JOB = {options.PART_OF: "job"}
 TOKEN = os.environ.get("LOADTEST_TOKEN", "")
 
 try:  # the gRPC user's client: gRPC on gevent's loop, Triton's definitions of the messages
@@ -92,7 +78,7 @@ def _init(environment, **_kwargs) -> None:
     o = environment.parsed_options
     if o is None:
         return
-    stages_of(o)  # fail fast on impossible shape parameters
+    options.stages_of(o)  # fail fast on impossible shape parameters
     if not IMAGES:
         if o.images_dir:
             IMAGES.extend(images.load_folder(Path(o.images_dir)))
@@ -112,10 +98,10 @@ def _init(environment, **_kwargs) -> None:
     if not environment.user_classes:
         raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
     if o.request_log:
-        RequestLog.start(environment, Path(o.request_log))
+        options.RequestLog.start(environment, Path(o.request_log))
     if o.csv_prefix and not o.worker:  # the process that writes Locust's CSVs
         environment.events.quit.add_listener(
-            lambda **_kw: write_final_stats(environment, o.csv_prefix)
+            lambda **_kw: options.write_final_stats(environment, o.csv_prefix)
         )
 
 
@@ -139,8 +125,8 @@ class ApiUser(FastHttpUser):
         super().__init__(environment)
         self.o = o
         self.rng = random.Random(o.seed * 1_000_003 + next(_user_ids))
-        stages = stages_of(o)
-        most = shapes.max_users(stages) if stages else users_of(o)
+        stages = options.stages_of(o)
+        most = shapes.max_users(stages) if stages else options.users_of(o)
         self.rate = o.arrival_rate / most if o.arrival_rate > 0 else 0.0
         self.pool = gevent.pool.Pool(o.max_in_flight)
         self.next_arrival: float | None = None
