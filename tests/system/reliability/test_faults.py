@@ -131,6 +131,16 @@ def post_png(url: str, body: bytes) -> tuple[int | str, str | None, str]:
     return r.status_code, r.headers.get("retry-after"), r.text
 
 
+def start_taken(url: str, send, count: int, answered: list) -> list[threading.Thread]:
+    """``count`` threads running ``send`` (which appends its answer to ``answered``), returned
+    once the service has taken all of their requests (``wait_taken``)."""
+    senders = [threading.Thread(target=send) for _ in range(count)]
+    for t in senders:
+        t.start()
+    wait_taken(url, count, answered)
+    return senders
+
+
 def wait_taken(url: str, count: int, answered: list) -> None:
     """Until the service has taken all ``count`` requests (in its hands or answered). A fixed
     wait is not enough on a loaded machine, and a request still in the listener's backlog
@@ -161,10 +171,7 @@ def test_sigterm_under_load_finishes_in_flight_refuses_new_and_exits_zero(
     kids = psutil.Process(srv.process.pid).children(recursive=True)
     assert len(kids) >= 3  # two front ends and the accelerator process
     try:
-        senders = [threading.Thread(target=send) for _ in range(24)]
-        for t in senders:
-            t.start()
-        wait_taken(srv.url, 24, in_flight)
+        senders = start_taken(srv.url, send, 24, in_flight)
         srv.process.send_signal(signal.SIGTERM)
         # From the signal on, readiness is never 200 again and new requests are refused.
         probes = []
@@ -217,10 +224,7 @@ def test_requests_the_graceful_timeout_cuts_off_get_503_shutting_down_not_500(
         answers.append(post_png(srv.url, body))
 
     try:
-        senders = [threading.Thread(target=send) for _ in range(40)]
-        for t in senders:
-            t.start()
-        wait_taken(srv.url, 40, answers)
+        senders = start_taken(srv.url, send, 40, answers)
         signalled = time.monotonic()
         srv.process.send_signal(signal.SIGTERM)
         assert srv.process.wait(30) == 0
@@ -256,10 +260,7 @@ def test_a_second_sigint_kills_every_process_and_exits_130(tiny_model_file, tmp_
 
     kids = psutil.Process(srv.process.pid).children(recursive=True)
     try:
-        senders = [threading.Thread(target=send) for _ in range(20)]
-        for t in senders:
-            t.start()
-        wait_taken(srv.url, 20, answers)
+        senders = start_taken(srv.url, send, 20, answers)
         srv.process.send_signal(signal.SIGINT)
         time.sleep(0.3)
         signalled = time.monotonic()
@@ -309,10 +310,7 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
             return exc.code()
 
     try:
-        senders = [threading.Thread(target=send) for _ in range(12)]
-        for t in senders:
-            t.start()
-        wait_taken(srv.url, 12, in_flight)
+        senders = start_taken(srv.url, send, 12, in_flight)
         srv.process.send_signal(signal.SIGTERM)
         time.sleep(0.1)
         health = refused(
