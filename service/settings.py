@@ -280,13 +280,17 @@ class Settings(BaseSettings):
             )
         buckets = [b for b in buckets if b < self.max_batch_size] + [self.max_batch_size]
         self.batch_buckets = buckets
+        if not self.model_name:
+            self.model_name = self.model
+        return self
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Settings:
         if self.grpc_port == self.port:
             raise ValueError(
                 f"SERVE_GRPC_PORT={self.grpc_port} is SERVE_PORT too: the gRPC port must be "
                 "another one (0: no gRPC)"
             )
-        if not self.model_name:
-            self.model_name = self.model
         return self
 
     @cached_property

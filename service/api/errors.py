@@ -15,6 +15,8 @@ carry ``Retry-After``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -103,11 +105,11 @@ def disconnected_response(method: str, path: str) -> Response:
     return Response(status_code=CLIENT_CLOSED, headers={"X-Error-Code": "cancelled"})
 
 
-def _shape(request: Request) -> str:
+def scope_shape(scope: Mapping[str, Any]) -> str:
     """The matched route's shape; a request no route matched, its path's (``path_shape``)."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     if route is None:
-        return path_shape(request.url.path)
+        return path_shape(scope["path"])
     return getattr(route, "error_shape", NATIVE)
 
 
@@ -121,11 +123,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
         retry_after_s = request.app.state.settings.retry_after_s
-        return serve_error_response(exc, retry_after_s, _shape(request))
+        return serve_error_response(exc, retry_after_s, scope_shape(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        shape = _shape(request)
+        shape = scope_shape(request.scope)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
@@ -148,13 +150,15 @@ def install(app: FastAPI) -> None:
         first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         message = f"{where}: {first['msg']}"
-        if _shape(request) == PLAIN:
+        if scope_shape(request.scope) == PLAIN:
             return error_response(400, "http_400", message, shape=PLAIN)
         return error_response(422, "invalid_request", message, details={"details": problems})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return unexpected_response(request.method, request.url.path, exc, _shape(request))
+        return unexpected_response(
+            request.method, request.url.path, exc, scope_shape(request.scope)
+        )
 
 
 def unexpected_response(

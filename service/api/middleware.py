@@ -10,9 +10,11 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import tracing
+from ..errors import ShuttingDown
 from ..logs import new_request_id
 from ..logs import request_id as current_request_id
 from ..metrics import Metrics
+from .errors import scope_shape, serve_error_response
 
 access = logging.getLogger("service.access")
 
@@ -114,12 +116,8 @@ class MetricsMiddleware:
                 m.request_failure.labels(path, error_code or f"http_{status}", "http").inc()
 
     async def _cut_off(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from ..errors import ShuttingDown
-        from .errors import NATIVE, serve_error_response
-
         error = ShuttingDown("the service stopped before the answer was ready; retry")
-        shape = getattr(scope.get("route"), "error_shape", NATIVE)
-        response = serve_error_response(error, self.retry_after_s, shape)
+        response = serve_error_response(error, self.retry_after_s, scope_shape(scope))
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 

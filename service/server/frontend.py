@@ -45,7 +45,7 @@ def job_workers(settings: Settings, index: int, processes: int) -> int:
 
 def server_timeouts(settings: Settings) -> dict[str, Any]:
     """uvicorn's timeouts, as the settings give them: uvicorn declares whole seconds but takes
-    fractions (``asyncio.timeout``, ``call_later``), and ``int()`` made a 0.5 s drain none."""
+    fractions (``asyncio.timeout``, ``call_later``), so a 0.5 s drain is 0.5 s."""
     return {
         # Longer than the idle timeout of the proxies in front (commonly 60 s), so the server
         # never closes a connection just as a proxy reuses it (docs/RELIABILITY.md).

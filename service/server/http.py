@@ -53,7 +53,7 @@ class UpgradeWithBody(Exception):
     """A request asks to switch protocols and declares a body (see the module docstring)."""
 
 
-def _error(status: int, reason: bytes, code: str, message: str, path: str = "") -> bytes:
+def _error(status: int, reason: bytes, code: str, message: str, path: str) -> bytes:
     """A whole answer; in the error shape of the protocol of ``path`` (where the request line
     was read)."""
     shaped = {"error": message} if protocol_error_path(path) else error_body(code, message)
@@ -180,41 +180,31 @@ class ServeHttpProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         message = f"the request line and headers exceed {self._limit} bytes"
-        self._send_and_close(
-            _error(
-                431,
-                b"Request Header Fields Too Large",
-                "header_too_large",
-                message,
-                self._path(),
-            )
-        )
+        self._refuse(431, b"Request Header Fields Too Large", "header_too_large", message)
 
     def _refuse_upgrade(self) -> None:
         message = (
             "this port does not switch protocols, and a request that asks to (Upgrade with "
             "Connection: upgrade) cannot carry a body here: send it without those headers"
         )
-        self._send_and_close(
-            _error(400, b"Bad Request", "upgrade_not_supported", message, self._path())
-        )
+        self._refuse(400, b"Bad Request", "upgrade_not_supported", message)
 
     def _refuse_h2(self) -> None:
         message = "this port speaks HTTP/1.1 only; gRPC and HTTP/2 go to the gRPC port"
-        self._send_and_close(
-            _error(505, b"HTTP Version Not Supported", "http2_not_supported", message)
-        )
+        self._refuse(505, b"HTTP Version Not Supported", "http2_not_supported", message)
 
     # -- malformed requests ----------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
         self.logger.debug("malformed request: %s", msg)
         message = "the request is not valid HTTP/1.1"
-        self._send_and_close(_error(400, b"Bad Request", "bad_http_request", message, self._path()))
+        self._refuse(400, b"Bad Request", "bad_http_request", message)
 
-    def _path(self) -> str:
-        """The path of the request line as far as it was read ("" before it)."""
-        return bytes(getattr(self, "url", b"")).split(b"?", 1)[0].decode("latin-1")
+    def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
+        """Answer and close, in the error shape of the request line's path as far as it was
+        read (none yet: the service's own)."""
+        path = bytes(getattr(self, "url", b"")).split(b"?", 1)[0].decode("latin-1")
+        self._send_and_close(_error(status, reason, code, message, path))
 
     def _send_and_close(self, response: bytes) -> None:
         if self.transport.is_closing():
