@@ -1,11 +1,12 @@
-"""A front-end process: the HTTP server on the pod's shared listening socket, and the gRPC
-server on the pod's gRPC port (``grpc/server.py``).
+"""A front-end process: the HTTP server on the pod's HTTP port, and the gRPC server on its
+gRPC port (``grpc/server.py``).
 
-    python -m service.server.frontend --index I --fd N --run-dir DIR   (started by the supervisor)
+    python -m service.server.frontend --index I --processes N --run-dir DIR   (the supervisor's)
 
 It parses, authenticates, validates and decodes its own requests, and sends the decoded pixels
-to the accelerator process (``engine/client.py``). Several of them accept on one socket (the
-kernel hands each new connection to one of them), so the HTTP work scales with the cores. On
+to the accelerator process (``dataplane/engine_client.py``). Every front end listens on both
+ports with sockets of its own (``ports.py``), and the kernel spreads new connections evenly
+over them, so the HTTP and gRPC work scales with the cores. On
 SIGTERM it stops taking requests (readiness 503, gRPC health NOT_SERVING), finishes those in
 flight within ``SERVE_GRACEFUL_TIMEOUT_S`` and exits 0.
 """
@@ -16,12 +17,12 @@ import argparse
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
 from ..lifetime import die_with_parent, settle_garbage_collector
 from ..settings import Settings
+from . import ports
 
 log = logging.getLogger("service.frontend")
 
@@ -58,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a front-end process (internal)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--processes", type=int, required=True)
-    parser.add_argument("--fd", type=int, required=True, help="the listening socket")
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         job_workers=job_workers(settings, args.index, args.processes),
         grpc_port=settings.grpc_port,
     )
-    sock = socket.socket(fileno=args.fd)
+    sock = ports.listen(settings.host, settings.port)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]

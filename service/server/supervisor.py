@@ -1,15 +1,16 @@
-"""The pod's processes: one accelerator process, N front ends on one listening socket, and
-this supervisor, which starts them, watches them and stops them.
+"""The pod's processes: one accelerator process, N front ends that serve its ports, and this
+supervisor, which starts them, watches them and stops them.
 
     python -m service   (or resnet-serve)
 
-* It binds the HTTP port once and passes the socket to every front end (they accept on it in
-  turn), reserves the gRPC port (each front end binds it too, with ``SO_REUSEPORT``), creates
-  the run directory (Unix sockets, the admission file, the multiprocess metrics) and, without
-  Redis, holds the pod's in-memory job store.
+* It claims the HTTP and gRPC ports (``ports.py``: every front end listens on each with a
+  socket of its own, and the kernel spreads new connections over them), creates the run
+  directory (Unix sockets, the admission file, the multiprocess metrics) and, without Redis,
+  holds the pod's in-memory job store.
 * A front end that dies is replaced at once; only the requests on its own connections are
-  lost (the socket and its queue of new connections stay with the others). Front ends that
-  keep dying (``FRONTEND_RESTARTS`` each within ``ENGINE_WINDOW_S``) end the pod (exit 1).
+  lost (and the few connections the kernel had queued on its sockets but it had not yet
+  accepted; new ones go to the others). Front ends that keep dying (``FRONTEND_RESTARTS``
+  each within ``ENGINE_WINDOW_S``) end the pod (exit 1).
 * The accelerator process is restarted when it dies; meanwhile the front ends answer 503
   (readiness too). Dying ``ENGINE_RESTARTS`` times within ``ENGINE_WINDOW_S`` ends the pod
   (exit 1): the kubelet restarts the container, with its backoff.
@@ -46,6 +47,7 @@ from ..metrics import MULTIPROC_ENV
 from ..rundir import ADMISSION, JOBS_SOCKET, METRICS
 from ..settings import Settings
 from ..wire import segments
+from . import ports
 
 log = logging.getLogger("service.supervisor")
 
@@ -77,40 +79,17 @@ def run_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=base))
 
 
-def reserve(host: str, port: int) -> socket.socket:
-    """Bind the gRPC port without listening: another program cannot take it while the front
-    ends (which bind it with ``SO_REUSEPORT`` too, each listening) come and go, and a port in
-    use stops the pod at once. A socket that does not listen gets no connections."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.set_inheritable(True)
-    return sock
-
-
 class Supervisor:
     """Runs the pod's processes until SIGTERM.
 
     Args:
         settings: what the children read too (they inherit the environment).
         directory: the run directory.
-        sock: the listening socket.
     """
 
-    def __init__(self, settings: Settings, directory: Path, sock: socket.socket):
+    def __init__(self, settings: Settings, directory: Path):
         self.settings = settings
         self.dir = directory
-        self.sock = sock
         self.processes = settings.frontends
         self.frontends: dict[int, asyncio.subprocess.Process] = {}
         self.engine: asyncio.subprocess.Process | None = None
@@ -125,7 +104,7 @@ class Supervisor:
     # -- children --------------------------------------------------------------------------
 
     async def _spawn(
-        self, *args: str, fds: tuple[int, ...] = (), env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None
     ) -> asyncio.subprocess.Process:
         # A session of its own: a terminal's Ctrl-C (or any signal to the supervisor's
         # process group) reaches the supervisor alone, which stops the children in order.
@@ -134,7 +113,6 @@ class Supervisor:
             *args,
             "--run-dir",
             str(self.dir),
-            pass_fds=fds,
             start_new_session=True,
             env={**(env or {}), **os.environ, PARENT_PID_ENV: str(os.getpid())},
         )
@@ -145,7 +123,6 @@ class Supervisor:
         self._watch(self.engine, self._engine_exited)
 
     async def start_frontend(self, index: int) -> None:
-        fd = self.sock.fileno()
         process = await self._spawn(
             "-m",
             "service.server.frontend",
@@ -153,9 +130,6 @@ class Supervisor:
             str(index),
             "--processes",
             str(self.processes),
-            "--fd",
-            str(fd),
-            fds=(fd,),
             env=FRONTEND_ENV,
         )
         self.frontends[index] = process
@@ -293,8 +267,7 @@ class Supervisor:
         return children + ([self.engine] if self.engine is not None else [])
 
     async def _shutdown(self) -> None:
-        # New connections must not queue where no front end will ever accept them.
-        self.sock.close()
+        # Each front end closes its listening sockets as it starts to drain.
         grace = self.settings.graceful_timeout_s + EXIT_GRACE_S
         await _terminate(list(self.frontends.values()), grace)
         if self.engine is not None:
@@ -433,10 +406,10 @@ def main() -> int:
     held: list[socket.socket] = []
     try:
         port, which = settings.port, "SERVE_PORT"
-        held.append(sock := listen(settings.host, port))
+        held.append(ports.claim(settings.host, port))
         if settings.grpc_port:
             port, which = settings.grpc_port, "SERVE_GRPC_PORT"
-            held.append(reserve(settings.host, port))
+            held.append(ports.claim(settings.host, port))
     except OSError as exc:
         log.critical("cannot listen on %s:%d (SERVE_HOST, %s): %s", settings.host, port, which, exc)
         for s in held:
@@ -444,7 +417,7 @@ def main() -> int:
         shutil.rmtree(directory, ignore_errors=True)
         return 1
     try:
-        return run(Supervisor(settings, directory, sock).run())
+        return run(Supervisor(settings, directory).run())
     finally:
         for s in held:
             s.close()

@@ -70,8 +70,9 @@ class Server:
 def start_server(
     env_overrides: dict[str, str], log_path: Path, timeout: float = 180, wait_ready: bool = True
 ) -> Server:
-    """Run ``python -m service`` on a free loopback port; wait for /readyz."""
-    port = free_port()
+    """Run ``python -m service`` on a free loopback port (or ``SERVE_PORT`` of the overrides);
+    wait for /readyz."""
+    port = int(env_overrides.get("SERVE_PORT") or free_port())
     env = {
         **os.environ,
         "SERVE_HOST": "127.0.0.1",

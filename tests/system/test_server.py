@@ -196,9 +196,14 @@ def test_no_writable_run_directory_stops_the_pod_with_one_line(tiny_model_file):
     assert "a writable /dev/shm or temporary directory" in done.stderr
 
 
-def test_a_port_in_use_stops_the_pod_with_one_line_naming_its_setting(tiny_model_file):
+@pytest.mark.parametrize("holder", ["another program", "a copy of this service"])
+def test_a_port_in_use_stops_the_pod_with_one_line_naming_its_setting(tiny_model_file, holder):
     for setting in ("SERVE_PORT", "SERVE_GRPC_PORT"):
         with socket.socket() as taken:
+            if holder == "a copy of this service":
+                # Its front ends listen with SO_REUSEPORT, which would let a second copy bind
+                # beside them and take a share of the connections.
+                taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
@@ -208,6 +213,37 @@ def test_a_port_in_use_stops_the_pod_with_one_line_naming_its_setting(tiny_model
         assert len(refusals) == 1, out[-3000:]
         assert f"cannot listen on 127.0.0.1:{port} (SERVE_HOST, {setting}): " in refusals[0]
         assert "Address already in use" in refusals[0]
+
+
+def _time_wait_on_a_free_port() -> int:
+    """A port whose last connection the server side closed first: it lingers in TIME_WAIT, as
+    the last run's connections do when the service restarts after a drain."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.close()
+    return port
+
+
+def test_the_service_restarts_on_ports_whose_last_connections_linger(tiny_model_file, tmp_path):
+    port, grpc_port = _time_wait_on_a_free_port(), _time_wait_on_a_free_port()
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_PORT": str(port),
+            "SERVE_GRPC_PORT": str(grpc_port),
+        },
+        tmp_path / "log",
+    )
+    try:
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+    finally:
+        stop_server(srv)
 
 
 def test_missing_feature_extractor_weights_name_the_command_that_fetches_them(

@@ -235,6 +235,50 @@ def _closed_loop(url: str, seconds: float, users: int) -> list:
     return [threads, outcomes]
 
 
+def test_new_connections_spread_over_the_front_ends_busy_or_not(tiny_model_file, tmp_path):
+    # Three of four front ends stopped while 256 clients connect, as if busy: on one shared
+    # listening socket the free one would take them all and keep them, and the three would
+    # wait idle behind their share of nothing once free. Each front end listens on its own
+    # socket, and the kernel hashes every connection to one of them.
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_PROCESSES": "4"},
+        tmp_path / "log",
+    )
+    parts = urlsplit(srv.url)
+    socks: list[socket.socket] = []
+    try:
+        pids = frontends(srv.process.pid)
+        assert len(pids) == 4
+        for pid in pids[1:]:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(256):
+                socks.append(sock := socket.create_connection((parts.hostname, parts.port), 30))
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(2.0)  # time for the free one to accept all it can
+        finally:
+            for pid in pids[1:]:
+                os.kill(pid, signal.SIGCONT)
+        for sock in socks:
+            assert _answer(sock)[0] == 200  # every connection accepted and served
+        import psutil
+
+        held = {
+            pid: {c.raddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
+            for pid in pids
+        }
+        counts = {
+            pid: sum(s.getsockname()[1] in ports for s in socks) for pid, ports in held.items()
+        }
+        assert sum(counts.values()) == 256, counts
+        # 64 each on average; fewer than half of that is 4.6 standard deviations away.
+        assert min(counts.values()) >= 32, counts
+    finally:
+        for sock in socks:
+            sock.close()
+        stop_server(srv)
+
+
 def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_model_file, tmp_path):
     srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, tmp_path / "log")
     try:
@@ -250,6 +294,7 @@ def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_mode
             assert time.monotonic() < deadline, after
             time.sleep(0.1)
         assert victim not in after and before[1] in after
+        connections_on_each_frontend(srv.url, after)  # the new one listens on the port too
         ok = sum(1 for status, _ in outcomes if status == 200)
         failed = [status for status, _ in outcomes if status != 200]
         # Only connections the dead process held break (no HTTP answer at all); nothing else.
