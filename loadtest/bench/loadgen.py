@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from loadtest.common import percentile
@@ -60,15 +62,13 @@ async def _connection(host, port, request, start_at, stop_at, out) -> None:  # t
         writer.close()
 
 
-def _process(url, path, body, content_type, connections, warmup_s, seconds, queue) -> None:  # type: ignore[no-untyped-def]
+def _process(url, path, body, content_type, connections, start_at, stop_at, queue) -> None:  # type: ignore[no-untyped-def]
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port
     request = _request(path, body, content_type, f"{host}:{port}")
     results: list[tuple[int, float]] = []
 
     async def main() -> None:
-        start_at = time.monotonic() + warmup_s
-        stop_at = start_at + seconds
         await asyncio.gather(
             *(
                 _connection(host, port, request, start_at, stop_at, results)
@@ -93,19 +93,32 @@ def closed_loop(
     connections: int = 32,
     seconds: float = 10.0,
     warmup_s: float = 3.0,
+    during: Callable[[float, float], None] | None = None,
 ) -> dict:
     """``processes`` x ``connections`` clients for ``warmup_s`` + ``seconds``; figures over the
     measured window: 200s per second, their p50/p99, non-200 answers, requests that got no
-    answer (``errors``), the generator's CPU."""
+    answer (``errors``), the generator's CPU. ``during(start, stop)``, if given, runs in a
+    thread meanwhile, with the measured window's ``time.monotonic()`` bounds (one clock for
+    every process of the machine), to read what the load does to the server."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    args = (url, path, body, content_type, connections, warmup_s, seconds, queue)
+    # The window is set here, not in each process, so that every process and ``during``
+    # measure the same seconds; the processes start within it (a spawn takes well under 1 s).
+    start_at = time.monotonic() + 1.0 + warmup_s
+    stop_at = start_at + seconds
+    args = (url, path, body, content_type, connections, start_at, stop_at, queue)
     procs = [ctx.Process(target=_process, args=args) for _ in range(processes)]
     for p in procs:
         p.start()
+    watcher = None
+    if during is not None:
+        watcher = threading.Thread(target=during, args=(start_at, stop_at), daemon=True)
+        watcher.start()
     gathered = [queue.get(timeout=warmup_s + seconds + 120) for _ in procs]
     for p in procs:
         p.join()
+    if watcher is not None:
+        watcher.join(30)
     ok = sorted(t for results, _ in gathered for status, t in results if status == 200)
     statuses = [status for results, _ in gathered for status, _ in results]
     errors = statuses.count(ERROR)

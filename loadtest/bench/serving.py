@@ -114,7 +114,7 @@ def decode_ceiling(image: Path, cpus: list[int], seconds: float) -> float:
 ROLES = ("front_ends", "accelerator", "supervisor")
 
 
-def _cpu_by_role(pid: int) -> dict[str, float]:
+def cpu_by_role(pid: int) -> dict[str, float]:
     """CPU seconds so far of the service's processes: the front ends, the accelerator process
     (with any cpu-stage workers it started) and the supervisor, told apart by their command
     lines (server/supervisor.py starts them as ``-m service.server.frontend`` and
@@ -277,9 +277,9 @@ def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) 
     target = grpc_address if path == "grpc" else url
     protocol = "grpc" if path == "grpc" else "http"
     run(target, body, args.connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
-    before_cpu, before = _cpu_by_role(pid), scrape(url)
+    before_cpu, before = cpu_by_role(pid), scrape(url)
     result = run(target, body, args.connections, args.seconds, loadgen_cpus)
-    after, after_cpu = scrape(url), _cpu_by_role(pid)
+    after, after_cpu = scrape(url), cpu_by_role(pid)
     images = result["images_per_s"] * args.seconds
     executions = delta(after, before, "serve_execution_count_total")
     inferred = delta(after, before, "serve_inference_count_total")

@@ -52,6 +52,16 @@ def test_the_gpu_bench_runs_every_step_on_the_cpu(tmp_path):
     assert served["errors"] == 0 and "ratios_withheld" not in report
     assert served["p99_ms"] >= served["p50_ms"] > 0 and served["mean_batch"] >= 1
     assert 0 < report["ratios"]["end_to_end_over_min_ceilings"] <= 2
+    # Where the host's CPU went over the load, and how the clients spread over the front ends.
+    cpu = served["cpu_ms_per_image"]
+    assert cpu["front_ends"] > 0 and cpu["accelerator"] >= cpu["accelerator_loop"] > 0, cpu
+    assert 0 < served["host_busy_ratio"] <= 1
+    spread = served["connections_per_frontend"]
+    assert len(spread) == served["frontend_processes"] and sum(spread) == served["clients"]
+    assert report["decode_ms_per_image"] > 0
+    assert report["front_ends_beyond_decode_ms_per_image"] == pytest.approx(
+        cpu["front_ends"] - report["decode_ms_per_image"]
+    )
     assert (out / "bench.log").stat().st_size > 0 and (out / "service.log").exists()
 
 
