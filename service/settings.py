@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # decodes its own requests, and all feed the one accelerator process; 0: one per CPU the
     # pod may use (SERVE_CPUS, else the affinity mask and cgroup CPU limit).
     frontend_processes: int = Field(0, ge=0, le=256)
+    # A front end whose event loop has not turned for this long (a call that blocks, a
+    # deadlock, a stopped process) is killed and replaced: it would otherwise keep its share of
+    # the new connections and answer none (0: never).
+    frontend_stall_s: float = Field(30.0, ge=0)
 
     # -- preprocessing
     # Worker processes of the cpu stages between model stages (started only for a pipeline

@@ -23,6 +23,7 @@ from typing import Any
 from ..lifetime import die_with_parent, settle_garbage_collector
 from ..settings import Settings
 from . import ports
+from .heartbeats import Heartbeats
 
 log = logging.getLogger("service.frontend")
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..jobs.shared import SharedJobStore
     from ..logs import configure_logging
     from ..metrics import Metrics
-    from ..rundir import ADMISSION, ENGINE_SOCKET, JOBS_SOCKET
+    from ..rundir import ADMISSION, ENGINE_SOCKET, HEARTBEATS, JOBS_SOCKET
     from .http import ServeHttpProtocol
     from .pod_admission import SharedAdmission
 
@@ -99,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=settings.grpc_port,
     )
     sock = ports.listen(settings.host, settings.port)
+    beats = Heartbeats(args.run_dir / HEARTBEATS)
 
     class Server(uvicorn.Server):
+        async def on_tick(self, counter: int) -> bool:
+            # 10 a second, on the event loop: the supervisor replaces a front end whose loop
+            # stopped turning (heartbeats.py).
+            beats.beat(args.index)
+            return await super().on_tick(counter)
+
         def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
             # Readiness turns false at once; uvicorn then stops accepting and waits for what
             # is in flight. The signal is not re-raised: a drained SIGTERM exits 0.

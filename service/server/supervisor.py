@@ -9,8 +9,9 @@ supervisor, which starts them, watches them and stops them.
   holds the pod's in-memory job store.
 * A front end that dies is replaced at once; only the requests on its own connections are
   lost (and the few connections the kernel had queued on its sockets but it had not yet
-  accepted; new ones go to the others). Front ends that keep dying (``FRONTEND_RESTARTS``
-  each within ``ENGINE_WINDOW_S``) end the pod (exit 1).
+  accepted; new ones go to the others). One whose event loop stopped turning for
+  ``SERVE_FRONTEND_STALL_S`` is killed, then replaced (``heartbeats.py``). Front ends that keep
+  dying (``FRONTEND_RESTARTS`` each within ``ENGINE_WINDOW_S``) end the pod (exit 1).
 * The accelerator process is restarted when it dies; meanwhile the front ends answer 503
   (readiness too). Dying ``ENGINE_RESTARTS`` times within ``ENGINE_WINDOW_S`` ends the pod
   (exit 1): the kubelet restarts the container, with its backoff.
@@ -44,10 +45,10 @@ from pathlib import Path
 
 from ..lifetime import PARENT_PID_ENV
 from ..metrics import MULTIPROC_ENV
-from ..rundir import ADMISSION, JOBS_SOCKET, METRICS
+from ..rundir import ADMISSION, HEARTBEATS, JOBS_SOCKET, METRICS
 from ..settings import Settings
 from ..wire import segments
-from . import ports
+from . import heartbeats, ports
 
 log = logging.getLogger("service.supervisor")
 
@@ -94,6 +95,8 @@ class Supervisor:
         self.frontends: dict[int, asyncio.subprocess.Process] = {}
         self.engine: asyncio.subprocess.Process | None = None
         self.stopping = False
+        heartbeats.create(directory / HEARTBEATS, self.processes)
+        self._heartbeats = heartbeats.Heartbeats(directory / HEARTBEATS)
         self.failed = False
         self.killed = False  # by a second SIGINT
         self._engine_deaths: deque[float] = deque()
@@ -123,6 +126,7 @@ class Supervisor:
         self._watch(self.engine, self._engine_exited)
 
     async def start_frontend(self, index: int) -> None:
+        self._heartbeats.clear(index)
         process = await self._spawn(
             "-m",
             "service.server.frontend",
@@ -196,6 +200,9 @@ class Supervisor:
         for index in range(self.processes):
             await self.start_frontend(index)
         reaper = asyncio.create_task(self._reap(), name="reaper")
+        stalls = None
+        if self.settings.frontend_stall_s > 0:
+            stalls = asyncio.create_task(self._kill_stalled(), name="stalls")
         log.info(
             "serving on %s:%d: %d front-end processes, 1 accelerator process",
             self.settings.host,
@@ -203,6 +210,8 @@ class Supervisor:
             self.processes,
         )
         await self._stopped.wait()
+        if stalls is not None:  # a draining front end's loop no longer ticks
+            stalls.cancel()
         await self._shutdown()
         reaper.cancel()
         with contextlib.suppress(OSError):
@@ -212,6 +221,27 @@ class Supervisor:
         if self.killed:
             return KILLED
         return 1 if self.failed else 0
+
+    async def _kill_stalled(self) -> None:
+        """Kill each front end whose event loop stopped turning (``heartbeats.py``); its exit
+        then replaces it, as any front end that died."""
+        limit = self.settings.frontend_stall_s
+        while not self.stopping:
+            await asyncio.sleep(min(1.0, limit / 4))
+            for index, process in list(self.frontends.items()):
+                age = self._heartbeats.age(index)
+                if age is None or age <= limit or process.returncode is not None:
+                    continue
+                log.error(
+                    "front end %d (pid %d): its event loop has not turned for %.1f s "
+                    "(SERVE_FRONTEND_STALL_S); killing it",
+                    index,
+                    process.pid,
+                    age,
+                )
+                self._heartbeats.clear(index)  # one kill; the next one is judged afresh
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
 
     async def _job_store(self):  # type: ignore[no-untyped-def]
         """Without Redis, the pod's in-memory job store lives here."""

@@ -46,6 +46,7 @@ def held_server(tiny_model_file, tmp_path_factory) -> Iterator:
 def connections_on_each_frontend(url: str, pids: list[int]) -> dict[int, socket.socket]:
     """One open connection held by each front end (the kernel picks; open until it has)."""
     parts = urlsplit(url)
+    _wait_listening(pids, parts.port)
     chosen: dict[int, socket.socket] = {}
     spare = []
     for _ in range(64):
@@ -63,6 +64,20 @@ def connections_on_each_frontend(url: str, pids: list[int]) -> dict[int, socket.
         sock.close()
     assert len(chosen) == len(pids), "the connections never reached every front end"
     return chosen
+
+
+def _wait_listening(pids: list[int], port: int | None, timeout: float = 60) -> None:
+    """Until each of ``pids`` listens on ``port`` (a front end just started may not yet)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while not any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            for c in psutil.Process(pid).net_connections("tcp")
+        ):
+            assert time.monotonic() < deadline, f"front end {pid} does not listen on {port}"
+            time.sleep(0.1)
 
 
 def post(sock: socket.socket, body: bytes, path: str = "/v1/classify") -> tuple[int, dict]:
@@ -249,6 +264,7 @@ def test_new_connections_spread_over_the_front_ends_busy_or_not(tiny_model_file,
     try:
         pids = frontends(srv.process.pid)
         assert len(pids) == 4
+        _wait_listening(pids, parts.port)  # ready is one front end ready
         for pid in pids[1:]:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -303,6 +319,34 @@ def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_mode
         assert httpx.get(srv.url + "/readyz").status_code == 200
         r = httpx.post(srv.url + "/v1/classify", content=encode(photo_like(40, 40)), headers=JPEG)
         assert r.status_code == 200
+    finally:
+        stop_server(srv)
+
+
+def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(tiny_model_file, tmp_path):
+    # Stopped, it still holds its listening socket, and the kernel would go on handing it a
+    # share of the new connections that nobody answers.
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "1.5"},
+        tmp_path / "log",
+    )
+    try:
+        before = frontends(srv.process.pid)
+        victim = before[0]
+        time.sleep(0.5)  # past its first beat: a front end is judged from then on
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.monotonic()
+        deadline = stopped + 30
+        while len(after := frontends(srv.process.pid)) < 2 or victim in after:
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.1)
+        assert time.monotonic() - stopped >= 1.5  # not before its loop stalled that long
+        assert before[1] in after  # the one that kept turning was left alone
+        assert f"front end 0 (pid {victim}): its event loop has not turned for" in srv.log()
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+        connections_on_each_frontend(srv.url, after)  # the new one takes connections
+        time.sleep(3)  # beats keep the live ones alive
+        assert frontends(srv.process.pid) == after
     finally:
         stop_server(srv)
 
