@@ -226,8 +226,17 @@ class Supervisor:
         """Kill each front end whose event loop stopped turning (``heartbeats.py``); its exit
         then replaces it, as any front end that died."""
         limit = self.settings.frontend_stall_s
+        every = min(1.0, limit / 4)
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while not self.stopping:
-            await asyncio.sleep(min(1.0, limit / 4))
+            await asyncio.sleep(every)
+            now = loop.time()
+            since, last = now - last, now
+            if since > every + 1.0:
+                # This process did not run either (the pod was paused, or starved of CPU):
+                # the front ends get a round to beat again before they are judged.
+                continue
             for index, process in list(self.frontends.items()):
                 age = self._heartbeats.age(index)
                 if age is None or age <= limit or process.returncode is not None:

@@ -351,6 +351,30 @@ def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(tiny_model_
         stop_server(srv)
 
 
+def test_a_pod_paused_as_a_whole_keeps_its_front_ends(tiny_model_file, tmp_path):
+    # Every process stopped past the stall limit (a frozen container), the supervisor resumed
+    # first: its front ends' beats are old, but they were no more stalled than it was.
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "1.5"},
+        tmp_path / "log",
+    )
+    try:
+        before = frontends(srv.process.pid)
+        everyone = [srv.process.pid, *before, engine(srv.process.pid)]
+        time.sleep(0.5)  # past the front ends' first beats
+        for pid in everyone:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(3)
+        for pid in everyone:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(3)
+        assert frontends(srv.process.pid) == before, srv.log()[-3000:]
+        assert "has not turned" not in srv.log()
+        assert httpx.get(srv.url + "/readyz").status_code == 200
+    finally:
+        stop_server(srv)
+
+
 def test_a_killed_accelerator_process_makes_the_pod_not_ready_until_it_is_back(
     tiny_model_file, tmp_path
 ):
