@@ -32,9 +32,12 @@ def connections_by_frontend(pid: int, port: int) -> list[int]:
 
     counts = []
     for child in psutil.Process(pid).children():
-        if "service.server.frontend" not in " ".join(child.cmdline()):
+        try:
+            if "service.server.frontend" not in " ".join(child.cmdline()):
+                continue
+            held = child.net_connections("tcp")
+        except psutil.NoSuchProcess:  # a front end replaced meanwhile
             continue
-        held = child.net_connections("tcp")
         counts.append(
             sum(1 for c in held if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
         )
