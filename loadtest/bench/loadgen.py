@@ -103,7 +103,8 @@ def closed_loop(
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     # The window is set here, not in each process, so that every process and ``during``
-    # measure the same seconds; the processes start within it (a spawn takes well under 1 s).
+    # measure the same seconds: 1 s for the processes to start (a spawn takes well under
+    # that), then the warm-up, then the window.
     start_at = time.monotonic() + 1.0 + warmup_s
     stop_at = start_at + seconds
     args = (url, path, body, content_type, connections, start_at, stop_at, queue)
