@@ -454,6 +454,13 @@ class Metrics:
             "Starts of the accelerator process (the first one, then each restart).",
             registry=r,
         )
+        # Counted by the replacement itself: the pod's first front ends start at slightly
+        # different times, and a scrape between them would read as a restart.
+        self.frontend_restarts = Counter(
+            "serve_frontend_restarts",
+            "Front-end processes started in place of one that died or whose event loop stalled.",
+            registry=r,
+        )
         self.ready = Gauge(
             "serve_ready",
             "1 when the service is ready for traffic (with several front ends: any of them).",

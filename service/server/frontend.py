@@ -1,7 +1,7 @@
 """A front-end process: the HTTP server on the pod's HTTP port, and the gRPC server on its
 gRPC port (``grpc/server.py``).
 
-    python -m service.server.frontend --index I --processes N --run-dir DIR   (the supervisor's)
+    python -m service.server.frontend --index I --processes N [--replacement] --run-dir DIR
 
 It parses, authenticates, validates and decodes its own requests, and sends the decoded pixels
 to the accelerator process (``dataplane/engine_client.py``). Every front end listens on both
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a front-end process (internal)")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--replacement", action="store_true", help="of one that died")
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     die_with_parent()
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.log_tracebacks)
     metrics = Metrics(share=1 / args.processes)
+    if args.replacement:
+        metrics.frontend_restarts.inc()
     engine = EngineClient(
         settings,
         args.run_dir / ENGINE_SOCKET,

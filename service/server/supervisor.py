@@ -125,7 +125,7 @@ class Supervisor:
         log.info("accelerator process started (pid %d)", self.engine.pid)
         self._watch(self.engine, self._engine_exited)
 
-    async def start_frontend(self, index: int) -> None:
+    async def start_frontend(self, index: int, replacement: bool = False) -> None:
         self._heartbeats.clear(index)
         process = await self._spawn(
             "-m",
@@ -134,6 +134,7 @@ class Supervisor:
             str(index),
             "--processes",
             str(self.processes),
+            *(["--replacement"] if replacement else []),
             env=FRONTEND_ENV,
         )
         self.frontends[index] = process
@@ -169,7 +170,7 @@ class Supervisor:
             self.stop()
             return
         log.error("front end %d (pid %d) exited with %s; replacing it", index, process.pid, code)
-        await self.start_frontend(index)
+        await self.start_frontend(index, replacement=True)
 
     async def _engine_exited(self, code: int) -> None:
         if self.stopping:

@@ -426,7 +426,7 @@ EXPECTED_PANELS = {
     # title: (label of each series, its expected names or None for "any non-empty")
     "Ready pods": ("", {""}),
     "Front-end processes": ("pod", None),
-    "Accelerator process starts": ("pod", None),
+    "Process starts and replacements": ("pod", None),
     "Throughput by protocol": ("protocol", {"http", "grpc", ""}),
     "Latency percentiles": ("", {""}),
     "p99 latency by protocol": ("protocol", {"http", "grpc"}),
@@ -468,7 +468,15 @@ def test_every_dashboard_query_returns_what_the_load_did(run):
 
     assert one("Ready pods") == len(run.pods)
     assert {float(s["value"][1]) for s in seen["Front-end processes"]} == {2.0}
-    assert {float(s["value"][1]) for s in seen["Accelerator process starts"]} == {1.0}
+    starts, replacements = (
+        {
+            float(s["value"][1])
+            for s in run.query(grafana_expr(e, "kubernetes-pods", run.pods, WINDOW))
+        }
+        for t, e in panel_queries()
+        if t == "Process starts and replacements"
+    )
+    assert starts == {1.0} and replacements == {0.0}  # every pod: one start, none replaced
     assert 1.0 <= one("Batch size") <= 8.0  # SERVE_MAX_BATCH_SIZE
     # p50 <= p90 <= p99, and the p99 within the pauses the slow pipeline makes (3 s)
     p50, p90, p99 = (one("Latency percentiles", i) for i in range(3))
@@ -509,6 +517,37 @@ def test_every_alert_expression_selects_real_series_and_fires_as_the_run_says(ru
                 assert s["metric"]["namespace"] in ("serving", "staging"), s
                 assert s["metric"]["app_kubernetes_io_instance"] in ("rel", "other"), s
     assert fired == FIRING
+
+
+def test_a_front_end_replaced_fires_its_alert(run):
+    """Kills a front end; the supervisor replaces it, and the replacement counts itself."""
+    import os
+    import signal
+
+    from tests.support.harness import frontends
+
+    (rule,) = [r for r in alert_rules() if r["alert"] == "ResnetServeFrontEndRestarting"]
+    assert run.query(rule["expr"], at=time.time()) == []
+    before = frontends(run.server.process.pid)
+    os.kill(before[0], signal.SIGKILL)
+    _wait(
+        lambda: (
+            len(frontends(run.server.process.pid)) == len(before)
+            and before[0] not in frontends(run.server.process.pid)
+        ),
+        30,
+        "a new front end",
+    )
+    _wait(
+        lambda: len(run.query(rule["expr"], at=time.time())) == 6,
+        60,
+        "the front-end alert for every pod the modelled jobs scrape",
+    )
+    pods = {
+        (s["metric"]["namespace"], s["metric"]["pod"])
+        for s in run.query(rule["expr"], at=time.time())
+    }
+    assert {("serving", p) for p in run.pods} <= pods
 
 
 def test_an_accelerator_restart_fires_the_restart_alert(run):
