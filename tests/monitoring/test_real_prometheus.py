@@ -519,6 +519,20 @@ def test_every_alert_expression_selects_real_series_and_fires_as_the_run_says(ru
     assert fired == FIRING
 
 
+def _fires_for_every_pod(run, rule: dict) -> None:  # type: ignore[no-untyped-def]
+    """Until ``rule`` fires for every pod the modelled jobs scrape (6), ours among them."""
+    _wait(
+        lambda: len(run.query(rule["expr"], at=time.time())) == 6,
+        60,
+        f"{rule['alert']} for every pod the modelled jobs scrape",
+    )
+    pods = {
+        (s["metric"]["namespace"], s["metric"]["pod"])
+        for s in run.query(rule["expr"], at=time.time())
+    }
+    assert {("serving", p) for p in run.pods} <= pods
+
+
 def test_a_front_end_replaced_fires_its_alert(run):
     """Kills a front end; the supervisor replaces it, and the replacement counts itself."""
     import os
@@ -538,16 +552,7 @@ def test_a_front_end_replaced_fires_its_alert(run):
         30,
         "a new front end",
     )
-    _wait(
-        lambda: len(run.query(rule["expr"], at=time.time())) == 6,
-        60,
-        "the front-end alert for every pod the modelled jobs scrape",
-    )
-    pods = {
-        (s["metric"]["namespace"], s["metric"]["pod"])
-        for s in run.query(rule["expr"], at=time.time())
-    }
-    assert {("serving", p) for p in run.pods} <= pods
+    _fires_for_every_pod(run, rule)
 
 
 def test_an_accelerator_restart_fires_the_restart_alert(run):
@@ -562,16 +567,7 @@ def test_an_accelerator_restart_fires_the_restart_alert(run):
     pid = engine(run.server.process.pid)
     os.kill(pid, signal.SIGKILL)
     _wait(lambda: engine(run.server.process.pid) not in (None, pid), 30, "a new accelerator")
-    _wait(
-        lambda: len(run.query(rule["expr"], at=time.time())) == 6,
-        60,
-        "the restart alert for every pod the modelled jobs scrape",
-    )
-    pods = {
-        (s["metric"]["namespace"], s["metric"]["pod"])
-        for s in run.query(rule["expr"], at=time.time())
-    }
-    assert {("serving", p) for p in run.pods} <= pods
+    _fires_for_every_pod(run, rule)
 
 
 def test_prometheus_relabels_every_discovered_target_as_the_model_does(run):
