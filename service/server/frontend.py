@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         job_workers=job_workers(settings, args.index, args.processes),
         grpc_port=settings.grpc_port,
     )
-    sock = ports.listen(settings.host, settings.port)
+    sock = ports.bind(settings.host, settings.port)
     beats = Heartbeats(args.run_dir / HEARTBEATS)
 
     class Server(uvicorn.Server):

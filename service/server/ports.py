@@ -47,14 +47,16 @@ def claim(host: str, port: int) -> socket.socket:
     return sock
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """A front end's own listening socket on a port the supervisor claimed."""
+def bind(host: str, port: int) -> socket.socket:
+    """A front end's own socket on a port the supervisor claimed, bound but not listening: the
+    HTTP server listens on it once it serves (``loop.create_server(sock=...)``). The kernel
+    hashes connections only to listening sockets, so none waits in the queue of a front end
+    that is still starting (the pod's first ones, or one replacing another)."""
     sock = _socket(host)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
     except OSError:
         sock.close()
         raise
