@@ -229,14 +229,17 @@ class Supervisor:
         limit = self.settings.frontend_stall_s
         every = min(1.0, limit / 4)
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        last = judge_from = loop.time()
         while not self.stopping:
             await asyncio.sleep(every)
             now = loop.time()
             since, last = now - last, now
             if since > every + 1.0:
                 # This process did not run either (the pod was paused, or starved of CPU):
-                # the front ends get a round to beat again before they are judged.
+                # the front ends, resumed with it, get time to beat again before they are
+                # judged.
+                judge_from = now + min(limit, 5.0)
+            if now < judge_from:
                 continue
             for index, process in list(self.frontends.items()):
                 age = self._heartbeats.age(index)

@@ -327,7 +327,7 @@ def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(tiny_model_
     # Stopped, it still holds its listening socket, and the kernel would go on handing it a
     # share of the new connections that nobody answers.
     srv = start_server(
-        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "1.5"},
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "3"},
         tmp_path / "log",
     )
     try:
@@ -340,7 +340,7 @@ def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(tiny_model_
         while len(after := frontends(srv.process.pid)) < 2 or victim in after:
             assert time.monotonic() < deadline, srv.log()[-3000:]
             time.sleep(0.1)
-        assert time.monotonic() - stopped >= 1.5  # not before its loop stalled that long
+        assert time.monotonic() - stopped >= 3  # not before its loop stalled that long
         assert before[1] in after  # the one that kept turning was left alone
         assert f"front end 0 (pid {victim}): its event loop has not turned for" in srv.log()
         assert httpx.get(srv.url + "/readyz").status_code == 200
@@ -355,7 +355,7 @@ def test_a_pod_paused_as_a_whole_keeps_its_front_ends(tiny_model_file, tmp_path)
     # Every process stopped past the stall limit (a frozen container), the supervisor resumed
     # first: its front ends' beats are old, but they were no more stalled than it was.
     srv = start_server(
-        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "1.5"},
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "2.5"},
         tmp_path / "log",
     )
     try:
@@ -364,10 +364,10 @@ def test_a_pod_paused_as_a_whole_keeps_its_front_ends(tiny_model_file, tmp_path)
         time.sleep(0.5)  # past the front ends' first beats
         for pid in everyone:
             os.kill(pid, signal.SIGSTOP)
-        time.sleep(3)
+        time.sleep(5)
         for pid in everyone:
             os.kill(pid, signal.SIGCONT)
-        time.sleep(3)
+        time.sleep(4)
         assert frontends(srv.process.pid) == before, srv.log()[-3000:]
         assert "has not turned" not in srv.log()
         assert httpx.get(srv.url + "/readyz").status_code == 200
