@@ -4,8 +4,8 @@ Every front end listens on each port with a socket of its own (``SO_REUSEPORT``)
 kernel hashes each new connection to one of the listening sockets: the connections of many
 clients spread evenly over the front ends, whatever each front end is doing when they arrive.
 One listening socket shared by all, each accepting in turn, hands a burst of connections to
-whichever front end wakes first: 8 front ends took between 11 and 107 of 256 keep-alive
-connections opened at once (docs/BENCHMARKS.md, "Connections over the front ends"), and a
+whichever front end wakes first: of 256 keep-alive connections opened at once, one of 8 front
+ends took 86 and another 16 (docs/BENCHMARKS.md, "Connections over the front ends"), and a
 closed-loop client's latency then depends on the front end it landed on while the others'
 cores wait.
 
@@ -36,15 +36,7 @@ def claim(host: str, port: int) -> socket.socket:
     with _socket(host) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
-    sock = _socket(host)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return bind(host, port)  # never listens: no connection is hashed to it
 
 
 def bind(host: str, port: int) -> socket.socket:

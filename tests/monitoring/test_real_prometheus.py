@@ -544,14 +544,12 @@ def test_a_front_end_replaced_fires_its_alert(run):
     assert run.query(rule["expr"], at=time.time()) == []
     before = frontends(run.server.process.pid)
     os.kill(before[0], signal.SIGKILL)
-    _wait(
-        lambda: (
-            len(frontends(run.server.process.pid)) == len(before)
-            and before[0] not in frontends(run.server.process.pid)
-        ),
-        30,
-        "a new front end",
-    )
+
+    def replaced() -> bool:
+        now = frontends(run.server.process.pid)
+        return len(now) == len(before) and before[0] not in now
+
+    _wait(replaced, 30, "a new front end")
     _fires_for_every_pod(run, rule)
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from loadtest.bench.spread import connections_by_frontend
 from tests.support.harness import engine, frontend_of, frontends
 from tests.support.helpers import encode, metric_value, photo_like, start_server, stop_server
 
@@ -78,6 +79,15 @@ def _wait_listening(pids: list[int], port: int | None, timeout: float = 60) -> N
         ):
             assert time.monotonic() < deadline, f"front end {pid} does not listen on {port}"
             time.sleep(0.1)
+
+
+def _replaced(srv, victim: int, count: int = 2, timeout: float = 60) -> list[int]:  # type: ignore[no-untyped-def]
+    """The front ends once ``victim`` is gone and another runs in its place."""
+    deadline = time.monotonic() + timeout
+    while len(after := frontends(srv.process.pid)) < count or victim in after:
+        assert time.monotonic() < deadline, srv.log()[-3000:]
+        time.sleep(0.1)
+    return after
 
 
 def post(sock: socket.socket, body: bytes, path: str = "/v1/classify") -> tuple[int, dict]:
@@ -277,18 +287,10 @@ def test_new_connections_spread_over_the_front_ends_busy_or_not(tiny_model_file,
                 os.kill(pid, signal.SIGCONT)
         for sock in socks:
             assert _answer(sock)[0] == 200  # every connection accepted and served
-        import psutil
-
-        held = {
-            pid: {c.raddr.port for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
-            for pid in pids
-        }
-        counts = {
-            pid: sum(s.getsockname()[1] in ports for s in socks) for pid, ports in held.items()
-        }
-        assert sum(counts.values()) == 256, counts
+        counts = connections_by_frontend(srv.process.pid, parts.port)
+        assert len(counts) == 4 and sum(counts) == 256, counts
         # 64 each on average; fewer than half of that is 4.6 standard deviations away.
-        assert min(counts.values()) >= 32, counts
+        assert min(counts) >= 32, counts
     finally:
         for sock in socks:
             sock.close()
@@ -305,11 +307,8 @@ def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_mode
         os.kill(victim, signal.SIGKILL)
         for t in threads:
             t.join(30)
-        deadline = time.monotonic() + 60
-        while len(after := frontends(srv.process.pid)) < 2 or victim in after:
-            assert time.monotonic() < deadline, after
-            time.sleep(0.1)
-        assert victim not in after and before[1] in after
+        after = _replaced(srv, victim)
+        assert before[1] in after
         connections_on_each_frontend(srv.url, after)  # the new one listens on the port too
         ok = sum(1 for status, _ in outcomes if status == 200)
         failed = [status for status, _ in outcomes if status != 200]
@@ -323,56 +322,53 @@ def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_mode
         stop_server(srv)
 
 
-def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(tiny_model_file, tmp_path):
-    # Stopped, it still holds its listening socket, and the kernel would go on handing it a
-    # share of the new connections that nobody answers.
+@pytest.fixture(scope="module")
+def stall_server(tiny_model_file, tmp_path_factory) -> Iterator:
+    """A front end silent for 3 s is killed and replaced."""
     srv = start_server(
         {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "3"},
-        tmp_path / "log",
+        tmp_path_factory.mktemp("stall") / "server.log",
     )
-    try:
-        before = frontends(srv.process.pid)
-        victim = before[0]
-        time.sleep(0.5)  # past its first beat: a front end is judged from then on
-        os.kill(victim, signal.SIGSTOP)
-        stopped = time.monotonic()
-        deadline = stopped + 30
-        while len(after := frontends(srv.process.pid)) < 2 or victim in after:
-            assert time.monotonic() < deadline, srv.log()[-3000:]
-            time.sleep(0.1)
-        assert time.monotonic() - stopped >= 3  # not before its loop stalled that long
-        assert before[1] in after  # the one that kept turning was left alone
-        assert f"front end 0 (pid {victim}): its event loop has not turned for" in srv.log()
-        assert httpx.get(srv.url + "/readyz").status_code == 200
-        connections_on_each_frontend(srv.url, after)  # the new one takes connections
-        time.sleep(3)  # beats keep the live ones alive
-        assert frontends(srv.process.pid) == after
-    finally:
-        stop_server(srv)
+    yield srv
+    stop_server(srv)
 
 
-def test_a_pod_paused_as_a_whole_keeps_its_front_ends(tiny_model_file, tmp_path):
+def test_a_front_end_whose_event_loop_stopped_is_killed_and_replaced(stall_server):
+    # Stopped, it still holds its listening socket, and the kernel would go on handing it a
+    # share of the new connections that nobody answers.
+    srv = stall_server
+    before = frontends(srv.process.pid)
+    victim = before[0]
+    time.sleep(0.5)  # past its first beat: a front end is judged from then on
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    after = _replaced(srv, victim, timeout=30)
+    assert time.monotonic() - stopped >= 3  # not before its loop stalled that long
+    assert before[1] in after  # the one that kept turning was left alone
+    assert f"(pid {victim}): its event loop has not turned for" in srv.log()
+    assert httpx.get(srv.url + "/readyz").status_code == 200
+    connections_on_each_frontend(srv.url, after)  # the new one takes connections
+    time.sleep(4)  # beats keep the live ones alive
+    assert frontends(srv.process.pid) == after
+
+
+def test_a_pod_paused_as_a_whole_keeps_its_front_ends(stall_server):
     # Every process stopped past the stall limit (a frozen container), the supervisor resumed
     # first: its front ends' beats are old, but they were no more stalled than it was.
-    srv = start_server(
-        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_FRONTEND_STALL_S": "2.5"},
-        tmp_path / "log",
-    )
-    try:
-        before = frontends(srv.process.pid)
-        everyone = [srv.process.pid, *before, engine(srv.process.pid)]
-        time.sleep(0.5)  # past the front ends' first beats
-        for pid in everyone:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(5)
-        for pid in everyone:
-            os.kill(pid, signal.SIGCONT)
-        time.sleep(4)
-        assert frontends(srv.process.pid) == before, srv.log()[-3000:]
-        assert "has not turned" not in srv.log()
-        assert httpx.get(srv.url + "/readyz").status_code == 200
-    finally:
-        stop_server(srv)
+    srv = stall_server
+    before = frontends(srv.process.pid)
+    everyone = [srv.process.pid, *before, engine(srv.process.pid)]
+    logged = len(srv.log())
+    time.sleep(0.5)  # past the front ends' first beats
+    for pid in everyone:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(6)
+    for pid in everyone:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(5)
+    assert frontends(srv.process.pid) == before, srv.log()[-3000:]
+    assert "has not turned" not in srv.log()[logged:]
+    assert httpx.get(srv.url + "/readyz").status_code == 200
 
 
 def test_a_killed_accelerator_process_makes_the_pod_not_ready_until_it_is_back(
