@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(30.0, ge=0)
     # Idle keep-alive connections (HTTP, and gRPC connections without a call) are closed after
     # this long: keep it above the idle timeout of the proxies and load balancers in front
-    # (commonly 60 s).
+    # (commonly 60 s). A gRPC inference stream that sends no request for this long ends.
     keepalive_timeout_s: float = Field(75.0, ge=1)
 
     # CPUs the automatic sizes count (front-end processes, cpu-stage workers, model instances);
@@ -233,13 +233,15 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); a client's
     # further calls wait in the client for a free stream. With the message bound, what one
-    # connection can make the process hold.
+    # connection can make the process hold. Also the requests one ModelStreamInfer stream may
+    # have in flight.
     grpc_max_concurrent_streams: int = Field(32, ge=1, le=10_000)
     # Largest metadata (headers) of one call: gRPC refuses a call past twice this with
     # RESOURCE_EXHAUSTED, and a share of those between this and twice this (its soft limit).
     grpc_max_metadata_bytes: int = Field(16 * 1024, ge=1024)
-    # The longest a call may take to deliver each request message once it has started; past
-    # it: DEADLINE_EXCEEDED. Bounds how long an incomplete call holds a stream.
+    # The longest a call may take to deliver each request message once it has started (a
+    # ModelStreamInfer stream's first; the later ones may come SERVE_KEEPALIVE_TIMEOUT_S apart);
+    # past it: DEADLINE_EXCEEDED. Bounds how long an incomplete call holds a stream.
     grpc_message_timeout_s: float = Field(10.0, gt=0)
     # The server pings a connection after this long without traffic, and closes it when the
     # ping is not answered in 20 s (a peer that vanished). Connections without calls close

@@ -15,8 +15,9 @@ runner), read from ``/proc``.
 
 A side is an environment (``SERVE_*`` overrides, or e.g. ``PILLOW_BLOCKS_MAX=0``), a
 checkout (another commit's git worktree, run with this checkout's virtual environment), and a
-path of ``make bench-serving`` (``http``, ``v2-http`` or ``grpc``; the same request bodies): two
-sides that differ only in the path show what one protocol costs beyond the other.
+path of ``make bench-serving`` (``http``, ``v2-http``, ``grpc`` or ``grpc-stream``; the same
+request bodies): two sides that differ only in the path show what one protocol costs beyond
+the other.
 Linux only. Not used by the service or the tests.
 """
 
@@ -97,8 +98,10 @@ def _threads(pid: int) -> dict[str, float]:
 def _burst(
     port: int, grpc_port: int, path: str, body: Body, seconds: float, connections: int
 ) -> float:
-    if path == "grpc":
-        return h2load(f"127.0.0.1:{grpc_port}", body, connections, seconds, None)["images_per_s"]
+    if path.startswith("grpc"):
+        address = f"127.0.0.1:{grpc_port}"
+        connections = max(1, connections // body.messages)
+        return h2load(address, body, connections, seconds, None)["images_per_s"]
     out = wrk(f"http://127.0.0.1:{port}", body, connections, seconds, None)
     if out["non_2xx"]:
         raise SystemExit(f"{out['non_2xx']} errors under load on {body.path}")

@@ -17,6 +17,9 @@ ratio compares figures taken back to back):
    * ``grpc``: KServe V2 ``ModelInfer`` with the image in ``raw_input_contents``, from
      ``h2load`` (Debian's nghttp2-client: gRPC is HTTP/2 POSTs of length-prefixed messages;
      it cannot read gRPC statuses, so every call is also counted from the service's metrics);
+   * ``grpc-stream``: the same requests on ``ModelStreamInfer`` streams, :data:`STREAM_DEPTH`
+     per stream (h2load sends them in one body and waits for the stream's end), over a
+     :data:`STREAM_DEPTH`-th of the connections: as many images in flight as on the others;
 
    images/s, p50/p99, the CPU seconds per image of every process of the service and of the
    load generator (a few µs per request);
@@ -165,7 +168,8 @@ def wrk(url: str, body: Body, connections: int, seconds: float, cpus: list[int] 
 def h2load(
     address: str, body: Body, connections: int, seconds: float, cpus: list[int] | None
 ) -> dict:
-    """gRPC calls as h2load's HTTP/2 POSTs, one call at a time per connection."""
+    """gRPC calls as h2load's HTTP/2 POSTs, one call at a time per connection (a stream's
+    latency is that of its last answer)."""
     log = CACHE / "h2load.log"
     cmd = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds:g}", "-d", str(body.file)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
@@ -177,7 +181,7 @@ def h2load(
     # --log-file: one line per call: start (µs since epoch), HTTP status, duration (µs).
     durations = sorted(int(line.split()[2]) / 1000 for line in log.read_text().splitlines())
     return {
-        "images_per_s": done / seconds,
+        "images_per_s": done * body.messages / seconds,
         "p50_ms": percentile(durations, 50),
         "p99_ms": percentile(durations, 99),
         "non_2xx": 0,  # gRPC statuses travel in trailers: counted from the metrics instead
@@ -205,6 +209,8 @@ class Body:
     file: Path
     content_type: str = "image/jpeg"
     header: tuple[str, ...] = ()
+    # Requests (of one image each) that one request of the load generator carries.
+    messages: int = 1
 
 
 def bodies(image: Path, model: str) -> dict[str, Body]:
@@ -238,8 +244,11 @@ def bodies(image: Path, model: str) -> dict[str, Body]:
     output = request.outputs.add(name="probabilities")
     output.parameters["classification"].int64_param = 5
     message = request.SerializeToString()
+    framed = b"\0" + struct.pack(">I", len(message)) + message  # gRPC's framing
     grpc_file = CACHE / "bench-serving-grpc.bin"
-    grpc_file.write_bytes(b"\0" + struct.pack(">I", len(message)) + message)  # gRPC framing
+    grpc_file.write_bytes(framed)
+    stream_file = CACHE / "bench-serving-grpc-stream.bin"
+    stream_file.write_bytes(framed * STREAM_DEPTH)
     return {
         "http": Body("/v1/classify", image),
         "v2-http": Body(
@@ -249,6 +258,9 @@ def bodies(image: Path, model: str) -> dict[str, Body]:
             ("Inference-Header-Content-Length", str(len(header))),
         ),
         "grpc": Body("/inference.GRPCInferenceService/ModelInfer", grpc_file),
+        "grpc-stream": Body(
+            "/inference.GRPCInferenceService/ModelStreamInfer", stream_file, messages=STREAM_DEPTH
+        ),
     }
 
 
@@ -273,12 +285,13 @@ def _answered(metrics: dict, protocol: str) -> tuple[float, float]:
 
 
 def service_round(url, grpc_address, pid, body: Body, path, args, loadgen_cpus) -> dict:  # type: ignore[no-untyped-def]
-    run = h2load if path == "grpc" else wrk
-    target = grpc_address if path == "grpc" else url
-    protocol = "grpc" if path == "grpc" else "http"
-    run(target, body, args.connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
+    run = h2load if path.startswith("grpc") else wrk
+    target = grpc_address if path.startswith("grpc") else url
+    protocol = "grpc" if path.startswith("grpc") else "http"
+    connections = max(1, args.connections // body.messages)
+    run(target, body, connections, 3, loadgen_cpus)  # warm (connections, batch sizes)
     before_cpu, before = cpu_by_role(pid), scrape(url)
-    result = run(target, body, args.connections, args.seconds, loadgen_cpus)
+    result = run(target, body, connections, args.seconds, loadgen_cpus)
     after, after_cpu = scrape(url), cpu_by_role(pid)
     images = result["images_per_s"] * args.seconds
     executions = delta(after, before, "serve_execution_count_total")
@@ -363,7 +376,9 @@ def measure(cpus: list[int], args, image: Path, model: Path, paths: list[str]) -
     return out
 
 
-PATHS = ("http", "v2-http", "grpc")
+PATHS = ("http", "v2-http", "grpc", "grpc-stream")
+# Requests per stream on the grpc-stream path.
+STREAM_DEPTH = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     if not set(paths) <= set(PATHS):
         parser.error(f"--paths: unknown {sorted(set(paths) - set(PATHS))}")
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
-        if shutil.which(tool) is None and (tool == "wrk" or "grpc" in paths):
+        if shutil.which(tool) is None and (
+            tool == "wrk" or any(p.startswith("grpc") for p in paths)
+        ):
             parser.error(f"{tool} is not installed (Debian's package: apt-get install {package})")
     image = jpeg(CACHE / "bench-serving.jpg")
     model = standin(CACHE / "standin.keras")
@@ -405,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             if path in r:
                 p = r[path]
                 print(
-                    f"  {path:8s} {p['images_per_s']:.0f}/s (ratio {p['service_over_ceiling']:.3f}"
+                    f"  {path:11s} {p['images_per_s']:.0f}/s (ratio {p['service_over_ceiling']:.3f}"
                     f", p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms), service CPU "
                     f"{p['service_cpu_ms_per_image']:.2f} ms/image (front ends "
                     f"{p['front_ends_cpu_ms_per_image']:.2f}, accelerator process "

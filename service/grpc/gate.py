@@ -18,7 +18,12 @@ here instead, as a handler of the raw bytes (no deserializer) that:
    the stable reason in the ``x-error-code`` trailer and the message bounded
    (``service.errors.bounded``: messages quote client input). For a metered service, the
    request metrics (``route`` the method's name, ``status`` the gRPC status name,
-   ``protocol="grpc"``).
+   ``protocol="grpc"``): per call, or per request message for :data:`PER_MESSAGE` methods,
+   whose servicer counts each one with :func:`meter`.
+
+A client-streaming method's first message is waited for as a unary call's; after it, the
+stream may rest between messages for ``SERVE_KEEPALIVE_TIMEOUT_S`` (as an idle connection),
+and is ended ``DEADLINE_EXCEEDED`` past that.
 
 A unary call's one message is read and the call answered without waiting for the client to
 half-close its side: what a client sends after its message is not read.
@@ -31,7 +36,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +72,9 @@ PUBLIC = frozenset({HEALTH})
 SMALL_MESSAGE_BYTES = 64 * 1024
 # The method whose requests may be as large as SERVE_GRPC_MAX_MESSAGE_BYTES.
 LARGE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+# Methods whose request messages are each a request of their own: the request metrics count
+# them one by one (the servicer, with :func:`meter`), not the call that carries them.
+PER_MESSAGE = frozenset({"ModelStreamInfer"})
 REQUEST_ID_BYTES = 128
 
 
@@ -74,11 +82,13 @@ REQUEST_ID_BYTES = 128
 class Limits:
     """Args:
     message_bytes: the largest request message of a :data:`LARGE_METHODS` method.
-    message_timeout_s: the longest wait for a request message.
+    message_timeout_s: the longest wait for a call's (first) request message.
+    stream_idle_s: the longest wait for each later message of a client stream.
     """
 
     message_bytes: int
     message_timeout_s: float
+    stream_idle_s: float
 
 
 class Gate:
@@ -134,7 +144,8 @@ class _Call:
         self.type_name = method.input_type.full_name
         self.client_streaming = method.client_streaming
         self.public = method.containing_service.full_name in PUBLIC
-        self.metered = metered
+        self.traced = metered
+        self.metered = metered and method.name not in PER_MESSAGE
         self.limit = (
             gate.limits.message_bytes if method.name in LARGE_METHODS else SMALL_MESSAGE_BYTES
         )
@@ -154,28 +165,25 @@ class _Call:
     @contextlib.asynccontextmanager
     async def _accounted(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """One call's metrics and span around its body; what it raises becomes its status."""
-        start, status, reason = self._begin()
         span = self._span(context)
+        status = "OK"
         try:
-            yield
+            with meter(self.gate.metrics, self.name) if self.metered else contextlib.nullcontext():
+                yield
         except BaseException as exc:
-            status, reason = _outcome(exc)
+            status = _outcome(exc)[0]
             await self._answer(exc, context, span)
             raise
         finally:
-            self._end(start, status, reason, span)
+            if span is not None:
+                tracing.grpc_done(span, status, getattr(grpc.StatusCode, status).value[0])
 
     # -- the steps ---------------------------------------------------------------------------
-
-    def _begin(self) -> tuple[float, str, str]:
-        if self.metered:
-            self.gate.metrics.pending_requests.inc()
-        return time.perf_counter(), "OK", ""
 
     def _span(self, context: grpc.aio.ServicerContext) -> tracing.RequestSpan | None:
         """The call's server span (traces on, a metered method), its parent from the
         caller's ``traceparent`` metadata."""
-        if not (tracing.ENABLED and self.metered):
+        if not (tracing.ENABLED and self.traced):
             return None
         return tracing.grpc_request(self.service, self.name, context.invocation_metadata() or ())
 
@@ -211,12 +219,20 @@ class _Call:
         if not token_matches(token, self.gate.tokens):
             raise Unauthorized("the token is not valid", "invalid_token")
 
-    async def _read(self, context: grpc.aio.ServicerContext) -> Message | None:
-        """The next request message, parsed; None at the end of the client's stream."""
-        timeout = self.gate.limits.message_timeout_s
+    async def _read(self, context: grpc.aio.ServicerContext, later: bool = False) -> Message | None:
+        """The next request message, parsed; None at the end of the client's stream.
+        ``later``: a message after a stream's first, which may come after a rest."""
+        limits = self.gate.limits
+        timeout = limits.stream_idle_s if later else limits.message_timeout_s
         try:
             raw = await asyncio.wait_for(context.read(), timeout)
         except TimeoutError:
+            if later:
+                raise DeadlineExceeded(
+                    f"the stream sent no complete request message for {timeout:g} s "
+                    "(SERVE_KEEPALIVE_TIMEOUT_S); open a new one",
+                    "stream_idle",
+                ) from None
             raise DeadlineExceeded(
                 f"no complete request message within {timeout:g} s (SERVE_GRPC_MESSAGE_TIMEOUT_S)",
                 "message_timeout",
@@ -251,8 +267,10 @@ class _Call:
         return request
 
     async def _messages(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
-        while (request := await self._read(context)) is not None:
+        later = False
+        while (request := await self._read(context, later)) is not None:
             yield request
+            later = True
 
     async def _answer(
         self,
@@ -273,20 +291,26 @@ class _Call:
             message += trace
         await context.abort(code, message, ((ERROR_CODE_KEY, exc.code),))
 
-    def _end(
-        self, start: float, status: str, reason: str, span: tracing.RequestSpan | None
-    ) -> None:
-        if span is not None:
-            tracing.grpc_done(span, status, getattr(grpc.StatusCode, status).value[0])
-        if not self.metered:
-            return
-        m = self.gate.metrics
-        m.pending_requests.dec()
-        m.request_duration.labels(self.name, status, "grpc").observe(time.perf_counter() - start)
+
+@contextlib.contextmanager
+def meter(metrics: Metrics, route: str) -> Iterator[None]:
+    """One request's metrics (``protocol="grpc"``): in flight, then its duration by status and
+    its success or failure by reason; what the body raises passes on."""
+    metrics.pending_requests.inc()
+    start = time.perf_counter()
+    status, reason = "OK", ""
+    try:
+        yield
+    except BaseException as exc:
+        status, reason = _outcome(exc)
+        raise
+    finally:
+        metrics.pending_requests.dec()
+        metrics.request_duration.labels(route, status, "grpc").observe(time.perf_counter() - start)
         if status == "OK":
-            m.request_success.labels(self.name, "grpc").inc()
+            metrics.request_success.labels(route, "grpc").inc()
         else:
-            m.request_failure.labels(self.name, reason, "grpc").inc()
+            metrics.request_failure.labels(route, reason, "grpc").inc()
 
 
 def _outcome(exc: BaseException) -> tuple[str, str]:

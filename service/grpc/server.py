@@ -10,7 +10,8 @@ Started by the application's lifespan (``app.py``), and stopped as soon as the p
 sends GOAWAY, so that clients open their next calls on another pod instead of retrying into
 this one, and the calls in flight finish within ``SERVE_GRACEFUL_TIMEOUT_S``. From the drain
 on the health service says NOT_SERVING (as ``/readyz``), and an inference call that arrives
-before the stop has begun is answered UNAVAILABLE.
+before the stop has begun is answered UNAVAILABLE. An inference stream (``ModelStreamInfer``)
+reads no request after the drain: it answers those it read, and ends UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -74,12 +75,17 @@ class GrpcServer:
         settings = plane.settings
         self.grace_s = settings.graceful_timeout_s
         self.server = grpc.aio.server(options=options(settings))
-        limits = Limits(settings.grpc_max_message_bytes, settings.grpc_message_timeout_s)
+        limits = Limits(
+            settings.grpc_max_message_bytes,
+            settings.grpc_message_timeout_s,
+            max(settings.grpc_message_timeout_s, settings.keepalive_timeout_s),
+        )
         gate = Gate(limits, load_tokens(settings), metrics)
         names = (SERVICE, HEALTH.full_name, reflection.SERVICE_NAME)
+        self.inference = InferenceServicer(plane, metrics)
         self.server.add_generic_rpc_handlers(
             (
-                gate.service(DESCRIPTOR, InferenceServicer(plane, metrics), metered=True),
+                gate.service(DESCRIPTOR, self.inference, metered=True),
                 gate.service(HEALTH, HealthServicer(plane, (SERVICE,))),
                 gate.service(REFLECTION, ReflectionServicer(names)),
             )
@@ -102,6 +108,7 @@ class GrpcServer:
 
     def _begin_stop(self) -> asyncio.Future:
         if self._stopping is None:
+            self.inference.end_streams()
             self._stopping = asyncio.ensure_future(self.server.stop(self.grace_s))
         return self._stopping
 

@@ -256,10 +256,6 @@ def test_unimplemented_methods_say_so(grpc_stub, model_name):
         grpc_stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=model_name))
     assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "fixed at start" in exc.value.details()
-    with pytest.raises(grpc.RpcError) as exc:
-        list(grpc_stub.ModelStreamInfer(iter([pb.ModelInferRequest(model_name=model_name)])))
-    assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ModelInfer" in exc.value.details()
 
 
 # -- grpc.health.v1 and reflection -------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 from tests.support.harness import GatedRunner, closed_loop, slow_png
 from tests.support.helpers import HARDENED_TOKEN, encode, photo_like, start_server, stop_server
@@ -335,6 +336,80 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
     finally:
         stop_server(srv)
     assert in_flight == [[1, 10]] * 12, in_flight
+
+
+def test_an_inference_stream_ends_when_idle_and_on_the_drain_with_every_answer(
+    tiny_model_file, tmp_path
+):
+    """A ``ModelStreamInfer`` stream left idle past ``SERVE_KEEPALIVE_TIMEOUT_S`` ends
+    DEADLINE_EXCEEDED after its answers. On SIGTERM a stream reads nothing more, answers every
+    request it had read, and ends UNAVAILABLE at once (not after the graceful timeout)."""
+    import queue
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    srv = start_server(
+        {
+            "SERVE_WEIGHTS": str(tiny_model_file),
+            "SERVE_FRONTEND_PROCESSES": "1",
+            "SERVE_KEEPALIVE_TIMEOUT_S": "1",
+            "SERVE_GRPC_MESSAGE_TIMEOUT_S": "1",
+        },
+        tmp_path / "log",
+    )
+    body = slow_png(2500)
+
+    def request(rid: str) -> pb.ModelInferRequest:
+        return pb.ModelInferRequest(
+            model_name="resnet50",
+            id=rid,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])
+            ],
+            raw_input_contents=[len(body).to_bytes(4, "little") + body],
+        )
+
+    def requests(outbox: queue.Queue):
+        while (item := outbox.get()) is not None:
+            yield item
+
+    try:
+        with grpc.insecure_channel(srv.grpc) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            idle: queue.Queue = queue.Queue()
+            idle.put(request("first"))
+            answers = stub.ModelStreamInfer(requests(idle), timeout=60)
+            assert next(answers).infer_response.id == "first"
+            with pytest.raises(grpc.RpcError) as exc:
+                next(answers)
+            idle.put(None)
+            assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "sent no complete request message for 1 s" in exc.value.details()
+
+            outbox: queue.Queue = queue.Queue()
+            for i in range(3):
+                outbox.put(request(f"read-{i}"))
+            answers = stub.ModelStreamInfer(requests(outbox), timeout=60)
+            wait_taken(srv.url, 3, [])
+            srv.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            time.sleep(0.5)
+            outbox.put(request("after-the-signal"))
+            got = []
+            with pytest.raises(grpc.RpcError) as exc:
+                for answer in answers:
+                    got.append((answer.infer_response.id, answer.error_message))
+            ended = time.monotonic() - signalled
+            outbox.put(None)
+        assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, exc.value
+        assert "draining" in exc.value.details()
+        assert got == [(f"read-{i}", "") for i in range(3)], got
+        assert ended < 15, ended  # the graceful timeout is 30 s
+        assert srv.process.wait(60) == 0
+    finally:
+        stop_server(srv)
 
 
 def test_sigterm_stops_grpc_at_once_while_http_drains(tiny_model_file, tmp_path):
