@@ -3,12 +3,14 @@ src/python/examples) does, re-written for the tests: its model checks, its prepr
 its request, over HTTP or gRPC, so that a model it would refuse fails here the same way. The
 original file stays outside the repository; the command it stands for is in docs/PROTOCOLS.md:
 
-    python image_client.py -m resnet50-pixels -s NONE -c 3 -b 4 [-i grpc -u host:8001] DIR
+    python image_client.py -m resnet50-pixels -s NONE -c 3 -b 4 \
+        [-i grpc [--streaming] -u host:8001] DIR
 """
 
 from __future__ import annotations
 
 import io
+import queue
 from types import SimpleNamespace
 from typing import Any
 
@@ -76,11 +78,18 @@ def preprocess(data: bytes, fmt: int, datatype: str, c: int, h: int, w: int) -> 
 
 
 def classify(
-    url: str, protocol: str, model: str, files: list[bytes], batch_size: int, classes: int
+    url: str,
+    protocol: str,
+    model: str,
+    files: list[bytes],
+    batch_size: int,
+    classes: int,
+    streaming: bool = False,
 ) -> tuple[np.ndarray, list[list[tuple[float, int, str]]]]:
     """Run the example's flow on ``files`` (a batch of ``batch_size``, repeating the files to
     fill it as the example does): the batch it sent, and its parsed ``score:index:label``
-    results per image."""
+    results per image. ``streaming`` (gRPC only): its ``--streaming``, the request sent on a
+    ``ModelStreamInfer`` stream and its answer taken from the stream's callback."""
     lib = grpcclient if protocol == "grpc" else httpclient
     client = lib.InferenceServerClient(url)
     try:
@@ -98,7 +107,16 @@ def classify(
         tensor = lib.InferInput(input_name, list(batch.shape), datatype)
         tensor.set_data_from_numpy(batch)
         outputs = [lib.InferRequestedOutput(output_name, class_count=classes)]
-        result = client.infer(model, [tensor], outputs=outputs)
+        if streaming:
+            answers: queue.Queue = queue.Queue()
+            client.start_stream(lambda result, error: answers.put((result, error)))
+            client.async_stream_infer(model, [tensor], request_id="0", outputs=outputs)
+            result, error = answers.get(timeout=60)
+            client.stop_stream()
+            if error is not None:
+                raise Refused(str(error))
+        else:
+            result = client.infer(model, [tensor], outputs=outputs)
         answer = result.as_numpy(output_name)
         if len(answer) != batch_size:
             raise Refused(f"expected {batch_size} results, got {len(answer)}")

@@ -20,13 +20,22 @@ def photos() -> list[bytes]:
     ]
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc", "grpc-streaming"])
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_the_example_client_classifies_with_the_pixels_view(
     server, model_name, photos, reference, protocol, batch_size
 ):
     url = server.url.removeprefix("http://") if protocol == "http" else server.grpc
-    batch, results = classify(url, protocol, f"{model_name}-pixels", photos, batch_size, 3)
+    streaming = protocol == "grpc-streaming"
+    batch, results = classify(
+        url,
+        protocol.removesuffix("-streaming"),
+        f"{model_name}-pixels",
+        photos,
+        batch_size,
+        3,
+        streaming,
+    )
     assert batch.shape == (batch_size, 32, 32, 3) and batch.dtype == np.float32
     expected = reference(batch.astype(np.uint8))
     assert len(results) == batch_size
