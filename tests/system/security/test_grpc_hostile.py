@@ -445,6 +445,33 @@ def test_many_idle_streams(hostile, bounded_memory):
             conn.close()
 
 
+def test_a_stream_of_requests_at_the_limit(channel, model_name, bounded_memory):
+    """Forty requests of the largest size on one ``ModelStreamInfer`` stream, sent at once
+    (the stream reads on only as answers free its budget): each answered in the stream, in
+    order, with what is wrong with it."""
+    junk = b"\xff" * (MESSAGE_BYTES - 1024)
+    requests = [
+        pb.ModelInferRequest(
+            model_name=model_name,
+            id=str(i),
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])
+            ],
+            raw_input_contents=[len(junk).to_bytes(4, "little") + junk],
+        ).SerializeToString()
+        for i in range(40)
+    ]
+    call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    answers = [
+        pb.ModelStreamInferResponse.FromString(raw)
+        for raw in call(iter(requests), metadata=AUTH, timeout=60)
+    ]
+    assert [a.infer_response.id for a in answers] == [str(i) for i in range(40)]
+    assert all("image" in a.error_message for a in answers), answers[0].error_message
+    codes = {a.infer_response.parameters["grpc-status"].string_param for a in answers}
+    assert codes == {"INVALID_ARGUMENT"}
+
+
 def test_the_accelerator_process_does_not_grow_with_hostile_calls(processes, channel):
     """Refused calls never reach the accelerator process: its memory stays where it was."""
     pid = processes["engine"]
