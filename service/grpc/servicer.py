@@ -232,7 +232,10 @@ class Stream:
 
     def end(self) -> None:
         """Read no more; the answers of what was read still go out, then :meth:`answers`
-        raises ``NotReady`` (the drain)."""
+        raises ``NotReady`` (the drain). A stream whose client had already sent its last
+        request ends as it would have."""
+        if self.reader.done():
+            return
         self.ending = True
         self.reader.cancel()
 

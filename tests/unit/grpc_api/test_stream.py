@@ -160,3 +160,17 @@ def test_a_cancelled_stream_cancels_the_requests_in_flight():
         assert sorted(answers.cancelled) == [0, 1, 2]
 
     asyncio.run(main())
+
+
+def test_the_drain_after_the_client_sent_its_last_request_ends_the_stream_as_usual():
+    async def main():
+        client, answers = Client([Request(0)]), Answers()  # then the client half-closes
+        stream = Stream(client.requests(), answers, depth=4, budget=1 << 20)
+        out = asyncio.ensure_future(collect(stream))
+        await settle()
+        assert stream.reader.done()
+        stream.end()
+        answers.gate(0).set()
+        assert await out == ["answer 0"]
+
+    asyncio.run(main())
