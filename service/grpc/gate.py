@@ -19,7 +19,8 @@ here instead, as a handler of the raw bytes (no deserializer) that:
    (``service.errors.bounded``: messages quote client input). For a metered service, the
    request metrics (``route`` the method's name, ``status`` the gRPC status name,
    ``protocol="grpc"``): per call, or per request message for :data:`PER_MESSAGE` methods,
-   whose servicer counts each one with :func:`meter`.
+   whose servicer counts each one with :func:`meter` (and an error that ends such a call, as
+   a message that does not parse, is one failure more).
 
 A client-streaming method's first message is waited for as a unary call's; after it, the
 stream may rest between messages for ``SERVE_KEEPALIVE_TIMEOUT_S`` (as an idle connection),
@@ -146,6 +147,8 @@ class _Call:
         self.public = method.containing_service.full_name in PUBLIC
         self.traced = metered
         self.metered = metered and method.name not in PER_MESSAGE
+        # Its requests are counted one by one; an error that ends the call is one failure more.
+        self.per_message = metered and method.name in PER_MESSAGE
         self.limit = (
             gate.limits.message_bytes if method.name in LARGE_METHODS else SMALL_MESSAGE_BYTES
         )
@@ -171,7 +174,9 @@ class _Call:
             with meter(self.gate.metrics, self.name) if self.metered else contextlib.nullcontext():
                 yield
         except BaseException as exc:
-            status = _outcome(exc)[0]
+            status, reason = _outcome(exc)
+            if self.per_message and isinstance(exc, Exception):
+                self.gate.metrics.request_failure.labels(self.name, reason, "grpc").inc()
             await self._answer(exc, context, span)
             raise
         finally:

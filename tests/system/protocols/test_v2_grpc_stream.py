@@ -132,6 +132,11 @@ def test_answers_come_in_the_order_of_the_requests(grpc_stub, model_name, pixels
 def test_a_message_that_is_not_a_request_ends_the_stream_after_the_answers(
     server, model_name, pixels
 ):
+    failed = (
+        'serve_request_failure_total{protocol="grpc",reason="invalid_message",'
+        'route="ModelStreamInfer"}'
+    )
+    before = _count(httpx.get(server.url + "/metrics").text, failed)
     good = _request(model_name, pixels, "good").SerializeToString()
     with grpc.insecure_channel(server.grpc) as channel:
         call = channel.stream_stream(STREAM_INFER)(iter([good, good, b"\xff\xff not a protobuf"]))
@@ -142,6 +147,7 @@ def test_a_message_that_is_not_a_request_ends_the_stream_after_the_answers(
     assert [a.infer_response.id for a in answers] == ["good", "good"]
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid inference.ModelInferRequest" in exc.value.details()
+    assert _count(httpx.get(server.url + "/metrics").text, failed) - before == 1
 
 
 def _count(text: str, series: str) -> float:
