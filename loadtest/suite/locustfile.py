@@ -5,14 +5,15 @@
 
 Tags: ``classify-raw``, ``classify-multipart``, ``classify-b64`` (all three: ``classify``),
 ``v2`` (KServe V2 infer), ``grpc`` (KServe V2 ``ModelInfer`` over gRPC, on ``--grpc-target``),
-``tfserving`` (TF Serving predict), ``jobs`` (asynchronous jobs). ``v2``, ``tfserving`` and
-``jobs`` are also tagged ``protocols``: ``--exclude-tags protocols`` leaves them out (``grpc``
-is chosen by name only: it needs a client library the HTTP users do not). Every answer is checked
+``grpc-stream`` (the same requests on one ``ModelStreamInfer`` stream per user), ``tfserving``
+(TF Serving predict), ``jobs`` (asynchronous jobs). ``v2``, ``tfserving`` and ``jobs`` are also
+tagged ``protocols``: ``--exclude-tags protocols`` leaves them out (``grpc`` and
+``grpc-stream`` are chosen by name only: they need a client library the HTTP users do not). Every answer is checked
 (checks.py); a malformed answer counts as a failure. With ``LOADTEST_TOKEN`` set, every
 request carries it (``Authorization: Bearer``; gRPC: the same metadata).
 
-The gRPC user needs ``tritonclient[grpc]`` (the ``loadtest`` extra; in the cluster, a Locust
-image with it: docs/LOADTEST.md); without it, choosing ``grpc`` stops the run with that advice.
+The gRPC users need ``tritonclient[grpc]`` (the ``loadtest`` extra; in the cluster, a Locust
+image with it: docs/LOADTEST.md); without it, choosing them stops the run with that advice.
 
 Closed loop (default): each user sends, waits for the answer, thinks ``--think-time`` seconds.
 Open loop (``--arrival-rate R``): requests arrive at R per second in total (Poisson gaps),
@@ -26,6 +27,7 @@ shapes.py, checks.py and images.py.
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import json
 import os
@@ -36,7 +38,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.event
 import gevent.pool
+import gevent.queue
 from locust import FastHttpUser, events, tag, task
 from locust.user.task import filter_tasks_by_tags
 
@@ -91,9 +95,9 @@ def _init(environment, **_kwargs) -> None:
             user_class, set(o.tags) if o.tags else None, set(o.exclude_tags or ()) or None
         )
     environment.user_classes[:] = [u for u in environment.user_classes if u.tasks]
-    if grpc is None and GrpcV2User in environment.user_classes:
+    if grpc is None and {GrpcV2User, GrpcStreamUser} & set(environment.user_classes):
         raise SystemExit(
-            "the grpc user needs tritonclient[grpc] (pip install 'tritonclient[grpc]')"
+            "the grpc users need tritonclient[grpc] (pip install 'tritonclient[grpc]')"
         )
     if not environment.user_classes:
         raise SystemExit("no user class has a task with the chosen --tags/--exclude-tags")
@@ -306,10 +310,12 @@ class V2InferUser(ApiUser):
             self.check(r, lambda b: checks.v2_infer(b, self.model, shape=[n, k]))
 
 
-class GrpcV2User(ApiUser):
-    """KServe V2 ``ModelInfer`` over gRPC, one channel (one HTTP/2 connection) per user: the
-    ``images`` BYTES input in ``raw_input_contents``, the top k through the classification
+class _GrpcUser(ApiUser):
+    """One channel (one HTTP/2 connection) per user on ``--grpc-target``, and the request:
+    the ``images`` BYTES input in ``raw_input_contents``, the top k through the classification
     parameter, as ``tritonclient.grpc`` sends them."""
+
+    abstract = True
 
     def on_start(self) -> None:
         self.model = self.model_name()
@@ -325,6 +331,34 @@ class GrpcV2User(ApiUser):
         super().on_stop()
         self.channel.close()
 
+    def request(self, n: int, k: int):
+        files = [data for _, data, _ in self.images(n)]
+        tensor = service_pb2.ModelInferRequest.InferInputTensor(
+            name="images", datatype="BYTES", shape=[n]
+        )
+        output = service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")
+        output.parameters["classification"].int64_param = k
+        return service_pb2.ModelInferRequest(
+            model_name=self.model,
+            inputs=[tensor],
+            outputs=[output],
+            raw_input_contents=[b"".join(len(f).to_bytes(4, "little") + f for f in files)],
+        )
+
+    def report(self, name: str, start: float, length: int, problem: str | None) -> None:
+        self.environment.events.request.fire(
+            request_type="gRPC",
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=length,
+            exception=RuntimeError(problem) if problem else None,
+            context={},
+        )
+
+
+class GrpcV2User(_GrpcUser):
+    """KServe V2 ``ModelInfer`` over gRPC, one call per request."""
+
     @tag("grpc")
     @task
     def grpc_infer(self) -> None:
@@ -332,18 +366,7 @@ class GrpcV2User(ApiUser):
 
     def send(self) -> None:
         n, k = self.o.images_per_request, self.o.top_k
-        files = [data for _, data, _ in self.images(n)]
-        tensor = service_pb2.ModelInferRequest.InferInputTensor(
-            name="images", datatype="BYTES", shape=[n]
-        )
-        output = service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")
-        output.parameters["classification"].int64_param = k
-        request = service_pb2.ModelInferRequest(
-            model_name=self.model,
-            inputs=[tensor],
-            outputs=[output],
-            raw_input_contents=[b"".join(len(f).to_bytes(4, "little") + f for f in files)],
-        )
+        request = self.request(n, k)
         start = time.perf_counter()
         problem = None
         length = 0
@@ -355,14 +378,97 @@ class GrpcV2User(ApiUser):
             problem = checks.grpc_infer(response, self.model, [n, k])
         except grpc.RpcError as exc:
             problem = f"{exc.code().name}: {exc.details()}"
-        self.environment.events.request.fire(
-            request_type="gRPC",
-            name="ModelInfer",
-            response_time=(time.perf_counter() - start) * 1000,
-            response_length=length,
-            exception=RuntimeError(problem) if problem else None,
-            context={},
-        )
+        self.report("ModelInfer", start, length, problem)
+
+
+class _Stream:
+    """One ``ModelStreamInfer`` call of a user: its outbox, and a reader that hands each
+    answer to the oldest request waiting (the service answers in the order of the requests).
+    Once the call ends, every request still waiting fails with why, and the user opens a new
+    stream for its next request."""
+
+    def __init__(self, stub, metadata):
+        self.outbox: gevent.queue.Queue = gevent.queue.Queue()
+        self.waiting: collections.deque = collections.deque()
+        self.broken: str | None = None
+        self.call = stub.ModelStreamInfer(self._requests(), metadata=metadata)
+        self.reader = gevent.spawn(self._read)
+
+    def _requests(self):
+        while (request := self.outbox.get()) is not None:
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for answer in self.call:
+                self.waiting.popleft().set(answer)
+            why = "the stream ended"
+        except grpc.RpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # an answer with no request waiting for it
+            why = f"the stream broke: {exc!r}"
+        self.broken = why
+        while self.waiting:
+            self.waiting.popleft().set_exception(RuntimeError(why))
+
+    def send(self, request) -> gevent.event.AsyncResult:
+        result = gevent.event.AsyncResult()
+        self.waiting.append(result)  # no switch between the two: the order is the outbox's
+        self.outbox.put(request)
+        return result
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+
+
+class GrpcStreamUser(_GrpcUser):
+    """KServe V2 ``ModelStreamInfer`` (Triton's streaming API): one stream per user, each
+    request sent on it (in the open loop, up to ``--max-in-flight`` at once on the one
+    stream), each answer checked, its ``id`` that of its request; a request the service failed
+    counts its ``error_message``."""
+
+    stream: _Stream | None = None
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.ids = itertools.count()
+
+    def on_stop(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+        super().on_stop()
+
+    @tag("grpc-stream")
+    @task
+    def grpc_stream_infer(self) -> None:
+        self.fire(self.send)
+
+    def send(self) -> None:
+        if self.stream is None or self.stream.broken:
+            self.stream = _Stream(self.stub, self.metadata)
+        stream = self.stream
+        n, k = self.o.images_per_request, self.o.top_k
+        request = self.request(n, k)
+        request.id = str(next(self.ids))
+        start = time.perf_counter()
+        problem = None
+        length = 0
+        try:
+            answer = stream.send(request).get(timeout=self.network_timeout)
+            length = answer.ByteSize()
+            if answer.infer_response.id != request.id:
+                problem = f"request {request.id} got the answer of {answer.infer_response.id!r}"
+            elif answer.error_message:
+                problem = answer.error_message
+            else:
+                problem = checks.grpc_infer(answer.infer_response, self.model, [n, k])
+        except gevent.Timeout:
+            problem = f"no answer within {self.network_timeout:g} s"
+            stream.close()  # the answers behind it would be matched to the wrong requests
+        except RuntimeError as exc:
+            problem = str(exc)
+        self.report("ModelStreamInfer", start, length, problem)
 
 
 class TFServingUser(ApiUser):
