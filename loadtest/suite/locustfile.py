@@ -7,9 +7,9 @@ Tags: ``classify-raw``, ``classify-multipart``, ``classify-b64`` (all three: ``c
 ``v2`` (KServe V2 infer), ``grpc`` (KServe V2 ``ModelInfer`` over gRPC, on ``--grpc-target``),
 ``grpc-stream`` (the same requests on one ``ModelStreamInfer`` stream per user), ``tfserving``
 (TF Serving predict), ``jobs`` (asynchronous jobs). ``v2``, ``tfserving`` and ``jobs`` are also
-tagged ``protocols``: ``--exclude-tags protocols`` leaves them out (``grpc`` and
-``grpc-stream`` are chosen by name only: they need a client library the HTTP users do not). Every answer is checked
-(checks.py); a malformed answer counts as a failure. With ``LOADTEST_TOKEN`` set, every
+tagged ``protocols``: ``--exclude-tags protocols`` leaves them out (``grpc`` and ``grpc-stream``
+are chosen by name only: they need a client library the HTTP users do not). Every answer is
+checked (checks.py); a malformed answer counts as a failure. With ``LOADTEST_TOKEN`` set, every
 request carries it (``Authorization: Bearer``; gRPC: the same metadata).
 
 The gRPC users need ``tritonclient[grpc]`` (the ``loadtest`` extra; in the cluster, a Locust
