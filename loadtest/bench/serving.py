@@ -171,6 +171,7 @@ def h2load(
     """gRPC calls as h2load's HTTP/2 POSTs, one call at a time per connection (a stream's
     latency is that of its last answer)."""
     log = CACHE / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to its log file: this run's calls only
     cmd = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds:g}", "-d", str(body.file)]
     cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
     cmd += [f"http://{address}{body.path}"]
