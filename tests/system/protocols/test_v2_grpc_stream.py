@@ -4,14 +4,14 @@ streaming client, and raw streams for what it does not show (order, ids, the str
 from __future__ import annotations
 
 import queue
-import re
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2 as pb
+
+from loadtest.common import delta, scrape
 
 ATOL = 1e-5
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -136,7 +136,7 @@ def test_a_message_that_is_not_a_request_ends_the_stream_after_the_answers(
         'serve_request_failure_total{protocol="grpc",reason="invalid_message",'
         'route="ModelStreamInfer"}'
     )
-    before = _count(httpx.get(server.url + "/metrics").text, failed)
+    before = scrape(server.url)
     good = _request(model_name, pixels, "good").SerializeToString()
     with grpc.insecure_channel(server.grpc) as channel:
         call = channel.stream_stream(STREAM_INFER)(iter([good, good, b"\xff\xff not a protobuf"]))
@@ -147,12 +147,7 @@ def test_a_message_that_is_not_a_request_ends_the_stream_after_the_answers(
     assert [a.infer_response.id for a in answers] == ["good", "good"]
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid inference.ModelInferRequest" in exc.value.details()
-    assert _count(httpx.get(server.url + "/metrics").text, failed) - before == 1
-
-
-def _count(text: str, series: str) -> float:
-    match = re.search(re.escape(series) + r" ([0-9.e+]+)", text)
-    return float(match.group(1)) if match else 0.0
+    assert delta(scrape(server.url), before, failed) == 1
 
 
 def test_each_request_of_a_stream_is_counted(server, stream_client, model_name, pixels):
@@ -161,9 +156,9 @@ def test_each_request_of_a_stream_is_counted(server, stream_client, model_name, 
         'serve_request_failure_total{protocol="grpc",reason="model_not_found",'
         'route="ModelStreamInfer"}'
     )
-    before = httpx.get(server.url + "/metrics").text
+    before = scrape(server.url)
     good = dict(model_name=model_name, inputs=[_pixels_input(pixels)])
     _stream(stream_client, [good, good, dict(good, model_name="no-such-model"), good])
-    after = httpx.get(server.url + "/metrics").text
-    assert _count(after, ok) - _count(before, ok) == 3
-    assert _count(after, failed) - _count(before, failed) == 1
+    after = scrape(server.url)
+    assert delta(after, before, ok) == 3
+    assert delta(after, before, failed) == 1

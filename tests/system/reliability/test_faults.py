@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from loadtest.common import scrape
 from tests.support.harness import GatedRunner, closed_loop, slow_png
 from tests.support.helpers import HARDENED_TOKEN, encode, photo_like, start_server, stop_server
 from tests.support.tiny import build_tiny_backbone, build_tiny_head
@@ -340,13 +341,11 @@ def test_sigterm_drains_grpc_too(tiny_model_file, tmp_path):
 
 def _wait_read(url: str, count: int, call) -> None:
     """Until the stream's requests in the service's hands or answered reach ``count``."""
-    ok = 'serve_request_success_total{protocol="grpc",route="ModelStreamInfer"} '
+    ok = 'serve_request_success_total{protocol="grpc",route="ModelStreamInfer"}'
     deadline = time.monotonic() + 30
     while True:
-        text = httpx.get(url + "/metrics", timeout=5).text
-        lines = text.splitlines()
-        (pending,) = [float(x.split()[1]) for x in lines if x.startswith("serve_pending_requests ")]
-        answered = sum(float(x.split()[1]) for x in lines if x.startswith(ok))
+        values = scrape(url)
+        pending, answered = values["serve_pending_requests"], values.get(ok, 0.0)
         if pending - 1 + answered >= count:  # - 1: this scrape
             return
         assert not call.done(), f"the stream ended: {call.code()}: {call.details()}"
