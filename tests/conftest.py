@@ -93,9 +93,13 @@ def client(make_client):
 
 @pytest.fixture(scope="session")
 def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
-    """A real ``python -m service`` with the tiny model, shared by the session's tests."""
+    """A real ``python -m service`` with the tiny model, shared by the session's tests. Its
+    gRPC port is served by the native server; the hardened server's, the hostile tests' first
+    and the other servers' by grpcio (the default)."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, log_path)
+    srv = start_server(
+        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_GRPC_SERVER": "native"}, log_path
+    )
     yield srv
     stop_server(srv)
 

@@ -117,6 +117,18 @@ class Gate:
         }
         return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
+    def routes(
+        self, descriptor: ServiceDescriptor, servicer: Any, metered: bool = False
+    ) -> dict[bytes, Route]:
+        """The same handlers for the native server (``native.py``), by their paths."""
+        out = {}
+        for method in descriptor.methods:
+            call = _Call(self, method, getattr(servicer, method.name), metered)
+            serialize = GetMessageClass(method.output_type).SerializeToString
+            path = f"/{descriptor.full_name}/{method.name}".encode()
+            out[path] = Route(method.name, call, method.server_streaming, serialize)
+        return out
+
     def _handler(
         self, method: MethodDescriptor, fn: Callable[..., Any], metered: bool
     ) -> grpc.RpcMethodHandler:
@@ -127,6 +139,17 @@ class Gate:
         if method.server_streaming:
             return grpc.stream_stream_rpc_method_handler(call.streaming, None, serialize)
         return grpc.stream_unary_rpc_method_handler(call.unary, None, serialize)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One method's handler, for the native server: ``call.unary`` or ``call.streaming``
+    (``streaming``: the method answers a stream), and its answer's serializer."""
+
+    name: str
+    call: _Call
+    streaming: bool
+    serialize: Callable[[Any], bytes]
 
 
 # Statuses that are the server's failure (their message carries the trace id, as a 5xx body).
@@ -229,8 +252,12 @@ class _Call:
         ``later``: a message after a stream's first, which may come after a rest."""
         limits = self.gate.limits
         timeout = limits.stream_idle_s if later else limits.message_timeout_s
+        read_within = getattr(context, "read_within", None)  # the native server's: no task
         try:
-            raw = await asyncio.wait_for(context.read(), timeout)
+            if read_within is not None:
+                raw = await read_within(timeout)
+            else:
+                raw = await asyncio.wait_for(context.read(), timeout)
         except TimeoutError:
             if later:
                 raise DeadlineExceeded(

@@ -28,8 +28,10 @@ from ..auth import load_tokens
 from ..dataplane.dataplane import DataPlane
 from ..metrics import Metrics
 from ..settings import Settings
+from . import http2
 from .gate import Gate, Limits
 from .health import HealthServicer
+from .native import NativeServer
 from .servicer import DESCRIPTOR, SERVICE, InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,18 @@ def options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def transport_limits(settings: Settings) -> http2.Limits:
+    """The native server's limits of one connection: grpcio's of :func:`options`."""
+    return http2.Limits(
+        max_streams=settings.grpc_max_concurrent_streams,
+        message_bytes=settings.grpc_max_message_bytes,
+        metadata_bytes=settings.grpc_max_metadata_bytes,
+        idle_s=settings.keepalive_timeout_s,
+        keepalive_s=settings.grpc_keepalive_s,
+        handshake_s=HANDSHAKE_TIMEOUT_MS / 1000,
+    )
+
+
 class GrpcServer:
     """Args:
     plane: the front end's dataplane.
@@ -74,7 +88,6 @@ class GrpcServer:
     def __init__(self, plane: DataPlane, metrics: Metrics, port: int):
         settings = plane.settings
         self.grace_s = settings.graceful_timeout_s
-        self.server = grpc.aio.server(options=options(settings))
         limits = Limits(
             settings.grpc_max_message_bytes,
             settings.grpc_message_timeout_s,
@@ -83,24 +96,35 @@ class GrpcServer:
         gate = Gate(limits, load_tokens(settings), metrics)
         names = (SERVICE, HEALTH.full_name, reflection.SERVICE_NAME)
         self.inference = InferenceServicer(plane, metrics)
-        self.server.add_generic_rpc_handlers(
-            (
-                gate.service(DESCRIPTOR, self.inference, metered=True),
-                gate.service(HEALTH, HealthServicer(plane, (SERVICE,))),
-                gate.service(REFLECTION, ReflectionServicer(names)),
-            )
+        services = (
+            (DESCRIPTOR, self.inference, True),
+            (HEALTH, HealthServicer(plane, (SERVICE,)), False),
+            (REFLECTION, ReflectionServicer(names), False),
         )
         host = settings.host
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        # Raises RuntimeError when the port cannot be bound: the front end does not start.
-        self.port = self.server.add_insecure_port(address)
+        self.server: grpc.aio.Server | NativeServer
+        # Either raises RuntimeError when the port cannot be bound: the front end does not start.
+        if settings.grpc_server == "native":
+            routes = {}
+            for descriptor, servicer, metered in services:
+                routes.update(gate.routes(descriptor, servicer, metered))
+            self.server = NativeServer(routes, transport_limits(settings), host, port)
+            self.port = self.server.port
+        else:
+            self.server = grpc.aio.server(options=options(settings))
+            self.server.add_generic_rpc_handlers(
+                tuple(gate.service(d, servicer, metered) for d, servicer, metered in services)
+            )
+            self.port = self.server.add_insecure_port(address)
         self.address = address
+        self.kind = settings.grpc_server
         self._stopping: asyncio.Future | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.server.start()
-        log.info("gRPC on %s", self.address)
+        log.info("gRPC (%s) on %s", self.kind, self.address)
 
     def drain(self) -> None:
         """Begin :meth:`stop` (from a signal handler too: it only schedules)."""
