@@ -196,3 +196,12 @@ def test_grpc_limits_become_the_services_settings():
 
     Settings(**{k.removeprefix("SERVE_").lower(): v for k, v in env.items() if "_GRPC_" in k})
     assert "maxConcurrentStreams" in template_error("grpc.limits.maxConcurrentStreams=0")
+
+
+def test_grpc_server_is_chosen_by_a_value():
+    assert env_of(server_container(render()))["SERVE_GRPC_SERVER"] == "grpcio"
+    env = env_of(server_container(render(sets=("grpc.server=native",))))
+    assert env["SERVE_GRPC_SERVER"] == "native"
+    assert "server" in template_error("grpc.server=h2")
+    # Set from the value only: naming it in `settings` fails the render.
+    assert "grpc.server" in template_error("settings.SERVE_GRPC_SERVER=native")
