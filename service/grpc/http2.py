@@ -36,6 +36,7 @@ import asyncio
 import base64
 import collections
 import logging
+import socket
 import struct
 import time
 import zlib
@@ -74,10 +75,16 @@ WRITE_HIGH_WATER = 256 * 1024
 # grpcio's server did.
 PING_INTERVAL_S = 10.0
 PING_STRIKES = 2
-# Streams a client may reset per second before the connection is closed (CVE-2023-44487).
+# Calls a client may cancel (RST_STREAM while the server works on them) per second, with a
+# burst of as many: past it, the connection's new streams are refused (REFUSED_STREAM, safe to
+# retry) until the rate falls back, as grpcio does; the calls in flight go on. Streams opened
+# and reset at once are the "rapid reset" attack (CVE-2023-44487): each starts work the client
+# never waits for.
 RESETS_PER_S = 200
 # How long a keep-alive ping may go unanswered before the peer is taken for gone.
 PING_TIMEOUT_S = 20.0
+# How long a closing connection reads and drops what the peer still sends (see _shut).
+LINGER_S = 1.0
 
 _FRAME_HEADER = struct.Struct(">I")  # length (24 bits) and type as one word; then flags, id
 _ID = struct.Struct(">I")
@@ -418,7 +425,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.ping_last = 0.0
         self.ping_strikes = 0
-        self.resets: collections.deque[float] = collections.deque()
+        self.reset_budget = float(RESETS_PER_S)
+        self.reset_at = time.monotonic()
         self.last_active = time.monotonic()
         self.last_received = self.last_active
         self.ping_sent: float | None = None
@@ -429,6 +437,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # answers are small writes: none may wait for the peer's ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         settings = b"".join(
             _SETTING.pack(k, v)
@@ -673,7 +684,7 @@ class Connection(asyncio.Protocol):
         if self.going_away:
             self.transport.write(frame(RST_STREAM, 0, sid, _ID.pack(REFUSED_STREAM)))
             return
-        if len(self.streams) >= self.limits.max_streams:
+        if len(self.streams) >= self.limits.max_streams or self._resets_left() < 0:
             self.transport.write(frame(RST_STREAM, 0, sid, _ID.pack(REFUSED_STREAM)))
             return
         stream = Stream(self, sid, headers)
@@ -773,15 +784,18 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "a malformed RST_STREAM")
         if sid > self.last_id:
             raise ConnectionError_(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
-        now = time.monotonic()
-        self.resets.append(now)
-        while self.resets and self.resets[0] < now - 1.0:
-            self.resets.popleft()
-        if len(self.resets) > RESETS_PER_S:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, "too_many_resets")
         stream = self.streams.get(sid)
         if stream is not None:
+            self._resets_left(spend=1)
             self._end_stream(stream, "the client cancelled the call")
+
+    def _resets_left(self, spend: int = 0) -> float:
+        """The reset budget (a token bucket of :data:`RESETS_PER_S`), less ``spend``."""
+        now = time.monotonic()
+        refill = (now - self.reset_at) * RESETS_PER_S
+        self.reset_budget = min(float(RESETS_PER_S), self.reset_budget + refill) - spend
+        self.reset_at = now
+        return self.reset_budget
 
     def _goaway(self, sid: int) -> None:
         if sid != 0:
@@ -844,9 +858,10 @@ class Connection(asyncio.Protocol):
 
     def refuse(self, stream: Stream, code: int, message: str) -> None:
         """Ends a call with a status from the transport (its handler, if any, is cancelled);
-        answers still waiting for windows are dropped."""
+        answers still waiting for windows, and the status after them, are dropped."""
         stream.out.clear()
         stream.out_bytes = 0
+        stream.out_end = None
         stream.finish(code, message)
         self._end_stream(stream, message)
 
@@ -895,19 +910,36 @@ class Connection(asyncio.Protocol):
 
     def _close_if_done(self) -> None:
         if self.going_away and not self.streams and not self.closed:
-            self.closed = True
-            self.transport.close()
+            self._shut()
+
+    def _shut(self) -> None:
+        """Closes the connection lingering: our side is shut for writing (so what we wrote,
+        GOAWAY last, reaches the peer), and what the peer still sends is read and dropped for
+        up to :data:`LINGER_S`. Closing with its bytes unread would make the kernel reset the
+        connection, and the peer could lose the GOAWAY that says why."""
+        self.closed = True
+        for stream in list(self.streams.values()):
+            self._end_stream(stream, "the connection closed")
+        transport = self.transport
+        try:
+            transport.write_eof()
+        except (OSError, NotImplementedError, RuntimeError):  # the peer is gone already
+            transport.close()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        self.loop.call_later(LINGER_S, transport.close)
 
     def abort(self, code: int, debug: str) -> None:
         """A connection error: GOAWAY with its code, the connection closed."""
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.closed:
             return
         log.debug("HTTP/2 connection error %d: %s", code, debug)
         self.transport.write(
             frame(GOAWAY, 0, 0, _ID.pack(self.last_id) + _ID.pack(code) + debug.encode()[:256])
         )
-        self.closed = True
-        self.transport.close()
+        self._shut()
 
     def close(self) -> None:
         """Closed at once (the end of the graceful timeout): the calls left are cancelled."""

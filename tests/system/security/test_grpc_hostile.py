@@ -302,7 +302,7 @@ def test_rapid_resets(hostile, bounded_memory):
                 conn.reset(sid)
                 if i % 500 == 0:
                     conn.pump(time.monotonic() + 0.01)
-        except OSError:  # closed under us (the native server's GOAWAY ENHANCE_YOUR_CALM)
+        except OSError:  # the server closed the connection under us
             conn.closed = True
         if not conn.closed:
             sid = conn.call(
