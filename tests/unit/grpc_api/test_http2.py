@@ -50,6 +50,7 @@ WINDOW_UPDATE, CONTINUATION = 8, 9
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0, 1, 6, 7, 8
 ENHANCE_YOUR_CALM = 11
+RESETS_PER_S = 200  # the server's reset budget (http2.RESETS_PER_S)
 S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE = 3, 4
 
 MESSAGE_BYTES = 32 * 1024
@@ -732,6 +733,22 @@ def test_streams_past_the_limit_are_refused(server):
         eventually(lambda: server.handlers.cancelled == ["slow"])
         reply = wire.answer(wire.call(ECHO, b"room"))
     assert reply.status == 0, reply
+
+
+def test_rapid_resets_refuse_new_streams_until_the_rate_falls(server):
+    """Calls opened and cancelled at once, past the reset budget (200, refilled at 200 a
+    second): the connection's next stream is refused (REFUSED_STREAM, safe to retry), the
+    connection stays open, and once the budget refills a stream is served again."""
+    with Wire(server.port) as wire:
+        for _ in range(RESETS_PER_S + 50):
+            sid = wire.call(SLOW, b"")
+            wire.send(frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL)))
+        reply = wire.answer(wire.call(ECHO, b"too soon"))
+        assert reply.reset == REFUSED_STREAM and not reply.blocks, reply
+        time.sleep(1.0)  # a full second refills the budget
+        reply = wire.answer(wire.call(ECHO, b"later"))
+    assert reply.status == 0, reply
+    assert server.handlers.seen == [b"later"]
 
 
 def test_metadata_over_the_limit_is_resource_exhausted(server):
