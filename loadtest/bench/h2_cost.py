@@ -22,6 +22,7 @@ CONTINUATION, the peer's windows, limits): what writing one would buy against gr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import struct
 import time
@@ -144,12 +145,96 @@ class Framed:
         return b"".join(out)
 
 
+class _Sink:
+    """The transport of a :class:`service.grpc.http2.Connection` timed without sockets."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def take(self) -> bytes:
+        data, self.out = b"".join(self.out), []
+        return data
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def _native(calls: int, message: bytes) -> float:
+    """CPU seconds the native server's transport (``service/grpc/http2.py``) spends on
+    ``calls`` unary calls, its handler a task that reads the message and answers (as
+    ``native.py`` runs them), on this event loop."""
+    from service.grpc.http2 import Connection, Limits
+
+    answered = 0
+
+    async def handle(stream) -> None:
+        nonlocal answered
+        if await stream.read(10.0) is None:
+            raise SystemExit("native: the handler read no message")
+        stream.answer(ANSWER[5:])
+        answered += 1
+
+    loop = asyncio.get_running_loop()
+    limits = Limits(32, 8 << 20, 16 << 10, idle_s=60.0, keepalive_s=60.0)
+    server = Connection(limits, lambda stream: loop.create_task(handle(stream)), lambda c: None)
+    sink = _Sink()
+    server.connection_made(sink)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 30})
+    client.increment_flow_control_window(1 << 30)
+    server.data_received(client.data_to_send())
+    client.receive_data(sink.take())
+    server.data_received(client.data_to_send())
+    spent = 0.0
+    for call in range(calls):
+        stream = client.get_next_available_stream_id()
+        client.send_headers(stream, REQUEST_HEADERS)
+        for at in range(0, len(message), FRAME):
+            end = at + FRAME >= len(message)
+            client.send_data(stream, message[at : at + FRAME], end_stream=end)
+        frames = client.data_to_send()
+        start = time.process_time()
+        server.data_received(frames)
+        while answered <= call:  # the handler's task runs on the next turns of the loop
+            await asyncio.sleep(0)
+        spent += time.process_time() - start
+        ok = False
+        for event in client.receive_data(sink.take()):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if isinstance(event, h2.events.TrailersReceived):
+                ok = dict(event.headers).get(b"grpc-status") == b"0"
+        if not ok:
+            raise SystemExit("native: the client read no grpc-status 0 for its call")
+        server.data_received(client.data_to_send())
+        sink.take()
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--bytes", type=int, default=115_000, help="the request message")
     args = parser.parse_args()
     message = b"\0" + args.bytes.to_bytes(4, "big") + os.urandom(args.bytes)
+    import uvloop
+
+    spent = uvloop.run(_native(args.calls, message))
+    print(
+        f"native (service/grpc/http2.py, uvloop): {1e6 * spent / args.calls:.0f} µs of CPU per "
+        f"unary call on the server side, the handler's task included ({len(message):,}-byte "
+        f"message, {args.calls} calls)"
+    )
     for way in ("h2", "framed"):
         client, server = connected()
         framed = Framed()

@@ -45,7 +45,7 @@ class Context:
         message = await self.stream.read()
         return grpc.aio.EOF if message is None else message
 
-    async def read_within(self, timeout: float) -> bytes | None:
+    async def read_within(self, timeout: float) -> bytes | bytearray | None:
         """The next message, or None at the end of the client's side; ``TimeoutError`` when
         none completes within ``timeout`` (the gate's bound, without a task per read)."""
         return await self.stream.read(timeout)
