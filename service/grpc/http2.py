@@ -207,7 +207,7 @@ class Stream:
         "id", "conn", "headers", "path", "deadline", "encoding", "inbox", "waiter",
         "remote_closed", "closed", "rx", "body", "expected", "compressed", "held", "owed",
         "send_window", "out", "out_bytes",
-        "out_end", "headers_sent", "task", "timer", "expired", "writable", "error",
+        "out_end", "headers_sent", "task", "timer", "writable", "error",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, stream_id: int, headers: list[tuple[bytes, bytes]]):
@@ -234,7 +234,6 @@ class Stream:
         self.headers_sent = False
         self.task: asyncio.Future | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.expired = False
         self.writable: asyncio.Future | None = None
         self.error: str | None = None  # why no more messages come (a transport-level end)
 
@@ -317,13 +316,14 @@ class Stream:
         conn.write(head + frame(DATA, 0, self.id, message))
 
     def answer(self, payload: bytes) -> None:
-        """A unary call's one answer and its OK status, in one write when the windows allow."""
+        """A unary call's one answer and its OK status, in one write when the windows allow.
+        Nothing if the stream has ended meanwhile (the client reset it, its deadline passed)."""
+        if self.closed:
+            return
         conn = self.conn
         message = b"\0" + len(payload).to_bytes(4, "big") + payload
-        if (
-            self.closed
-            or self.headers_sent
-            or len(message) > min(self.send_window, conn.send_window, conn.peer_frame)
+        if self.headers_sent or len(message) > min(
+            self.send_window, conn.send_window, conn.peer_frame
         ):
             self.send_message(payload)
             self.finish(0)
@@ -372,6 +372,24 @@ _TRANSPORT_FIELDS = frozenset(
     (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding")
 )
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def _not_grpc(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The HTTP status for a request that is not a gRPC call (b"" for one that is): 405 for a
+    method other than POST, 415 for a content-type other than application/grpc[+...|;...]."""
+    method = content_type = b""
+    for name, value in headers:
+        if name == b":method":
+            method = value
+        elif name == b"content-type":
+            content_type = value
+    if method != b"POST":
+        return b"405"
+    if content_type != b"application/grpc" and not content_type.startswith(
+        (b"application/grpc+", b"application/grpc;")
+    ):
+        return b"415"
+    return b""
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -718,6 +736,13 @@ class Connection(asyncio.Protocol):
         if len(self.streams) >= self.limits.max_streams or self._resets_left() < 0:
             self.transport.write(frame(RST_STREAM, 0, sid, _ID.pack(REFUSED_STREAM)))
             return
+        status = _not_grpc(headers)
+        if status:  # an HTTP status alone, as the gRPC spec asks of a server
+            answer = frame(HEADERS, END_HEADERS | END_STREAM, sid, b"\x08\x03" + status)
+            if not end_stream:
+                answer += frame(RST_STREAM, 0, sid, _ID.pack(NO_ERROR))
+            self.write(answer)
+            return
         stream = Stream(self, sid, headers)
         stream.remote_closed = end_stream
         self.streams[sid] = stream
@@ -937,7 +962,6 @@ class Connection(asyncio.Protocol):
     def _expire(self, stream: Stream) -> None:
         """The client's deadline passed: the call ends DEADLINE_EXCEEDED."""
         stream.timer = None
-        stream.expired = True
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
         self.refuse(stream, 4, "Deadline Exceeded")

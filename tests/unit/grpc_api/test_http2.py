@@ -39,7 +39,7 @@ import pytest
 from service.grpc.gate import Route
 from service.grpc.http2 import Limits
 from service.grpc.native import NativeServer
-from tests.support.h2raw import RawH2, frame, grpc_frame
+from tests.support.h2raw import Answer, RawH2, frame, grpc_frame
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -750,6 +750,33 @@ def test_rapid_resets_refuse_new_streams_until_the_rate_falls(server):
         reply = wire.answer(wire.call(ECHO, b"later"))
     assert reply.status == 0, reply
     assert server.handlers.seen == [b"later"]
+
+
+@pytest.mark.parametrize(
+    ("method", "content_type", "status"),
+    [("GET", "application/grpc", "405"), ("POST", "application/json", "415")],
+)
+def test_a_request_that_is_not_a_grpc_call_gets_an_http_status(
+    server, method, content_type, status
+):
+    """The gRPC spec's answer to what is not a gRPC call: an HTTP status, no grpc-status; the
+    handler never runs."""
+    with RawH2(f"127.0.0.1:{server.port}") as client:
+        headers = [
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", client.authority),
+            (":path", ECHO),
+            ("content-type", content_type),
+        ]
+        sid = client.conn.get_next_available_stream_id()
+        client.answers[sid] = Answer()
+        client.conn.send_headers(sid, headers, end_stream=True)
+        client.flush()
+        answer = client.wait(sid, timeout_s=5)
+    assert answer.headers.get(":status") == status, answer
+    assert answer.grpc_status is None and answer.ended
+    assert server.handlers.seen == []
 
 
 def test_metadata_over_the_limit_is_resource_exhausted(server):
