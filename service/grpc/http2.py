@@ -81,8 +81,6 @@ PING_STRIKES = 2
 # and reset at once are the "rapid reset" attack (CVE-2023-44487): each starts work the client
 # never waits for.
 RESETS_PER_S = 200
-# How long a keep-alive ping may go unanswered before the peer is taken for gone.
-PING_TIMEOUT_S = 20.0
 # How long a closing connection reads and drops what the peer still sends (see _shut).
 LINGER_S = 1.0
 
@@ -101,6 +99,7 @@ class Limits:
     idle_s: a connection without streams for this long is closed (GOAWAY).
     keepalive_s: a connection silent this long is pinged.
     handshake_s: the preface and the acknowledgement of our SETTINGS must come within this.
+    ping_timeout_s: a keep-alive ping unanswered this long: the peer is taken for gone.
     """
 
     max_streams: int
@@ -109,6 +108,7 @@ class Limits:
     idle_s: float
     keepalive_s: float
     handshake_s: float = 5.0
+    ping_timeout_s: float = 20.0
 
 
 class ConnectionError_(Exception):
@@ -1031,7 +1031,7 @@ class Connection(asyncio.Protocol):
             self.abort(NO_ERROR, "max_idle")
             return
         if self.ping_sent is not None:
-            if now - self.ping_sent > PING_TIMEOUT_S:
+            if now - self.ping_sent > self.limits.ping_timeout_s:
                 self.abort(NO_ERROR, "keepalive_timeout")
                 return
         elif now - self.last_received > self.limits.keepalive_s:

@@ -75,6 +75,7 @@ def transport_limits(settings: Settings) -> http2.Limits:
         idle_s=settings.keepalive_timeout_s,
         keepalive_s=settings.grpc_keepalive_s,
         handshake_s=HANDSHAKE_TIMEOUT_MS / 1000,
+        ping_timeout_s=KEEPALIVE_TIMEOUT_MS / 1000,
     )
 
 

@@ -865,6 +865,33 @@ def test_idle_connection_is_closed_with_goaway(serve):
     assert 0.5 <= elapsed < 4
 
 
+def test_a_silent_connection_is_pinged_and_kept_while_it_answers(serve):
+    server = serve(keepalive_s=0.5, ping_timeout_s=1.5)
+    with Wire(server.port) as wire:
+        wire.settle()
+        pings = [f for f in wire.quiet(2.5) if f.kind == PING and not f.flags & ACK]
+        assert pings, "no keep-alive ping on a silent connection"
+        wire.send(frame(PING, ACK, 0, bytes(pings[0].payload)))
+        # Answered: the connection stays (pinged again, and answered, while the test waits).
+        for got in wire.quiet(2.5):
+            assert got.kind != GOAWAY, got
+            if got.kind == PING and not got.flags & ACK:
+                wire.send(frame(PING, ACK, 0, bytes(got.payload)))
+        assert not wire.eof
+
+
+def test_a_peer_that_does_not_answer_the_ping_is_dropped(serve):
+    server = serve(keepalive_s=0.5, ping_timeout_s=0.5)
+    with Wire(server.port) as wire:
+        wire.settle()
+        start = time.monotonic()
+        frames = wire.closed(timeout_s=6)
+        elapsed = time.monotonic() - start
+    assert any(f.kind == PING and not f.flags & ACK for f in frames)
+    assert wire.goaway is not None and wire.goaway[2] == b"keepalive_timeout"
+    assert 1.0 <= elapsed < 5
+
+
 def test_connections_disable_nagles_algorithm(server):
     """Small frames (answers right after a WINDOW_UPDATE) go out at once: TCP_NODELAY is set
     on the server's side of each connection, as asyncio's own create_server(host, port)
