@@ -118,7 +118,7 @@ def classify(url: str, expected: list[dict]) -> None:
     compare(body["predictions"][0], expected, f"POST {url}/v1/classify")
 
 
-def grpc_classify(target: str, model: str, expected: list[dict]) -> None:
+def grpc_classify(target: str, model: str, expected: list[dict], token: str = "") -> None:
     import grpc
 
     from service.grpc.generated import grpc_service_pb2 as pb
@@ -130,7 +130,9 @@ def grpc_classify(target: str, model: str, expected: list[dict]) -> None:
     output.parameters["classification"].int64_param = TOP_K
     request = pb.ModelInferRequest(model_name=model, inputs=[tensor], outputs=[output])
     with grpc.insecure_channel(target) as channel:
-        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+        metadata = [("authorization", f"Bearer {token}")] if token else None
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        response = stub.ModelInfer(request, timeout=60, metadata=metadata)
     out = response.outputs[0]
     if out.contents.bytes_contents:
         strings = list(out.contents.bytes_contents)
@@ -213,6 +215,7 @@ def main() -> int:
         p.add_argument("--url" if name == "classify" else "--target", required=True)
         if name == "grpc":
             p.add_argument("--model", default="resnet50")
+            p.add_argument("--token", default="", help="bearer token sent as metadata")
     p = sub.add_parser("wheel-gaps")
     p.add_argument("--wheels", type=Path, required=True)
     p.add_argument("--python", required=True)
@@ -229,7 +232,9 @@ def main() -> int:
     elif args.command == "classify":
         classify(args.url, json.loads(args.expected.read_text()))
     elif args.command == "grpc":
-        grpc_classify(args.target, args.model, json.loads(args.expected.read_text()))
+        grpc_classify(
+            args.target, args.model, json.loads(args.expected.read_text()), args.token
+        )
     elif args.command == "wheel-gaps":
         print("\n".join(wheel_gaps(args.wheels, args.python)))
     elif args.command == "steady":

@@ -250,10 +250,12 @@ drain_refused() {
 }
 
 # The upgrade turns authentication on: the client sends its token from the start (a service
-# without authentication ignores it), and `helm test` must then pass with the token too.
+# without authentication ignores it), and `helm test` must then pass with the token too. It
+# also moves the gRPC port to the native server (`grpc.server`), which a gRPC call through the
+# Service then reaches.
 TOKEN=e2e-token-$RANDOM$RANDOM
 upgrade_without_drops() {
-  step "helm upgrade (authentication on) while a client keeps calling through the Service"
+  step "helm upgrade (authentication on, the native gRPC server) while a client keeps calling through the Service"
   local ip
   ip=$(kube get service "$FULLNAME" -o jsonpath='{.spec.clusterIP}')
   wait_for "kube-proxy's rule for $ip" 30 sh -c "iptables -t nat -S | grep -q -- '-d $ip/32'"
@@ -264,7 +266,8 @@ upgrade_without_drops() {
   local old
   old=$(server_pod)
   helm upgrade "$RELEASE" charts/resnet-serve --namespace "$NS" --reuse-values \
-    --set-string secretSettings.SERVE_AUTH_TOKENS="$TOKEN" --wait --timeout 10m
+    --set-string secretSettings.SERVE_AUTH_TOKENS="$TOKEN" --set grpc.server=native \
+    --wait --timeout 10m
   kube rollout status "deployment/$FULLNAME" --timeout 5m
   WAIT_LOG= wait_for "the old pod $old to go" 120 sh -c "! kubectl -n $NS get pod $old"
   sleep 3
@@ -287,6 +290,18 @@ EOF
     --data-binary @"$STATE/expected.json" "http://$ip/v1/classify")
   [ "$status" = 401 ] || fail "without a token: HTTP $status, expected 401 (authentication off?)"
   helm test "$RELEASE" --namespace "$NS" --logs --timeout 5m
+
+  step "port-forward: classify over gRPC on the native server, with the token"
+  local http grpc
+  http=$(free_port) grpc=$(free_port)
+  bg port-forward-native kubectl --namespace "$NS" port-forward "service/$FULLNAME" \
+    "$http:80" "$grpc:8001"
+  wait_for "port-forward" 30 curl -fs "http://127.0.0.1:$http/readyz"
+  "$PYTHON" scripts/e2e/checks.py grpc --target "127.0.0.1:$grpc" \
+    --expected "$STATE/expected.json" --token "$TOKEN"
+  pkill_own port-forward-native
+  kube logs "deployment/$FULLNAME" -c server | grep -q 'gRPC (native)' \
+    || fail "the server's log says no native gRPC server"
 }
 
 scheduler_reason() {
