@@ -32,6 +32,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import hpack
+import uvloop
 
 FRAME = 16_384  # HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which grpc clients keep
 REQUEST_HEADERS = [
@@ -168,6 +169,27 @@ class _Sink:
         return False
 
 
+def _request(client: h2.connection.H2Connection, message: bytes) -> bytes:
+    """The client's frames of one unary call carrying ``message``."""
+    stream = client.get_next_available_stream_id()
+    client.send_headers(stream, REQUEST_HEADERS)
+    for at in range(0, len(message), FRAME):
+        end = at + FRAME >= len(message)
+        client.send_data(stream, message[at : at + FRAME], end_stream=end)
+    return client.data_to_send()
+
+
+def _answered(client: h2.connection.H2Connection, data: bytes) -> bool:
+    """Whether the server's bytes end the call with grpc-status 0 (its DATA acknowledged)."""
+    ok = False
+    for event in client.receive_data(data):
+        if isinstance(event, h2.events.DataReceived):
+            client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        if isinstance(event, h2.events.TrailersReceived):
+            ok = dict(event.headers).get(b"grpc-status") == b"0"
+    return ok
+
+
 async def _native(calls: int, message: bytes) -> float:
     """CPU seconds the native server's transport (``service/grpc/http2.py``) spends on
     ``calls`` unary calls, its handler a task that reads the message and answers (as
@@ -197,24 +219,13 @@ async def _native(calls: int, message: bytes) -> float:
     server.data_received(client.data_to_send())
     spent = 0.0
     for call in range(calls):
-        stream = client.get_next_available_stream_id()
-        client.send_headers(stream, REQUEST_HEADERS)
-        for at in range(0, len(message), FRAME):
-            end = at + FRAME >= len(message)
-            client.send_data(stream, message[at : at + FRAME], end_stream=end)
-        frames = client.data_to_send()
+        frames = _request(client, message)
         start = time.process_time()
         server.data_received(frames)
         while answered <= call:  # the handler's task runs on the next turns of the loop
             await asyncio.sleep(0)
         spent += time.process_time() - start
-        ok = False
-        for event in client.receive_data(sink.take()):
-            if isinstance(event, h2.events.DataReceived):
-                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            if isinstance(event, h2.events.TrailersReceived):
-                ok = dict(event.headers).get(b"grpc-status") == b"0"
-        if not ok:
+        if not _answered(client, sink.take()):
             raise SystemExit("native: the client read no grpc-status 0 for its call")
         server.data_received(client.data_to_send())
         sink.take()
@@ -227,8 +238,6 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, default=115_000, help="the request message")
     args = parser.parse_args()
     message = b"\0" + args.bytes.to_bytes(4, "big") + os.urandom(args.bytes)
-    import uvloop
-
     spent = uvloop.run(_native(args.calls, message))
     print(
         f"native (service/grpc/http2.py, uvloop): {1e6 * spent / args.calls:.0f} µs of CPU per "
@@ -240,22 +249,11 @@ def main() -> None:
         framed = Framed()
         spent = 0.0
         for _ in range(args.calls):
-            stream = client.get_next_available_stream_id()
-            client.send_headers(stream, REQUEST_HEADERS)
-            for at in range(0, len(message), FRAME):
-                end = at + FRAME >= len(message)
-                client.send_data(stream, message[at : at + FRAME], end_stream=end)
-            frames = client.data_to_send()
+            frames = _request(client, message)
             start = time.process_time()
             answer = serve(server, frames) if way == "h2" else framed.receive(frames)
             spent += time.process_time() - start
-            answered = False
-            for event in client.receive_data(answer):
-                if isinstance(event, h2.events.DataReceived):
-                    client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                if isinstance(event, h2.events.TrailersReceived):
-                    answered = dict(event.headers).get(b"grpc-status") == b"0"
-            if not answered:
+            if not _answered(client, answer):
                 raise SystemExit(f"{way}: the client read no grpc-status 0 for its call")
             if way == "h2":
                 server.receive_data(client.data_to_send())
