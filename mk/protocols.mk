@@ -29,5 +29,15 @@ $(GRPC_CLIENTS)/grpc-js/.installed: $(INTEROP)/grpc_js/package.json $(INTEROP)/g
 	cd $(GRPC_CLIENTS)/grpc-js && npm install --silent --no-audit --no-fund
 	@touch $@
 
+# Real HTTP/2 proxies in front of the gRPC port for the same tests: nginx's grpc_pass (what
+# ingress-nginx runs) and HAProxy, from Debian's packages (tests/support/proxies.py runs them).
+TEST_PREREQS += proxies
+
+.PHONY: proxies
+proxies: ## Install Debian's nginx and haproxy if they are not on PATH (the gRPC proxy tests)
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null 2>&1 && \
+	  { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null 2>&1 || \
+	  { apt-get update && apt-get install -y --no-install-recommends nginx haproxy; }
+
 .PHONY: grpc-clients
 grpc-clients: $(GRPC_CLIENTS)/grpc-go $(GRPC_CLIENTS)/grpc-js/.installed ## Build the grpc-go and grpc-js clients of the gRPC interoperability tests

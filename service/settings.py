@@ -66,10 +66,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     # TCP port of the KServe V2 gRPC service (and grpc.health.v1, reflection); 0: no gRPC.
     grpc_port: int = Field(8001, ge=0, le=65535)
-    # What serves the gRPC port: grpcio's server, or native (this project's HTTP/2 on the
-    # front end's own event loop: the same calls and limits at less CPU per call;
-    # docs/PROTOCOLS.md, "gRPC servers").
-    grpc_server: Literal["grpcio", "native"] = "grpcio"
+    # What serves the gRPC port: native (this project's HTTP/2 on the front end's own event
+    # loop) or grpcio's server: the same calls and limits, native at less CPU per call;
+    # docs/PROTOCOLS.md, "gRPC servers".
+    grpc_server: Literal["grpcio", "native"] = "native"
     # debug | info | warning | error.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # text for people, json (one object per line) for log pipelines.

@@ -94,12 +94,10 @@ def client(make_client):
 @pytest.fixture(scope="session")
 def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
     """A real ``python -m service`` with the tiny model, shared by the session's tests. Its
-    gRPC port is served by the native server; the hardened server's, the hostile tests' first
-    and the other servers' by grpcio (the default)."""
+    gRPC port is served by the native server (the default), as are the other servers'; the
+    hardened server's and the hostile tests' first by grpcio's."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    srv = start_server(
-        {"SERVE_WEIGHTS": str(tiny_model_file), "SERVE_GRPC_SERVER": "native"}, log_path
-    )
+    srv = start_server({"SERVE_WEIGHTS": str(tiny_model_file)}, log_path)
     yield srv
     stop_server(srv)
 
@@ -108,7 +106,8 @@ def server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
 def hardened_server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
     """A real server with the production protections on and small limits, for the reliability
     and security tests: bearer tokens, JSON logs with access lines, 1 s keep-alive, 1 MB body
-    and gRPC message, 4 KB request head. Requests need ``Authorization: Bearer HARDENED_TOKEN``."""
+    and gRPC message, 4 KB request head, grpcio's gRPC server. Requests need
+    ``Authorization: Bearer HARDENED_TOKEN``."""
     log_path = tmp_path_factory.mktemp("hardened") / "server.log"
     srv = start_server(
         {
@@ -120,6 +119,7 @@ def hardened_server(tiny_model_file, tmp_path_factory) -> Iterator[Server]:
             "SERVE_MAX_BODY_BYTES": str(1024 * 1024),
             "SERVE_GRPC_MAX_MESSAGE_BYTES": str(1024 * 1024),
             "SERVE_MAX_HEADER_BYTES": "4096",
+            "SERVE_GRPC_SERVER": "grpcio",
         },
         log_path,
     )

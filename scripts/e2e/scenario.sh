@@ -110,6 +110,7 @@ EOF
   pkill_own port-forward
   kube logs "deployment/$FULLNAME" -c server >"$LOGS/server.log"
   grep -q '"levelname"\|"level"' "$LOGS/server.log" || fail "kubectl logs: no JSON log lines"
+  grep -q 'gRPC (native)' "$LOGS/server.log" || fail "the server's log says no native gRPC server"
   grep -c . "$LOGS/server.log" | xargs echo "kubectl logs: lines:"
 }
 
@@ -251,11 +252,11 @@ drain_refused() {
 
 # The upgrade turns authentication on: the client sends its token from the start (a service
 # without authentication ignores it), and `helm test` must then pass with the token too. It
-# also moves the gRPC port to the native server (`grpc.server`), which a gRPC call through the
-# Service then reaches.
+# also moves the gRPC port from the native server (the default) to grpcio's (`grpc.server`),
+# which a gRPC call through the Service then reaches.
 TOKEN=e2e-token-$RANDOM$RANDOM
 upgrade_without_drops() {
-  step "helm upgrade (authentication on, the native gRPC server) while a client keeps calling through the Service"
+  step "helm upgrade (authentication on, grpcio's gRPC server) while a client keeps calling through the Service"
   local ip
   ip=$(kube get service "$FULLNAME" -o jsonpath='{.spec.clusterIP}')
   wait_for "kube-proxy's rule for $ip" 30 sh -c "iptables -t nat -S | grep -q -- '-d $ip/32'"
@@ -266,7 +267,7 @@ upgrade_without_drops() {
   local old
   old=$(server_pod)
   helm upgrade "$RELEASE" charts/resnet-serve --namespace "$NS" --reuse-values \
-    --set-string secretSettings.SERVE_AUTH_TOKENS="$TOKEN" --set grpc.server=native \
+    --set-string secretSettings.SERVE_AUTH_TOKENS="$TOKEN" --set grpc.server=grpcio \
     --wait --timeout 10m
   kube rollout status "deployment/$FULLNAME" --timeout 5m
   WAIT_LOG= wait_for "the old pod $old to go" 120 sh -c "! kubectl -n $NS get pod $old"
@@ -291,17 +292,17 @@ EOF
   [ "$status" = 401 ] || fail "without a token: HTTP $status, expected 401 (authentication off?)"
   helm test "$RELEASE" --namespace "$NS" --logs --timeout 5m
 
-  step "port-forward: classify over gRPC on the native server, with the token"
+  step "port-forward: classify over gRPC on grpcio's server, with the token"
   local http grpc
   http=$(free_port) grpc=$(free_port)
-  bg port-forward-native kubectl --namespace "$NS" port-forward "service/$FULLNAME" \
+  bg port-forward-grpcio kubectl --namespace "$NS" port-forward "service/$FULLNAME" \
     "$http:80" "$grpc:8001"
   wait_for "port-forward" 30 curl -fs "http://127.0.0.1:$http/readyz"
   "$PYTHON" scripts/e2e/checks.py grpc --target "127.0.0.1:$grpc" \
     --expected "$STATE/expected.json" --token "$TOKEN"
-  pkill_own port-forward-native
-  kube logs "deployment/$FULLNAME" -c server | grep -q 'gRPC (native)' \
-    || fail "the server's log says no native gRPC server"
+  pkill_own port-forward-grpcio
+  kube logs "deployment/$FULLNAME" -c server | grep -q 'gRPC (grpcio)' \
+    || fail "the server's log says no grpcio gRPC server"
 }
 
 scheduler_reason() {

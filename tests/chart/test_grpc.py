@@ -199,9 +199,9 @@ def test_grpc_limits_become_the_services_settings():
 
 
 def test_grpc_server_is_chosen_by_a_value():
-    assert env_of(server_container(render()))["SERVE_GRPC_SERVER"] == "grpcio"
-    env = env_of(server_container(render(sets=("grpc.server=native",))))
-    assert env["SERVE_GRPC_SERVER"] == "native"
+    assert env_of(server_container(render()))["SERVE_GRPC_SERVER"] == "native"
+    env = env_of(server_container(render(sets=("grpc.server=grpcio",))))
+    assert env["SERVE_GRPC_SERVER"] == "grpcio"
     assert "server" in template_error("grpc.server=h2")
     # Set from the value only: naming it in `settings` fails the render.
     assert "grpc.server" in template_error("settings.SERVE_GRPC_SERVER=native")

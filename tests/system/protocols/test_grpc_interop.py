@@ -1,6 +1,9 @@
 """The gRPC port against clients of other gRPC implementations than grpcio's: grpc-go (what
 Kubernetes' gRPC probes are written on) and grpc-js (Node's own HTTP/2), on the shared server,
-whose gRPC port the native server serves (``SERVE_GRPC_SERVER=native``).
+whose gRPC port the native server serves (``SERVE_GRPC_SERVER``'s default), straight and
+through the two HTTP/2 proxies a gRPC backend commonly sits behind: nginx's ``grpc_pass``
+(ingress-nginx) and HAProxy (``tests/support/proxies.py``). A proxy is a client of its own to
+the server: its HTTP/2 settings, windows, header order and trailers are its implementation's.
 
 Each client (``tests/support/interop/``, built by ``make grpc-clients``, a prerequisite of
 ``make test``) takes a list of calls as JSON, makes them in turn on one connection with raw
@@ -20,6 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from service.grpc.generated import grpc_service_pb2 as pb
+from tests.support.proxies import PROXIES, start_proxy, stop_proxy
 
 ROOT = Path(__file__).resolve().parents[3]
 CLIENTS = ROOT / ".tools" / "grpc-clients"
@@ -38,16 +42,31 @@ def _code(name: str) -> str:
     return "CANCELLED" if code == "CANCELED" else code
 
 
-@pytest.fixture(params=sorted(COMMANDS))
-def client(request, server):
-    """Runs a list of calls through one client implementation; their outcomes back."""
-    command = COMMANDS[request.param]
+@pytest.fixture(scope="module")
+def routes(server, tmp_path_factory):
+    """The shared server's gRPC address, straight and through each proxy."""
+    folder = tmp_path_factory.mktemp("proxies")
+    started = {name: start_proxy(name, server.grpc, folder / name) for name in PROXIES}
+    yield {"direct": server.grpc, **{name: address for name, (_, address) in started.items()}}
+    for process, _ in started.values():
+        stop_proxy(process)
+
+
+@pytest.fixture(
+    params=[(impl, route) for route in ("direct", *PROXIES) for impl in sorted(COMMANDS)],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def client(request, routes):
+    """Runs a list of calls through one client implementation, straight or through a proxy;
+    their outcomes back."""
+    impl, route = request.param
+    command = COMMANDS[impl]
     if not Path(command[-1]).exists():
         pytest.fail(f"{command[-1]} is not built: run `make grpc-clients` (make test does)")
 
     def run(*calls: dict) -> list[dict]:
         done = subprocess.run(
-            [*command, server.grpc],
+            [*command, routes[route]],
             input=json.dumps(list(calls)),
             capture_output=True,
             text=True,
@@ -146,3 +165,32 @@ def test_health_watch_streams_the_status(client):
     )
     assert outcome["answers"] == [SERVING.SerializeToString()]
     assert outcome["code"] == "CANCELLED"  # the client's own cancel after the first answer
+
+
+@pytest.mark.parametrize("route", ["direct", *PROXIES])
+def test_many_calls_at_once_through_one_connection(routes, route, model_name, pixels, reference):
+    """64 unary calls in flight at once on one grpcio channel, and a stream of 32 messages
+    beside them: the streams a proxy multiplexes onto its own connections to the server (or,
+    nginx, opens one upstream connection each), every answer checked against its request."""
+    import grpc
+
+    from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
+
+    expected = reference(pixels)
+    with grpc.insecure_channel(routes[route]) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            stub.ModelInfer.future(_infer(model_name, pixels[i % 2 : i % 2 + 1], f"u{i}"))
+            for i in range(64)
+        ]
+        stream = stub.ModelStreamInfer(
+            iter([_infer(model_name, pixels[i % 2 : i % 2 + 1], f"s{i}") for i in range(32)])
+        )
+        answers = [a.infer_response for a in stream]
+        for i, call in enumerate(calls):
+            response = call.result(timeout=60)
+            assert response.id == f"u{i}"
+            np.testing.assert_allclose(_probabilities(response)[0], expected[i % 2], atol=ATOL)
+    assert [a.id for a in answers] == [f"s{i}" for i in range(32)]
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(_probabilities(answer)[0], expected[i % 2], atol=ATOL)
