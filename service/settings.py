@@ -170,12 +170,13 @@ class Settings(BaseSettings):
     # Hold a partial batch for an idle runner this long (0: never; batches form under load).
     max_batch_delay_ms: float = Field(0.0, ge=0)
     # A batch whose last run at its size took at most this long (assembly and model call), with
-    # nothing queued behind it, runs on the accelerator process's event loop, not in its runner
-    # thread: the hand-off to the thread and back and the two threads' contention for the GIL
-    # cost more than the loop's pause for a model as cheap as the stand-in (a fifth less CPU in
-    # that process). A slower batch, or one with a backlog, runs in the thread, so a real
-    # model's batches, their overlap with the next batch's assembly on a GPU and the intake of
-    # the next items under steady load stay there (0: always the thread).
+    # less than a full batch queued behind it, runs on the accelerator process's event loop,
+    # not in its runner thread: the hand-off to the thread and back and the two threads'
+    # contention for the GIL cost more than the loop's pause for a model as cheap as the
+    # stand-in (a fifth less CPU in that process). A slower batch, or one with a full batch
+    # behind it, runs in the thread, so a real model's batches, their overlap with the next
+    # batch's assembly on a GPU and batches side by side on several instances stay there
+    # (0: always the thread).
     inline_batch_ms: float = Field(2.0, ge=0)
     # Images admitted into the pipeline at once, all stages together; past it: 503.
     max_queue_images: int = Field(512, ge=1)

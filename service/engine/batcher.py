@@ -29,12 +29,12 @@ event loop; each instance's ``run`` executes in its own dedicated thread (the ba
 the GIL), so postprocessing happens where the replies go, off the runner.
 
 A batch cheaper than ``inline_s`` (``SERVE_INLINE_BATCH_MS``: the last batch of its size paused
-the loop no longer) with nothing queued behind it runs on the event loop itself: for a model
-that costs tens of microseconds, the hand-off to the thread and back and the two threads'
-contention for the GIL cost more than the call. The first batch of a size, any that ran slower
-or failed, and any with a backlog behind it go to the thread: a real model's batches, their
-overlap with the next batch's assembly on a GPU, and the loop taking in the next items while a
-batch runs under steady load stay there.
+the loop no longer) with less than a full batch queued behind it runs on the event loop itself:
+for a model that costs tens of microseconds, the hand-off to the thread and back and the two
+threads' contention for the GIL cost more than the call. The first batch of a size, any that
+ran slower or failed, and any with a backlog (a full batch waiting) behind it go to the thread:
+a real model's batches, their overlap with the next batch's assembly on a GPU, and batches side
+by side on several instances while the loop takes in the next items stay there.
 """
 
 from __future__ import annotations
@@ -354,12 +354,15 @@ class DynamicBatcher(BatchPolicy):
         started_ns = time.time_ns() if tracing.ENABLED else 0
         token = self._busy.begin()
         n = len(batch)
-        # On this loop: this size ran within inline_s last time, and nothing is queued. Under a
-        # backlog the threads let the loop take in the next items while a batch runs, which
-        # measured cheaper than the hand-off they cost (make bench-engine, batches of 32).
+        # On this loop: this size ran within inline_s last time, and less than a full batch is
+        # queued behind it. A full batch waiting is a backlog: the threads then run batches side
+        # by side while the loop takes in the next items, which measured cheaper than the
+        # hand-off they cost (make bench-engine, batches of 32). The few items that arrive while
+        # a batch is dispatched are not one: sending those batches to the thread cost the
+        # process a fifth more CPU per image under bench-serving's load.
         here = (
             self.inline_s > 0
-            and not self._queue
+            and len(self._queue) < self.max_batch_size
             and self._pause_s.get(n, math.inf) <= self.inline_s
         )
         try:

@@ -547,9 +547,10 @@ def test_a_batch_cheaper_than_inline_s_runs_on_the_event_loop_and_a_slow_one_goe
     assert {where for _, where in serve(0.0, plan)} == {"thread"}
 
 
-def test_a_cheap_batch_with_items_queued_behind_it_runs_in_the_thread():
+def test_a_cheap_batch_with_a_full_batch_queued_behind_it_runs_in_the_thread():
     """Under a backlog the thread lets the loop take in the next items while a batch runs: a
-    batch of a size known to be cheap runs on the loop only when nothing is queued."""
+    batch of a size known to be cheap runs on the loop only while less than a full batch is
+    queued behind it (here a batch is one item)."""
     runner = WhereRunner()
     loop_thread = threading.current_thread().name
     batcher = make(runner, inline_s=0.005, max_batch_size=1)
@@ -562,3 +563,32 @@ def test_a_cheap_batch_with_items_queued_behind_it_runs_in_the_thread():
     asyncio.run(run_with(batcher, go()))
     where = ["loop" if name == loop_thread else "thread" for _, name in runner.threads]
     assert where == ["thread", "loop", "thread", "thread", "loop"]
+
+
+def test_a_cheap_batch_with_less_than_a_full_batch_behind_it_stays_on_the_loop():
+    """Items that arrive while a batch is dispatched are no backlog: with batches of four, a
+    cheap batch of two runs on the loop with two more queued behind it (they are the next
+    batch), and goes to the thread with a full batch of four behind it."""
+    runner = WhereRunner()
+    loop_thread = threading.current_thread().name
+    batcher = make(runner, inline_s=0.005, max_batch_size=4)
+    two = (np.array([1.0]), np.array([2.0]))
+
+    async def go():
+        await asyncio.gather(*(batcher.submit(p, far()) for p in two))  # size 2's first: timed
+        await asyncio.gather(*(batcher.submit(p, far()) for p in two))  # nothing queued: loop
+        # A batch of two taken, then two more queued before it runs: still the loop.
+        first = [batcher.submit(p, far()) for p in two]
+        await asyncio.sleep(0)
+        second = [batcher.submit(p, far()) for p in two]
+        await asyncio.gather(*first, *second)
+        # A batch of two taken, then a full batch of four queued behind it: the thread.
+        first = [batcher.submit(p, far()) for p in two]
+        await asyncio.sleep(0)
+        full = [batcher.submit(np.array([float(i)]), far()) for i in range(4)]
+        await asyncio.gather(*first, *full)
+
+    asyncio.run(run_with(batcher, go()))
+    where = [(n, "loop" if name == loop_thread else "thread") for n, name in runner.threads]
+    assert where[:4] == [(2, "thread"), (2, "loop"), (2, "loop"), (2, "loop")], where
+    assert where[4] == (2, "thread"), where
