@@ -89,10 +89,10 @@ def start_proxy(name: str, upstream: str, folder: Path) -> tuple[subprocess.Pope
     the host:port it listens on, once it accepts connections."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = (folder / "stderr.log").open("wb")
-    process = subprocess.Popen(
-        PROXIES[name](upstream, folder, port), stdout=log, stderr=subprocess.STDOUT
-    )
+    with (folder / "stderr.log").open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            PROXIES[name](upstream, folder, port), stdout=log, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
