@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.helpers import encode, photo_like, start_server, stop_server
-from tests.support.jobs import wait_job
+from tests.support.jobs import wait_callback, wait_job
 
 SECRET = "0123456789abcdef" * 4
 
@@ -48,6 +48,7 @@ def test_the_callback_carries_the_finished_jobs_get_body(callback_server, receiv
         job_id = r.json()["id"]
         [call] = receiver.wait(1)
         polled = wait_job(client, job_id)
+        settled = wait_callback(client, job_id)
     assert call["headers"]["Content-Type"] == "application/json"
     assert call["headers"]["X-Job-Id"] == job_id
     assert verified(call["body"], call["headers"]["X-Signature-256"], SECRET)
@@ -60,4 +61,4 @@ def test_the_callback_carries_the_finished_jobs_get_body(callback_server, receiv
         k: v for k, v in polled.items() if k != "callback"
     }
     assert sent["callback"] == {"url": receiver.url, "status": "pending", "attempts": 0}
-    assert polled["callback"]["status"] == "delivered"
+    assert (settled["callback"]["status"], settled["callback"]["attempts"]) == ("delivered", 1)

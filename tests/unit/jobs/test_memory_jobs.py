@@ -10,7 +10,7 @@ import pytest
 
 from service.jobs.callbacks import SIGNATURE_HEADER, verify
 from tests.support.helpers import encode, photo_like
-from tests.support.jobs import callback_json, wait_job
+from tests.support.jobs import callback_json, wait_callback, wait_job
 from tests.support.tiny import tiny_loaded
 
 SECRET = "test-callback-key"
@@ -145,26 +145,16 @@ def test_the_callback_is_signed_and_retried_until_delivered(client, receiver):
     sent = callback_json(calls[-1])
     assert sent["id"] == job["id"] and sent["status"] == "succeeded"
     assert len(sent["result"]["predictions"]) == 1
-    done = _wait_callback(client, job["id"])
+    done = wait_callback(client, job["id"])
     assert done["callback"]["status"] == "delivered" and done["callback"]["attempts"] == 2
 
 
 def test_a_callback_refused_with_4xx_is_not_retried(client, receiver):
     receiver.statuses = [410]
     job = client.post("/v1/jobs", files=images(1), data={"callback_url": receiver.url}).json()
-    done = _wait_callback(client, job["id"])
+    done = wait_callback(client, job["id"])
     assert done["callback"]["status"] == "failed" and done["callback"]["attempts"] == 1
     assert done["callback"]["http_status"] == 410 and len(receiver.calls) == 1
-
-
-def _wait_callback(client, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        body = client.get(f"/v1/jobs/{job_id}").json()
-        if body.get("callback", {}).get("status") in ("delivered", "failed"):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.05)
 
 
 def _b64(data: bytes) -> str:
