@@ -571,7 +571,8 @@ def test_a_cheap_batch_with_less_than_a_full_batch_behind_it_stays_on_the_loop()
     batch), and goes to the thread with a full batch of four behind it."""
     runner = WhereRunner()
     loop_thread = threading.current_thread().name
-    batcher = make(runner, inline_s=0.005, max_batch_size=4)
+    # Every batch here is cheap: a generous inline_s keeps a slow machine from changing that.
+    batcher = make(runner, inline_s=1.0, max_batch_size=4)
     two = (np.array([1.0]), np.array([2.0]))
 
     async def go():
