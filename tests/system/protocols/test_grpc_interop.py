@@ -170,8 +170,8 @@ def test_health_watch_streams_the_status(client):
 @pytest.mark.parametrize("route", ["direct", *PROXIES])
 def test_many_calls_at_once_through_one_connection(routes, route, model_name, pixels, reference):
     """64 unary calls in flight at once on one grpcio channel, and a stream of 32 messages
-    beside them: the streams a proxy multiplexes onto its own connections to the server (or,
-    nginx, opens one upstream connection each), every answer checked against its request."""
+    beside them, which a proxy carries to the server on connections of its own: every answer
+    checked against its request."""
     import grpc
 
     from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
