@@ -5,6 +5,7 @@ until it is back."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -239,22 +240,23 @@ def test_a_job_submitted_on_one_front_end_is_seen_by_every_other(server):
 
 
 def _closed_loop(url: str, seconds: float, users: int) -> list:
-    """(status or exception name, seconds) of each request of ``users`` keep-alive clients."""
+    """(status or exception name, seconds, user) of each request of ``users`` keep-alive
+    clients."""
     image = encode(photo_like(64, 64))
     outcomes: list = []
     stop = time.monotonic() + seconds
 
-    def user() -> None:
+    def user(index: int) -> None:
         with httpx.Client(timeout=30) as client:
             while time.monotonic() < stop:
                 start = time.monotonic()
                 try:
                     r = client.post(url + "/v1/classify", content=image, headers=JPEG)
-                    outcomes.append((r.status_code, time.monotonic() - start))
+                    outcomes.append((r.status_code, time.monotonic() - start, index))
                 except httpx.HTTPError as exc:
-                    outcomes.append((type(exc).__name__, time.monotonic() - start))
+                    outcomes.append((type(exc).__name__, time.monotonic() - start, index))
 
-    threads = [threading.Thread(target=user) for _ in range(users)]
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
     for t in threads:
         t.start()
     return [threads, outcomes]
@@ -310,11 +312,14 @@ def test_a_killed_front_end_is_replaced_and_only_its_own_requests_fail(tiny_mode
         after = _replaced(srv, victim)
         assert before[1] in after
         connections_on_each_frontend(srv.url, after)  # the new one listens on the port too
-        ok = sum(1 for status, _ in outcomes if status == 200)
-        failed = [status for status, _ in outcomes if status != 200]
+        ok = sum(1 for status, *_ in outcomes if status == 200)
+        failed = [(status, user) for status, _, user in outcomes if status != 200]
         # Only connections the dead process held break (no HTTP answer at all); nothing else.
-        assert ok > 20 and all(isinstance(s, str) for s in failed), failed
-        assert len(failed) <= 6, failed
+        assert ok > 20 and all(isinstance(s, str) for s, _ in failed), failed
+        # A user's connection to it, and at most the one it opened at once in its place: the
+        # kernel may still hash that to the dying process's listening socket, which resets it.
+        per_user = collections.Counter(user for _, user in failed)
+        assert all(n <= 2 for n in per_user.values()), failed
         assert httpx.get(srv.url + "/readyz").status_code == 200
         r = httpx.post(srv.url + "/v1/classify", content=encode(photo_like(40, 40)), headers=JPEG)
         assert r.status_code == 200
