@@ -18,11 +18,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
 from service.grpc.generated import grpc_service_pb2 as pb
+from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.support.proxies import PROXIES, start_proxy, stop_proxy
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -172,10 +174,6 @@ def test_many_calls_at_once_through_one_connection(routes, route, model_name, pi
     """64 unary calls in flight at once on one grpcio channel, and a stream of 32 messages
     beside them, which a proxy carries to the server on connections of its own: every answer
     checked against its request."""
-    import grpc
-
-    from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-
     expected = reference(pixels)
     with grpc.insecure_channel(routes[route]) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
